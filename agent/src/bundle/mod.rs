@@ -1,0 +1,590 @@
+//! Reading one gateway's bundle out of a revision (SPEC §2) into [`Desired`].
+//!
+//! Owns: includes (overlaid in order, the including bundle wins on the same path),
+//! `[[file]]` metadata, templates, `[[check]]` parsing, and every policy check that
+//! can be made before touching the gateway. What must always hold: a bundle is
+//! accepted whole or rejected whole with one [`BundleError`] naming the file and the
+//! reason; nothing here writes anywhere.
+
+mod path;
+mod template;
+mod tree;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use path::RelPath;
+pub use template::render as render_template;
+pub use tree::{DirTree, EntryKind, Tree, TreeError, enclosing_repo_root};
+
+use crate::config::Identity;
+use crate::hash::ContentHash;
+
+/// Bounds on what one bundle may hold, so a hostile commit cannot exhaust a gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Files in the rendered bundle, includes counted.
+    pub max_files: usize,
+    /// Bytes in one file.
+    pub max_file_size: u64,
+    /// Bytes in all files together.
+    pub max_total_size: u64,
+    /// Nesting of includes (a bundle including a bundle including … ).
+    pub max_include_depth: usize,
+    /// Bundles read for one render, includes counted each time they are read.
+    pub max_bundles: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_files: 10_000,
+            max_file_size: 16 << 20,
+            max_total_size: 256 << 20,
+            max_include_depth: 8,
+            max_bundles: 64,
+        }
+    }
+}
+
+/// One clear reason a bundle is refused, naming the file in the repository.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}: {reason}")]
+pub struct BundleError {
+    pub file: String,
+    pub reason: String,
+}
+
+impl BundleError {
+    fn new(file: impl ToString, reason: impl ToString) -> Self {
+        BundleError { file: file.to_string(), reason: reason.to_string() }
+    }
+}
+
+impl From<TreeError> for BundleError {
+    fn from(e: TreeError) -> Self {
+        BundleError { file: e.path, reason: e.reason }
+    }
+}
+
+/// A file the bundle wants on the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredFile {
+    /// Destination below `[files].root` (`etc/myapp/app.conf`).
+    pub path: RelPath,
+    pub hash: ContentHash,
+    pub size: u64,
+    pub mode: u32,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub on_change: Option<Vec<String>>,
+    /// Where it came from in the repository, for messages.
+    pub from: String,
+}
+
+/// How a health check probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    Http(String),
+    Tcp(String),
+    Command(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub probe: Probe,
+    pub interval: Duration,
+}
+
+/// Everything one bundle declares, rendered for one gateway; file contents are
+/// referenced by hash (see [`Rendered::blobs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Desired {
+    /// The bundle directory and every bundle it included, in the order applied.
+    pub bundles: Vec<String>,
+    pub files: BTreeMap<RelPath, DesiredFile>,
+    pub checks: Vec<Check>,
+}
+
+impl Desired {
+    /// True when the bundle declares nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.checks.is_empty()
+    }
+}
+
+/// A rendered bundle with the contents its files refer to.
+#[derive(Debug, Clone, Default)]
+pub struct Rendered {
+    pub desired: Desired,
+    pub blobs: HashMap<ContentHash, Vec<u8>>,
+}
+
+/// What the local configuration allows (SPEC §1 `[files].allow`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Policy {
+    /// Destinations tend may write, relative to `[files].root`. `None`: not checked
+    /// (offline validation without a local config).
+    pub allow: Option<Vec<RelPath>>,
+}
+
+impl Policy {
+    pub fn from_config(files: &crate::config::Files) -> Policy {
+        let allow = files
+            .allow
+            .iter()
+            .filter_map(|p| RelPath::parse(p.to_string_lossy().trim_start_matches('/')).ok())
+            .collect();
+        Policy { allow: Some(allow) }
+    }
+
+    fn allows(&self, dest: &RelPath) -> bool {
+        match &self.allow {
+            None => true,
+            Some(list) => list.iter().any(|a| dest.starts_with(a)),
+        }
+    }
+}
+
+/// Everything a render needs besides the tree.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub identity: &'a Identity,
+    pub policy: &'a Policy,
+    pub limits: &'a Limits,
+}
+
+const MANIFEST: &str = "tend.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default, rename = "file")]
+    files: Vec<FileMeta>,
+    #[serde(default, rename = "check")]
+    checks: Vec<RawCheck>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMeta {
+    path: String,
+    mode: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
+    #[serde(default)]
+    template: bool,
+    on_change: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: String,
+    http: Option<String>,
+    tcp: Option<String>,
+    command: Option<Vec<String>>,
+    interval: Option<String>,
+}
+
+/// A file as read from one bundle, before metadata and templates.
+struct Staged {
+    content: Vec<u8>,
+    executable: bool,
+    from: RelPath,
+}
+
+struct Loader<'t, 'c> {
+    tree: &'t dyn Tree,
+    ctx: &'c Context<'c>,
+    files: BTreeMap<RelPath, Staged>,
+    meta: BTreeMap<RelPath, (FileMeta, RelPath)>,
+    checks: Vec<Check>,
+    bundles: Vec<String>,
+    loads: usize,
+}
+
+/// Read the bundle at `bundle` in `tree` and render it for `ctx`.
+pub fn render(tree: &dyn Tree, bundle: &RelPath, ctx: &Context<'_>) -> Result<Rendered, BundleError> {
+    let mut loader = Loader {
+        tree,
+        ctx,
+        files: BTreeMap::new(),
+        meta: BTreeMap::new(),
+        checks: Vec::new(),
+        bundles: Vec::new(),
+        loads: 0,
+    };
+    let mut stack = Vec::new();
+    loader.load(bundle, &mut stack)?;
+    loader.finish()
+}
+
+impl Loader<'_, '_> {
+    fn load(&mut self, bundle: &RelPath, stack: &mut Vec<RelPath>) -> Result<(), BundleError> {
+        let manifest_path = bundle.join(MANIFEST).expect("constant segment");
+        self.loads += 1;
+        if self.loads > self.ctx.limits.max_bundles {
+            return Err(BundleError::new(
+                &manifest_path,
+                format!("more than {} bundles read through includes", self.ctx.limits.max_bundles),
+            ));
+        }
+        match self.tree.kind(bundle)? {
+            Some(EntryKind::Dir) => {}
+            Some(EntryKind::Symlink) => return Err(BundleError::new(bundle, "bundle directory is a symlink")),
+            Some(_) => return Err(BundleError::new(bundle, "bundle path is not a directory")),
+            None => return Err(BundleError::new(bundle, "bundle directory not found in this revision")),
+        }
+        stack.push(bundle.clone());
+
+        let manifest = match self.tree.kind(&manifest_path)? {
+            None => None,
+            Some(EntryKind::File { .. }) => {
+                let bytes = self.tree.read(&manifest_path, 1 << 20)?;
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|_| BundleError::new(&manifest_path, "not valid UTF-8"))?;
+                let m: Manifest = toml::from_str(text).map_err(|e| {
+                    BundleError::new(&manifest_path, format!("invalid: {}", e.message().trim()))
+                })?;
+                Some(m)
+            }
+            Some(_) => return Err(BundleError::new(&manifest_path, "must be a regular file")),
+        };
+
+        if let Some(m) = &manifest {
+            for inc in &m.include {
+                let target = bundle
+                    .resolve(inc)
+                    .map_err(|e| BundleError::new(&manifest_path, format!("include {e}")))?;
+                if let Some(pos) = stack.iter().position(|b| *b == target) {
+                    let chain: Vec<String> =
+                        stack[pos..].iter().chain(std::iter::once(&target)).map(ToString::to_string).collect();
+                    return Err(BundleError::new(
+                        &manifest_path,
+                        format!("include cycle: {}", chain.join(" -> ")),
+                    ));
+                }
+                if stack.len() >= self.ctx.limits.max_include_depth {
+                    return Err(BundleError::new(
+                        &manifest_path,
+                        format!("include of {target} exceeds the include depth limit of {}", self.ctx.limits.max_include_depth),
+                    ));
+                }
+                self.load(&target, stack)?;
+            }
+        }
+
+        for (name, kind) in self.tree.list(bundle)? {
+            match (name.as_str(), kind) {
+                ("files", EntryKind::Dir) => {}
+                (MANIFEST, _) => {}
+                ("containers" | "k3s", _) => {
+                    return Err(BundleError::new(
+                        bundle.join(&name).expect("listed name"),
+                        "containers and K3s manifests are not supported by this version of tend",
+                    ));
+                }
+                (_, EntryKind::Dir) => {
+                    return Err(BundleError::new(
+                        bundle.join(&name).expect("listed name"),
+                        "unknown directory in a bundle (expected files/, containers/, k3s/)",
+                    ));
+                }
+                (_, EntryKind::Symlink) => {
+                    return Err(BundleError::new(
+                        bundle.join(&name).expect("listed name"),
+                        "symlinks are not allowed at the top of a bundle",
+                    ));
+                }
+                // README and other documentation beside tend.toml are not applied.
+                _ => {}
+            }
+        }
+
+        let files_root = bundle.join("files").expect("constant segment");
+        if self.tree.kind(&files_root)? == Some(EntryKind::Dir) {
+            self.walk(&files_root, &files_root)?;
+        }
+
+        if let Some(m) = manifest {
+            for meta in m.files {
+                let dest = parse_dest(&meta.path).map_err(|e| {
+                    BundleError::new(&manifest_path, format!("[[file]] path {:?}: {e}", meta.path))
+                })?;
+                self.meta.insert(dest, (meta, manifest_path.clone()));
+            }
+            for raw in m.checks {
+                let check = parse_check(raw).map_err(|e| BundleError::new(&manifest_path, e))?;
+                self.checks.retain(|c| c.name != check.name);
+                self.checks.push(check);
+            }
+        }
+        stack.pop();
+        self.bundles.push(bundle.to_string());
+        Ok(())
+    }
+
+    fn walk(&mut self, files_root: &RelPath, dir: &RelPath) -> Result<(), BundleError> {
+        for (name, kind) in self.tree.list(dir)? {
+            let path = dir.join(&name).map_err(|e| BundleError::new(dir, e))?;
+            let dest = path.strip_prefix(files_root).expect("walk stays under files/");
+            match kind {
+                EntryKind::Dir => self.walk(files_root, &path)?,
+                EntryKind::File { executable } => {
+                    let content = self.read_limited(&path)?;
+                    self.stage(dest, Staged { content, executable, from: path })?;
+                }
+                EntryKind::Symlink => {
+                    let (content, executable) = self.follow(files_root, &path)?;
+                    self.stage(dest, Staged { content, executable, from: path })?;
+                }
+                EntryKind::Other => {
+                    return Err(BundleError::new(&path, "not a regular file, directory or symlink"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A symlink inside `files/` is applied as a copy of the file it points to,
+    /// which must be inside the same `files/` tree.
+    fn follow(&self, files_root: &RelPath, link: &RelPath) -> Result<(Vec<u8>, bool), BundleError> {
+        let mut cur = link.clone();
+        for _ in 0..8 {
+            let target = self.tree.read(&cur, 4096)?;
+            let target = std::str::from_utf8(&target)
+                .map_err(|_| BundleError::new(link, "symlink target is not valid UTF-8"))?;
+            let parent = cur.parent().unwrap_or_default();
+            let resolved = parent
+                .resolve(target)
+                .map_err(|e| BundleError::new(link, format!("symlink points outside the bundle: {e}")))?;
+            if !resolved.starts_with(files_root) {
+                return Err(BundleError::new(
+                    link,
+                    format!("symlink points outside the bundle's files/ ({target:?})"),
+                ));
+            }
+            match self.tree.kind(&resolved)? {
+                Some(EntryKind::File { executable }) => return Ok((self.read_limited(&resolved)?, executable)),
+                Some(EntryKind::Symlink) => cur = resolved,
+                Some(EntryKind::Dir) => {
+                    return Err(BundleError::new(link, "symlinks to directories are not supported"));
+                }
+                Some(EntryKind::Other) | None => {
+                    return Err(BundleError::new(link, format!("dangling symlink ({target:?})")));
+                }
+            }
+        }
+        Err(BundleError::new(link, "symlink loop or chain longer than 8"))
+    }
+
+    fn read_limited(&self, path: &RelPath) -> Result<Vec<u8>, BundleError> {
+        self.tree.read(path, self.ctx.limits.max_file_size).map_err(|e| {
+            BundleError::new(path, if e.reason.contains("limit") { format!("file too large: {}", e.reason) } else { e.reason })
+        })
+    }
+
+    fn stage(&mut self, dest: RelPath, staged: Staged) -> Result<(), BundleError> {
+        if !self.files.contains_key(&dest) && self.files.len() >= self.ctx.limits.max_files {
+            return Err(BundleError::new(
+                &staged.from,
+                format!("bundle has more than {} files", self.ctx.limits.max_files),
+            ));
+        }
+        self.files.insert(dest, staged);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Rendered, BundleError> {
+        let Loader { files, meta, checks, bundles, ctx, .. } = self;
+        for (dest, (_, manifest)) in &meta {
+            if !files.contains_key(dest) {
+                return Err(BundleError::new(
+                    manifest,
+                    format!("[[file]] path {} names no file under files/", dest.to_absolute_string()),
+                ));
+            }
+        }
+        let mut rendered = Rendered::default();
+        let mut total: u64 = 0;
+        for (dest, staged) in files {
+            let from = staged.from.to_string();
+            if !ctx.policy.allows(&dest) {
+                return Err(BundleError::new(
+                    &from,
+                    format!("destination {} is outside [files].allow", dest.to_absolute_string()),
+                ));
+            }
+            let m = meta.get(&dest);
+            let mut content = staged.content;
+            let (mode, owner, group, on_change) = match m {
+                Some((fm, manifest)) => {
+                    let mode = match &fm.mode {
+                        Some(s) => parse_mode(s).map_err(|e| {
+                            BundleError::new(manifest, format!("[[file]] {}: mode {s:?}: {e}", dest.to_absolute_string()))
+                        })?,
+                        None => default_mode(staged.executable),
+                    };
+                    for (what, name) in [("owner", &fm.owner), ("group", &fm.group)] {
+                        if let Some(n) = name
+                            && (n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control() || c == ':' || c == '/'))
+                        {
+                            return Err(BundleError::new(
+                                manifest,
+                                format!("[[file]] {}: {what} {n:?} is not a valid name", dest.to_absolute_string()),
+                            ));
+                        }
+                    }
+                    if let Some(cmd) = &fm.on_change
+                        && (cmd.is_empty() || cmd[0].is_empty() || cmd.iter().any(|a| a.contains('\0')))
+                    {
+                        return Err(BundleError::new(
+                            manifest,
+                            format!("[[file]] {}: on_change must be a non-empty command", dest.to_absolute_string()),
+                        ));
+                    }
+                    if fm.template {
+                        let text = String::from_utf8(content)
+                            .map_err(|_| BundleError::new(&from, "template is not valid UTF-8"))?;
+                        content = render_template(&text, ctx.identity)
+                            .map_err(|e| BundleError::new(&from, e))?
+                            .into_bytes();
+                        if content.len() as u64 > ctx.limits.max_file_size {
+                            return Err(BundleError::new(&from, "file too large after rendering its template"));
+                        }
+                    }
+                    (mode, fm.owner.clone(), fm.group.clone(), fm.on_change.clone())
+                }
+                None => (default_mode(staged.executable), None, None, None),
+            };
+            total += content.len() as u64;
+            if total > ctx.limits.max_total_size {
+                return Err(BundleError::new(
+                    &from,
+                    format!("bundle is larger than the limit of {} bytes", ctx.limits.max_total_size),
+                ));
+            }
+            let hash = ContentHash::of(&content);
+            let file = DesiredFile {
+                path: dest.clone(),
+                hash,
+                size: content.len() as u64,
+                mode,
+                owner,
+                group,
+                on_change,
+                from,
+            };
+            rendered.blobs.entry(hash).or_insert(content);
+            rendered.desired.files.insert(dest, file);
+        }
+        rendered.desired.checks = checks;
+        rendered.desired.bundles = bundles;
+        Ok(rendered)
+    }
+}
+
+fn default_mode(executable: bool) -> u32 {
+    if executable { 0o755 } else { 0o644 }
+}
+
+/// A destination written as an absolute path in `tend.toml` (`/etc/myapp/app.conf`).
+fn parse_dest(s: &str) -> Result<RelPath, String> {
+    let rest = s.strip_prefix('/').ok_or("must be an absolute path like /etc/myapp/app.conf")?;
+    let p = RelPath::parse(rest)?;
+    if p.is_root() {
+        return Err("must name a file".into());
+    }
+    Ok(p)
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 4 || !digits.chars().all(|c| ('0'..='7').contains(&c)) {
+        return Err("must be an octal string like \"0640\"".into());
+    }
+    u32::from_str_radix(digits, 8).map_err(|e| e.to_string())
+}
+
+fn parse_check(raw: RawCheck) -> Result<Check, String> {
+    let name = raw.name;
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        return Err(format!("[[check]] name {name:?} must be 1-64 printable characters"));
+    }
+    let probe = match (raw.http, raw.tcp, raw.command) {
+        (Some(url), None, None) => {
+            if !url.starts_with("http://") {
+                return Err(format!("[[check]] {name}: http {url:?} must be an http:// URL"));
+            }
+            Probe::Http(url)
+        }
+        (None, Some(addr), None) => {
+            let (host, port) = addr.rsplit_once(':').unwrap_or(("", ""));
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(format!("[[check]] {name}: tcp {addr:?} must be HOST:PORT"));
+            }
+            Probe::Tcp(addr)
+        }
+        (None, None, Some(cmd)) => {
+            if cmd.is_empty() || cmd[0].is_empty() {
+                return Err(format!("[[check]] {name}: command must not be empty"));
+            }
+            Probe::Command(cmd)
+        }
+        _ => return Err(format!("[[check]] {name}: needs exactly one of http, tcp, command")),
+    };
+    let interval = match raw.interval {
+        None => Duration::from_secs(5),
+        Some(s) => humantime::parse_duration(&s)
+            .map_err(|e| format!("[[check]] {name}: interval {s:?}: {e}"))?,
+    };
+    if interval.is_zero() {
+        return Err(format!("[[check]] {name}: interval must be greater than zero"));
+    }
+    Ok(Check { name, probe, interval })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_octal_strings() {
+        assert_eq!(parse_mode("0640").unwrap(), 0o640);
+        assert_eq!(parse_mode("755").unwrap(), 0o755);
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("").is_err());
+        assert!(parse_mode("07777x").is_err());
+    }
+
+    #[test]
+    fn destinations_are_absolute_and_inside() {
+        assert_eq!(parse_dest("/etc/a").unwrap().to_string(), "etc/a");
+        assert!(parse_dest("etc/a").is_err());
+        assert!(parse_dest("/etc/../a").is_err());
+        assert!(parse_dest("/").is_err());
+    }
+
+    #[test]
+    fn checks_need_exactly_one_probe() {
+        let raw = |http: Option<&str>, tcp: Option<&str>| RawCheck {
+            name: "x".into(),
+            http: http.map(Into::into),
+            tcp: tcp.map(Into::into),
+            command: None,
+            interval: None,
+        };
+        assert!(parse_check(raw(Some("http://127.0.0.1/"), None)).is_ok());
+        assert!(parse_check(raw(Some("http://a/"), Some("a:1"))).is_err());
+        assert!(parse_check(raw(None, None)).is_err());
+        assert!(parse_check(raw(None, Some("127.0.0.1:502"))).is_ok());
+        assert!(parse_check(raw(None, Some("nope"))).is_err());
+    }
+}

@@ -1,0 +1,639 @@
+//! The local agent configuration (`/etc/tend/agent.toml`, SPEC §1).
+//!
+//! This file is the trust boundary: the repository can only do what it allows.
+//! Everything is parsed here, in one place: unknown keys are errors, durations are
+//! humantime strings, and every problem found is reported at once, each naming the
+//! file, the key and the reason. Nothing below this module reads the environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/tend/agent.toml";
+
+/// Every problem found in one configuration file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        match self.problems.as_slice() {
+            [one] => write!(f, "{file}: {one}"),
+            many => {
+                write!(f, "{file}: {} problems:", many.len())?;
+                for p in many {
+                    write!(f, "\n  - {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A duration written as a humantime string (`"90s"`, `"5m"`).
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// `http(s)://`, `git://`, `ssh://`, `file://` or a plain path.
+    pub url: String,
+    #[serde(default = "Source::default_branch")]
+    pub branch: String,
+    #[serde(default = "Source::default_path")]
+    pub path: String,
+    #[serde(default = "Source::default_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    #[serde(default = "Source::default_jitter", deserialize_with = "de_duration")]
+    pub jitter: Duration,
+    #[serde(default = "Source::default_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    pub token_file: Option<PathBuf>,
+    pub ssh_key: Option<PathBuf>,
+    pub allowed_signers: Option<PathBuf>,
+}
+
+impl Source {
+    fn default_branch() -> String {
+        "main".into()
+    }
+    fn default_path() -> String {
+        "devices/{device_id}".into()
+    }
+    fn default_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn default_jitter() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    #[serde(default = "Retry::default_limit")]
+    pub limit: u32,
+    #[serde(default = "Retry::default_backoff", deserialize_with = "de_duration")]
+    pub backoff: Duration,
+    #[serde(default = "Retry::default_factor")]
+    pub factor: f64,
+    #[serde(default = "Retry::default_max", deserialize_with = "de_duration")]
+    pub max: Duration,
+}
+
+impl Retry {
+    fn default_limit() -> u32 {
+        5
+    }
+    fn default_backoff() -> Duration {
+        Duration::from_secs(5)
+    }
+    fn default_factor() -> f64 {
+        2.0
+    }
+    fn default_max() -> Duration {
+        Duration::from_secs(180)
+    }
+
+    /// The delay before retry number `attempt` (0-based), capped at `max`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let secs = self.backoff.as_secs_f64() * self.factor.powi(attempt.min(64) as i32);
+        let max = self.max.as_secs_f64();
+        Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            limit: Self::default_limit(),
+            backoff: Self::default_backoff(),
+            factor: Self::default_factor(),
+            max: Self::default_max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Apply {
+    #[serde(default = "yes")]
+    pub prune: bool,
+    #[serde(default = "yes")]
+    pub self_heal: bool,
+    #[serde(default = "Apply::default_health_timeout", deserialize_with = "de_duration")]
+    pub health_timeout: Duration,
+    #[serde(default = "yes")]
+    pub rollback: bool,
+    #[serde(default = "Apply::default_history")]
+    pub history: usize,
+    #[serde(default)]
+    pub allow_empty: bool,
+    #[serde(default)]
+    pub retry: Retry,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Apply {
+    fn default_health_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn default_history() -> usize {
+        20
+    }
+}
+
+impl Default for Apply {
+    fn default() -> Self {
+        Apply {
+            prune: true,
+            self_heal: true,
+            health_timeout: Self::default_health_timeout(),
+            rollback: true,
+            history: Self::default_history(),
+            allow_empty: false,
+            retry: Retry::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Files {
+    #[serde(default = "Files::default_root")]
+    pub root: PathBuf,
+    /// Absolute paths (under `root`) tend may write. Empty: no file may be written.
+    #[serde(default)]
+    pub allow: Vec<PathBuf>,
+    pub age_identity: Option<PathBuf>,
+}
+
+impl Files {
+    fn default_root() -> PathBuf {
+        PathBuf::from("/")
+    }
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Files { root: Self::default_root(), allow: Vec::new(), age_identity: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Containers {
+    pub socket: Option<String>,
+    #[serde(default)]
+    pub allow_privileged: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3s {
+    #[serde(default = "K3s::default_manifests_dir")]
+    pub manifests_dir: PathBuf,
+    #[serde(default = "K3s::default_kubectl")]
+    pub kubectl: Vec<String>,
+}
+
+impl K3s {
+    fn default_manifests_dir() -> PathBuf {
+        PathBuf::from("/var/lib/rancher/k3s/server/manifests")
+    }
+    fn default_kubectl() -> Vec<String> {
+        vec!["k3s".into(), "kubectl".into()]
+    }
+}
+
+impl Default for K3s {
+    fn default() -> Self {
+        K3s { manifests_dir: Self::default_manifests_dir(), kubectl: Self::default_kubectl() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    /// `mqtt://` or `mqtts://`; absent = no reporting.
+    pub url: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "Mqtt::default_topic_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "Mqtt::default_health_interval", deserialize_with = "de_duration")]
+    pub health_interval: Duration,
+}
+
+impl Mqtt {
+    fn default_topic_prefix() -> String {
+        "tend/v1".into()
+    }
+    fn default_health_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Mqtt {
+            url: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
+            topic_prefix: Self::default_topic_prefix(),
+            health_interval: Self::default_health_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Default: `{state_dir}/control.sock`.
+    pub socket: Option<PathBuf>,
+}
+
+/// The validated configuration, with defaults applied and placeholders in
+/// `source.branch` and `source.path` resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was read from (for error messages).
+    pub file: PathBuf,
+    pub device_id: String,
+    pub fleet: String,
+    pub state_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    pub source: Source,
+    pub apply: Apply,
+    pub files: Files,
+    pub containers: Containers,
+    pub k3s: K3s,
+    pub mqtt: Mqtt,
+    pub control: Control,
+}
+
+/// What the placeholders `{device_id}`, `{fleet}`, `{labels.KEY}` stand for.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Identity {
+    pub device_id: String,
+    pub fleet: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Identity {
+    /// The value of a placeholder name (`device_id`, `fleet`, `labels.KEY`).
+    pub fn lookup(&self, name: &str) -> Option<&str> {
+        match name {
+            "device_id" => Some(&self.device_id),
+            "fleet" => Some(&self.fleet),
+            _ => name.strip_prefix("labels.").and_then(|k| self.labels.get(k)).map(String::as_str),
+        }
+    }
+
+    /// Replace `{name}` placeholders in a config string. An unknown name is an error.
+    pub fn expand(&self, s: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            let end = after.find('}').ok_or_else(|| format!("unclosed '{{' in {s:?}"))?;
+            let name = after[..end].trim();
+            let value = self.lookup(name).ok_or_else(|| {
+                format!("unknown placeholder {{{name}}} in {s:?} (known: device_id, fleet, labels.KEY)")
+            })?;
+            out.push_str(value);
+            rest = &after[end + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("stray '}}' in {s:?}"));
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+impl Config {
+    pub fn identity(&self) -> Identity {
+        Identity {
+            device_id: self.device_id.clone(),
+            fleet: self.fleet.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.control.socket.clone().unwrap_or_else(|| self.state_dir.join("control.sock"))
+    }
+
+    /// Read and validate the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![format!("cannot read: {e}")],
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    /// Parse and validate configuration text; `file` names it in errors.
+    pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError { file: file.to_path_buf(), problems };
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            fail(vec![format!("invalid TOML: {}", e.message().trim())
+                + &e.span().map(|s| format!(" (at {})", line_col(text, s.start))).unwrap_or_default()])
+        })?;
+        let mut problems = Vec::new();
+        let known = [
+            "device_id", "fleet", "state_dir", "labels", "source", "apply", "files", "containers",
+            "k3s", "mqtt", "control",
+        ];
+        for key in table.keys() {
+            if !known.contains(&key.as_str()) {
+                problems.push(format!("unknown key `{key}` (expected one of: {})", known.join(", ")));
+            }
+        }
+
+        // Each section is read on its own so that one bad section does not hide
+        // the problems of the others.
+        fn section<T: for<'de> Deserialize<'de>>(
+            table: &toml::Table,
+            key: &str,
+            problems: &mut Vec<String>,
+        ) -> Option<Option<T>> {
+            match table.get(key) {
+                None => Some(None),
+                Some(v) => match v.clone().try_into::<T>() {
+                    Ok(t) => Some(Some(t)),
+                    Err(e) => {
+                        let what = if v.is_table() { format!("[{key}]") } else { format!("`{key}`") };
+                        problems.push(format!("{what}: {}", e.message().trim()));
+                        None
+                    }
+                },
+            }
+        }
+        let device_id = section::<String>(&table, "device_id", &mut problems);
+        let fleet = section::<String>(&table, "fleet", &mut problems);
+        let state_dir = section::<PathBuf>(&table, "state_dir", &mut problems);
+        let labels = section::<BTreeMap<String, String>>(&table, "labels", &mut problems);
+        let source = section::<Source>(&table, "source", &mut problems);
+        let apply = section::<Apply>(&table, "apply", &mut problems);
+        let files = section::<Files>(&table, "files", &mut problems);
+        let containers = section::<Containers>(&table, "containers", &mut problems);
+        let k3s = section::<K3s>(&table, "k3s", &mut problems);
+        let mqtt = section::<Mqtt>(&table, "mqtt", &mut problems);
+        let control = section::<Control>(&table, "control", &mut problems);
+        if matches!(source, Some(None)) {
+            problems.push("missing section [source] (at least `url` is required)".into());
+        }
+
+        let (
+            Some(device_id),
+            Some(fleet),
+            Some(state_dir),
+            Some(labels),
+            Some(Some(mut source)),
+            Some(apply),
+            Some(files),
+            Some(containers),
+            Some(k3s),
+            Some(mqtt),
+            Some(control),
+        ) = (device_id, fleet, state_dir, labels, source, apply, files, containers, k3s, mqtt, control)
+        else {
+            return Err(fail(problems));
+        };
+        let device_id = device_id.unwrap_or_else(hostname);
+        let cfg_identity = Identity {
+            device_id: device_id.clone(),
+            fleet: fleet.clone().unwrap_or_else(|| "default".into()),
+            labels: labels.clone().unwrap_or_default(),
+        };
+        check_name("device_id", &cfg_identity.device_id, &mut problems);
+        check_name("fleet", &cfg_identity.fleet, &mut problems);
+        for (k, v) in &cfg_identity.labels {
+            if k.is_empty() || v.chars().any(char::is_control) || k.chars().any(|c| !is_name_char(c)) {
+                problems.push(format!("labels.{k}: label keys are [A-Za-z0-9_.-] and values have no control characters"));
+            }
+        }
+        match cfg_identity.expand(&source.branch) {
+            Ok(b) if b.is_empty() || b.starts_with('-') || b.contains("..") || b.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c)) => {
+                problems.push(format!("[source].branch: {b:?} is not a valid branch name"))
+            }
+            Ok(b) => source.branch = b,
+            Err(e) => problems.push(format!("[source].branch: {e}")),
+        }
+        match cfg_identity.expand(&source.path) {
+            Ok(p) => match crate::bundle::RelPath::parse(&p) {
+                Ok(rel) => source.path = rel.to_string(),
+                Err(e) => problems.push(format!("[source].path: {p:?}: {e}")),
+            },
+            Err(e) => problems.push(format!("[source].path: {e}")),
+        }
+        if source.url.trim().is_empty() {
+            problems.push("[source].url: must not be empty".into());
+        }
+        if source.interval.is_zero() {
+            problems.push("[source].interval: must be greater than zero".into());
+        }
+        if source.timeout.is_zero() {
+            problems.push("[source].timeout: must be greater than zero".into());
+        }
+        let apply = apply.unwrap_or_default();
+        let files = files.unwrap_or_default();
+        if apply.history == 0 {
+            problems.push("[apply].history: must keep at least 1 revision".into());
+        }
+        if !(apply.retry.factor.is_finite() && apply.retry.factor >= 1.0) {
+            problems.push("[apply].retry.factor: must be a number >= 1".into());
+        }
+        if !files.root.is_absolute() {
+            problems.push(format!("[files].root: {:?} must be an absolute path", files.root));
+        }
+        for a in &files.allow {
+            if !a.is_absolute() || a.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                problems.push(format!("[files].allow: {a:?} must be an absolute path without '..'"));
+            }
+        }
+        let state_dir = state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/tend"));
+        if !state_dir.is_absolute() {
+            problems.push(format!("state_dir: {state_dir:?} must be an absolute path"));
+        }
+        if k3s.as_ref().is_some_and(|k| k.kubectl.is_empty()) {
+            problems.push("[k3s].kubectl: must name a command".into());
+        }
+        if let Some(url) = mqtt.as_ref().and_then(|m| m.url.as_ref())
+            && !(url.starts_with("mqtt://") || url.starts_with("mqtts://"))
+        {
+            problems.push(format!("[mqtt].url: {url:?} must start with mqtt:// or mqtts://"));
+        }
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        Ok(Config {
+            file: file.to_path_buf(),
+            device_id: cfg_identity.device_id,
+            fleet: cfg_identity.fleet,
+            state_dir,
+            labels: cfg_identity.labels,
+            source,
+            apply,
+            files,
+            containers: containers.unwrap_or_default(),
+            k3s: k3s.unwrap_or_default(),
+            mqtt: mqtt.unwrap_or_default(),
+            control: control.unwrap_or_default(),
+        })
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_.-".contains(c)
+}
+
+/// Device ids and fleet names appear in paths, branch names and MQTT topics.
+fn check_name(key: &str, v: &str, problems: &mut Vec<String>) {
+    if v.is_empty() || v.len() > 128 || !v.chars().all(is_name_char) || v.starts_with('.') {
+        problems.push(format!("`{key}`: {v:?} must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"));
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {col}")
+}
+
+/// The host name, the default device id.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_str(s, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_spec_defaults() {
+        let c = parse("device_id = \"gw-1\"\n[source]\nurl = \"file:///srv/fleet\"\n").unwrap();
+        assert_eq!(c.fleet, "default");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/tend"));
+        assert_eq!(c.source.branch, "main");
+        assert_eq!(c.source.path, "devices/gw-1");
+        assert_eq!(c.source.interval, Duration::from_secs(60));
+        assert_eq!(c.source.jitter, Duration::from_secs(10));
+        assert_eq!(c.source.timeout, Duration::from_secs(30));
+        assert!(c.apply.prune && c.apply.self_heal && c.apply.rollback && !c.apply.allow_empty);
+        assert_eq!(c.apply.history, 20);
+        assert_eq!(c.apply.retry, Retry::default());
+        assert_eq!(c.files.root, PathBuf::from("/"));
+        assert!(c.files.allow.is_empty());
+        assert_eq!(c.k3s.kubectl, vec!["k3s", "kubectl"]);
+        assert_eq!(c.mqtt.topic_prefix, "tend/v1");
+        assert_eq!(c.control_socket(), PathBuf::from("/var/lib/tend/control.sock"));
+    }
+
+    #[test]
+    fn every_spec_key_parses() {
+        let text = include_str!("../tests/fixtures/config/full.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.device_id, "gw-berlin-01");
+        assert_eq!(c.source.branch, "fleet/acme");
+        assert_eq!(c.source.path, "devices/eu/berlin/gw-berlin-01");
+        assert_eq!(c.source.interval, Duration::from_secs(60));
+        assert_eq!(c.apply.retry.max, Duration::from_secs(180));
+        assert_eq!(c.mqtt.health_interval, Duration::from_secs(30));
+        assert_eq!(c.control.socket, Some(PathBuf::from("/run/tend/control.sock")));
+        assert_eq!(c.containers.socket.as_deref(), Some("unix:///run/podman/podman.sock"));
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once_with_their_keys() {
+        let err = parse(
+            "bogus = 1\ndevice_id = \"gw 1\"\n[source]\nurl = \"x\"\ninterval = \"soon\"\npath = \"{nope}\"\n[apply]\nhistroy = 3\n[files]\nroot = \"relative\"\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("agent.toml: "), "{text}");
+        assert!(text.contains("unknown key `bogus`"), "{text}");
+        assert!(text.contains("[source]: invalid duration \"soon\""), "{text}");
+        assert!(text.contains("[apply]: unknown field `histroy`"), "{text}");
+        // The sections that did parse are still validated in the same report.
+        assert!(err.problems.len() >= 3, "{text}");
+    }
+
+    #[test]
+    fn semantic_problems_name_the_key() {
+        let err = parse(
+            "device_id = \"gw 1\"\n[source]\nurl = \"x\"\npath = \"{nope}\"\nbranch = \"a..b\"\n[files]\nroot = \"relative\"\nallow = [\"etc\"]\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in ["`device_id`", "[source].path: unknown placeholder {nope}", "[source].branch", "[files].root", "[files].allow"] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+    }
+
+    #[test]
+    fn placeholders_expand_from_labels() {
+        let c = parse("device_id = \"gw-1\"\nfleet = \"acme\"\nlabels = { site = \"berlin\" }\n[source]\nurl = \"x\"\nbranch = \"{fleet}-{labels.site}\"\npath = \"sites/{labels.site}/{device_id}\"\n").unwrap();
+        assert_eq!(c.source.branch, "acme-berlin");
+        assert_eq!(c.source.path, "sites/berlin/gw-1");
+        let err = parse("device_id = \"gw-1\"\n[source]\nurl = \"x\"\npath = \"{labels.site}\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown placeholder {labels.site}"), "{err}");
+    }
+
+    #[test]
+    fn path_placeholders_cannot_escape_the_repository() {
+        let err = parse("device_id = \"gw-1\"\nlabels = { x = \"..\" }\n[source]\nurl = \"x\"\npath = \"devices/{labels.x}/{labels.x}\"\n").unwrap_err();
+        assert!(err.to_string().contains("[source].path"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_give_a_position() {
+        let err = parse("[source\nurl = 1").unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn retry_delay_grows_and_caps() {
+        let r = Retry::default();
+        assert_eq!(r.delay(0), Duration::from_secs(5));
+        assert_eq!(r.delay(1), Duration::from_secs(10));
+        assert_eq!(r.delay(10), Duration::from_secs(180));
+        assert_eq!(r.delay(u32::MAX), Duration::from_secs(180));
+    }
+}

@@ -1,0 +1,15 @@
+//! tend: a pull-based GitOps agent for IoT gateways.
+//!
+//! The modules, in the order a sync uses them: [`config`] (the local trust
+//! boundary), [`source`] (Git), [`bundle`] (what the repository declares for this
+//! gateway), [`reconcile`] (plan, then act), [`store`] (revisions, contents,
+//! inventory), [`sync`] (the cycle that ties them together), [`cli`] (commands).
+
+pub mod bundle;
+pub mod cli;
+pub mod config;
+pub mod hash;
+pub mod reconcile;
+pub mod source;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,460 @@
+//! Where files are written: observing destinations under `[files].root` and
+//! carrying out a [`Plan`] on them.
+//!
+//! What must always hold:
+//! - a destination is never half-written: content goes to a temporary file in
+//!   the same directory, is fsynced, renamed over the destination, and the
+//!   directory is fsynced;
+//! - the inventory is written ahead of the disk (a file is recorded as owned,
+//!   content unknown, before it is touched), so a crash at any moment leaves the
+//!   store able to say which files are tend's;
+//! - nothing is written through a symlink: a destination or a parent directory
+//!   that is a symlink blocks the plan;
+//! - a file tend does not own is only ever read (to keep its original), never
+//!   changed or deleted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::plan::{Live, Op, Plan, Target, ancestors, shell_words};
+use crate::bundle::RelPath;
+use crate::hash::ContentHash;
+use crate::store::{Inventory, Owned, Stat, Store, StoreError};
+
+/// One failed file operation: the destination, what was being done, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: {action}: {reason}")]
+    Io { path: String, action: &'static str, reason: String },
+    #[error("on_change {command} failed: {reason}")]
+    Hook { command: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FileError {
+    fn io(path: &Path, action: &'static str, e: impl ToString) -> FileError {
+        FileError::Io { path: path.display().to_string(), action, reason: e.to_string() }
+    }
+}
+
+/// Runs `on_change` commands; the default runs them for real with a timeout.
+pub trait Runner {
+    /// Run `command`; `Ok(output)` when it exited 0, `Err(reason)` otherwise.
+    fn run(&self, command: &[String]) -> Result<String, String>;
+}
+
+/// Runs commands as child processes, output captured, killed after `timeout`.
+#[derive(Debug, Clone)]
+pub struct ProcessRunner {
+    pub timeout: Duration,
+}
+
+impl Runner for ProcessRunner {
+    fn run(&self, command: &[String]) -> Result<String, String> {
+        let (prog, args) = command.split_first().ok_or("empty command")?;
+        let mut child = Command::new(prog)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {prog:?}: {e}"))?;
+        // Read output on threads so a chatty command cannot block on a full pipe.
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let t_out = std::thread::spawn(move || read_capped(&mut out));
+        let t_err = std::thread::spawn(move || read_capped(&mut err));
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if start.elapsed() > self.timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("timed out after {}", humantime::format_duration(self.timeout)));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let mut output = t_out.join().unwrap_or_default();
+        output.push_str(&t_err.join().unwrap_or_default());
+        if status.success() { Ok(output) } else { Err(format!("{status}; output: {}", output.trim())) }
+    }
+}
+
+fn read_capped(r: &mut impl std::io::Read) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let _ = r.by_ref().take(16 * 1024).read_to_end(&mut buf);
+    // Drain the rest so the child never blocks writing.
+    let _ = std::io::copy(r, &mut std::io::sink());
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub written: usize,
+    pub meta_set: usize,
+    pub deleted: usize,
+    pub hooks_run: usize,
+}
+
+/// The tree of destinations, `[files].root`.
+#[derive(Debug, Clone)]
+pub struct FileRoot {
+    root: PathBuf,
+}
+
+impl FileRoot {
+    pub fn new(root: impl Into<PathBuf>) -> FileRoot {
+        FileRoot { root: root.into() }
+    }
+
+    pub fn full(&self, p: &RelPath) -> PathBuf {
+        let mut out = self.root.clone();
+        for s in p.segments() {
+            out.push(s);
+        }
+        out
+    }
+
+    fn tmp_path(&self, p: &RelPath) -> PathBuf {
+        let full = self.full(p);
+        let name = full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        full.with_file_name(format!(".{name}.tend-tmp"))
+    }
+
+    /// Look at each of `paths` as it is now. A file whose size, times and inode
+    /// still match what the inventory recorded is not read again.
+    pub fn observe<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a RelPath>,
+        inv: &Inventory,
+    ) -> Result<BTreeMap<RelPath, Live>, FileError> {
+        let mut out = BTreeMap::new();
+        let mut dirs_ok: HashSet<RelPath> = HashSet::new();
+        for path in paths {
+            out.insert(path.clone(), self.observe_one(path, inv.files.get(path), &mut dirs_ok)?);
+        }
+        Ok(out)
+    }
+
+    fn observe_one(&self, path: &RelPath, owned: Option<&Owned>, dirs_ok: &mut HashSet<RelPath>) -> Result<Live, FileError> {
+        for dir in ancestors(path) {
+            if dirs_ok.contains(&dir) {
+                continue;
+            }
+            let full = self.full(&dir);
+            match std::fs::symlink_metadata(&full) {
+                Ok(m) if m.file_type().is_dir() => {
+                    dirs_ok.insert(dir);
+                }
+                Ok(m) if m.file_type().is_symlink() => return Ok(Live::Other("symlink in its parent directories")),
+                Ok(_) => return Ok(Live::Other("non-directory in its parent directories")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Live::Missing),
+                Err(e) => return Err(FileError::io(&full, "stat", e)),
+            }
+        }
+        let full = self.full(path);
+        let meta = match std::fs::symlink_metadata(&full) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Live::Missing),
+            Err(e) => return Err(FileError::io(&full, "stat", e)),
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            return Ok(Live::Other("symlink"));
+        }
+        if ft.is_dir() {
+            return Ok(Live::Other("directory"));
+        }
+        if !ft.is_file() {
+            return Ok(Live::Other("special file"));
+        }
+        let stat = stat_of(&meta);
+        let hash = match owned {
+            Some(Owned { hash: Some(h), stat: Some(s), .. }) if same_file(s, &stat) => *h,
+            _ => ContentHash::of_file(&full).map_err(|e| FileError::io(&full, "read", e))?,
+        };
+        Ok(Live::File { hash, mode: stat.mode, uid: stat.uid, gid: stat.gid })
+    }
+
+    /// After a crash mid-apply, remove the temporary files it may have left.
+    pub fn clean_temporaries<'a>(&self, paths: impl IntoIterator<Item = &'a RelPath>) {
+        for p in paths {
+            let tmp = self.tmp_path(p);
+            if std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.file_type().is_file()) {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+    }
+
+    /// Carry out `plan`. `content` gives the bytes for a hash (from the rendered
+    /// bundle or the store). The inventory in `inv` and in `store` is kept in step.
+    pub fn apply(
+        &self,
+        plan: &Plan,
+        content: &dyn Fn(&ContentHash) -> Result<Vec<u8>, String>,
+        store: &dyn Store,
+        inv: &mut Inventory,
+        runner: &dyn Runner,
+    ) -> Result<ApplyReport, FileError> {
+        let mut report = ApplyReport::default();
+
+        // 1. Keep the original of every file about to be taken over.
+        for op in &plan.ops {
+            let (path, original) = match op {
+                Op::Write { path, adopt: Some(o), .. } | Op::SetMeta { path, adopt: Some(o), .. } => (path, o),
+                Op::Adopt { path, original, .. } => (path, original),
+                _ => continue,
+            };
+            if !store.has_blob(&original.hash)? {
+                let full = self.full(path);
+                let data = std::fs::read(&full).map_err(|e| FileError::io(&full, "read original", e))?;
+                if ContentHash::of(&data) != original.hash {
+                    return Err(FileError::io(&full, "read original", "changed while tend was planning; sync again"));
+                }
+                store.put_blob(&original.hash, &data)?;
+            }
+        }
+
+        // 2. Write ahead: every file about to be touched is recorded as owned.
+        inv.dirty = true;
+        for op in &plan.ops {
+            if let Op::Write { path, adopt, .. } | Op::SetMeta { path, adopt, .. } = op {
+                let original = inv.files.get(path).and_then(|o| o.original.clone()).or_else(|| adopt.clone());
+                inv.files.insert(path.clone(), Owned { hash: None, stat: None, original });
+            }
+        }
+        store.set_inventory(inv)?;
+        store.flush()?;
+
+        // 3. The operations, in plan order; hooks last.
+        let mut touched_dirs: HashSet<PathBuf> = HashSet::new();
+        let mut hooks = Vec::new();
+        let result = (|| -> Result<(), FileError> {
+            for op in &plan.ops {
+                let _span = tracing::debug_span!("file", op = %op).entered();
+                match op {
+                    Op::Write { path, target, .. } => {
+                        self.ensure_parents(path, inv)?;
+                        let data = content(&target.hash).map_err(|e| FileError::io(&self.full(path), "load content", e))?;
+                        let stat = self.write_atomic(path, &data, target.mode, target.uid, target.gid)?;
+                        touched_dirs.insert(self.full(path).parent().map(Path::to_path_buf).unwrap_or_default());
+                        set_owned(inv, path, target.hash, stat);
+                        report.written += 1;
+                    }
+                    Op::SetMeta { path, target, .. } => {
+                        let full = self.full(path);
+                        set_meta_path(&full, target.mode, target.uid, target.gid)?;
+                        let m = std::fs::symlink_metadata(&full).map_err(|e| FileError::io(&full, "stat", e))?;
+                        set_owned(inv, path, target.hash, stat_of(&m));
+                        report.meta_set += 1;
+                    }
+                    Op::Adopt { path, target, original } => {
+                        let full = self.full(path);
+                        let m = std::fs::symlink_metadata(&full).map_err(|e| FileError::io(&full, "stat", e))?;
+                        inv.files.insert(
+                            path.clone(),
+                            Owned { hash: Some(target.hash), stat: Some(stat_of(&m)), original: Some(original.clone()) },
+                        );
+                    }
+                    Op::Delete { path, restore } => {
+                        let full = self.full(path);
+                        match restore {
+                            Some(o) => {
+                                let data = store.get_blob(&o.hash)?.ok_or_else(|| {
+                                    FileError::io(&full, "restore original", "original content missing from the store")
+                                })?;
+                                self.write_atomic(path, &data, o.mode, Some(o.uid), Some(o.gid))?;
+                            }
+                            None => match std::fs::remove_file(&full) {
+                                Ok(()) => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                Err(e) => return Err(FileError::io(&full, "delete", e)),
+                            },
+                        }
+                        touched_dirs.insert(full.parent().map(Path::to_path_buf).unwrap_or_default());
+                        inv.files.remove(path);
+                        report.deleted += 1;
+                    }
+                    Op::Forget { path } => {
+                        inv.files.remove(path);
+                    }
+                    Op::RemoveDir { path } => {
+                        // Only when empty: someone else's file inside keeps it.
+                        let full = self.full(path);
+                        if std::fs::remove_dir(&full).is_ok() {
+                            touched_dirs.insert(full.parent().map(Path::to_path_buf).unwrap_or_default());
+                        }
+                        inv.dirs.remove(path);
+                    }
+                    Op::Run { command, because } => hooks.push((command, because)),
+                }
+            }
+            for dir in &touched_dirs {
+                fsync_dir(dir)?;
+            }
+            Ok(())
+        })();
+        inv.dirty = result.is_err();
+        store.set_inventory(inv)?;
+        store.flush()?;
+        result?;
+
+        // 4. Hooks, once each, after every write is durable.
+        for (command, because) in hooks {
+            let shown = shell_words(command);
+            let files: Vec<String> = because.iter().map(RelPath::to_absolute_string).collect();
+            tracing::info!(command = %shown, files = ?files, "running on_change");
+            match runner.run(command) {
+                Ok(output) => {
+                    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+                        tracing::info!(command = %shown, "on_change output: {line}");
+                    }
+                    report.hooks_run += 1;
+                }
+                Err(reason) => return Err(FileError::Hook { command: shown, reason }),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Create the missing parents of `path`, recording the ones tend made.
+    fn ensure_parents(&self, path: &RelPath, inv: &mut Inventory) -> Result<(), FileError> {
+        if !self.root.is_dir() {
+            return Err(FileError::io(&self.root, "open [files].root", "not a directory"));
+        }
+        for dir in ancestors(path) {
+            let full = self.full(&dir);
+            match std::fs::symlink_metadata(&full) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => return Err(FileError::io(&full, "create directory", "exists and is not a directory")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&full)
+                        .map_err(|e| FileError::io(&full, "create directory", e))?;
+                    if let Some(parent) = full.parent() {
+                        fsync_dir(parent)?;
+                    }
+                    inv.dirs.insert(dir);
+                }
+                Err(e) => return Err(FileError::io(&full, "stat", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Temporary file in the same directory, fsync, rename over the destination.
+    fn write_atomic(&self, path: &RelPath, data: &[u8], mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<Stat, FileError> {
+        let full = self.full(path);
+        let tmp = self.tmp_path(path);
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&tmp)
+            .map_err(|e| FileError::io(&tmp, "create temporary file", e))?;
+        let res = (|| {
+            f.write_all(data).map_err(|e| FileError::io(&tmp, "write", e))?;
+            if uid.is_some() || gid.is_some() {
+                std::os::unix::fs::fchown(&f, uid, gid).map_err(|e| FileError::io(&tmp, "chown", e))?;
+            }
+            // After chown, which clears set-id bits.
+            f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| FileError::io(&tmp, "chmod", e))?;
+            f.sync_all().map_err(|e| FileError::io(&tmp, "fsync", e))?;
+            std::fs::rename(&tmp, &full).map_err(|e| FileError::io(&full, "rename into place", e))
+        })();
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let m = f.metadata().map_err(|e| FileError::io(&full, "stat", e))?;
+        Ok(stat_of(&m))
+    }
+}
+
+fn set_owned(inv: &mut Inventory, path: &RelPath, hash: ContentHash, stat: Stat) {
+    let original = inv.files.get(path).and_then(|o| o.original.clone());
+    inv.files.insert(path.clone(), Owned { hash: Some(hash), stat: Some(stat), original });
+}
+
+fn set_meta_path(full: &Path, mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<(), FileError> {
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::lchown(full, uid, gid).map_err(|e| FileError::io(full, "chown", e))?;
+    }
+    std::fs::set_permissions(full, std::fs::Permissions::from_mode(mode)).map_err(|e| FileError::io(full, "chmod", e))
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), FileError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| FileError::io(dir, "fsync directory", e))
+}
+
+pub fn stat_of(m: &std::fs::Metadata) -> Stat {
+    Stat {
+        size: m.size(),
+        mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
+        ctime_ns: m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec()),
+        ino: m.ino(),
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+    }
+}
+
+/// The content is unchanged if size, inode, mtime and ctime all match: any write,
+/// rename over or chmod moves ctime, which cannot be set from user space.
+fn same_file(a: &Stat, b: &Stat) -> bool {
+    a.size == b.size && a.ino == b.ino && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns
+}
+
+/// Resolve `owner` and `group` names (or numeric ids) to ids on this gateway.
+pub fn resolve_ids(
+    owner: Option<&str>,
+    group: Option<&str>,
+    cache: &mut HashMap<String, u32>,
+) -> Result<(Option<u32>, Option<u32>), String> {
+    let mut one = |name: Option<&str>, is_user: bool| -> Result<Option<u32>, String> {
+        let Some(name) = name else { return Ok(None) };
+        if let Ok(id) = name.parse::<u32>() {
+            return Ok(Some(id));
+        }
+        let key = format!("{}:{name}", if is_user { "u" } else { "g" });
+        if let Some(id) = cache.get(&key) {
+            return Ok(Some(*id));
+        }
+        let id = if is_user {
+            nix::unistd::User::from_name(name).map_err(|e| e.to_string())?.map(|u| u.uid.as_raw())
+        } else {
+            nix::unistd::Group::from_name(name).map_err(|e| e.to_string())?.map(|g| g.gid.as_raw())
+        }
+        .ok_or_else(|| format!("{} {name:?} does not exist on this gateway", if is_user { "user" } else { "group" }))?;
+        cache.insert(key, id);
+        Ok(Some(id))
+    };
+    Ok((one(owner, true)?, one(group, false)?))
+}
+
+/// The desired files as plan targets (owner and group resolved).
+pub fn targets(
+    desired: &crate::bundle::Desired,
+) -> Result<BTreeMap<RelPath, Target>, crate::bundle::BundleError> {
+    let mut cache = HashMap::new();
+    let mut out = BTreeMap::new();
+    for (path, f) in &desired.files {
+        let (uid, gid) = resolve_ids(f.owner.as_deref(), f.group.as_deref(), &mut cache)
+            .map_err(|reason| crate::bundle::BundleError { file: f.from.clone(), reason })?;
+        out.insert(path.clone(), Target { hash: f.hash, mode: f.mode, uid, gid, on_change: f.on_change.clone() });
+    }
+    Ok(out)
+}

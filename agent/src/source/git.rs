@@ -1,0 +1,343 @@
+//! The Git source, on gix.
+//!
+//! A bare repository under `state_dir/git` holds only what was fetched: one ref,
+//! `refs/tend/source`, fetched with depth 1 over protocol v2, so a poll where the
+//! branch has not moved is one ref listing and no pack. The repository is opened
+//! isolated: no global or user git config, no environment, so nothing outside
+//! the local agent config shapes what is fetched or how.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use gix::ObjectId;
+use gix::remote::Direction;
+
+use super::{Fetched, SourceError};
+use crate::bundle::{EntryKind, RelPath, Tree, TreeError};
+
+const LOCAL_REF: &str = "refs/tend/source";
+/// Shallow fetches accumulate one pack per new commit; past this many the
+/// repository is started afresh (a depth-1 clone is cheap).
+const MAX_PACKS: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct GitSource {
+    dir: PathBuf,
+    url: String,
+    branch: String,
+    token_file: Option<PathBuf>,
+    ssh_key: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl GitSource {
+    pub fn new(cfg: &crate::config::Config) -> GitSource {
+        GitSource {
+            dir: cfg.state_dir.join("git"),
+            url: cfg.source.url.clone(),
+            branch: cfg.source.branch.clone(),
+            token_file: cfg.source.token_file.clone(),
+            ssh_key: cfg.source.ssh_key.clone(),
+            timeout: cfg.source.timeout,
+        }
+    }
+
+    /// The URL with any user:password part hidden, for messages.
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    fn overrides(&self) -> Vec<String> {
+        let mut v = vec!["protocol.version=2".to_string()];
+        let connect = self.timeout.as_secs().max(1);
+        let mut ssh = format!(
+            "ssh -o BatchMode=yes -o ConnectTimeout={connect} -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+            shell_quote(&self.dir.join("known_hosts").to_string_lossy())
+        );
+        if let Some(key) = &self.ssh_key {
+            ssh.push_str(&format!(" -o IdentitiesOnly=yes -i {}", shell_quote(&key.to_string_lossy())));
+        }
+        v.push(format!("core.sshCommand={ssh}"));
+        v
+    }
+
+    fn open(&self) -> Result<gix::Repository, SourceError> {
+        let fresh = !self.dir.join("HEAD").exists();
+        if fresh {
+            std::fs::create_dir_all(&self.dir).map_err(|e| {
+                SourceError::permanent(format!("cannot create {}: {e}", self.dir.display()))
+            })?;
+            gix::init_bare(&self.dir)
+                .map_err(|e| SourceError::permanent(format!("cannot init {}: {e}", self.dir.display())))?;
+        }
+        gix::open_opts(&self.dir, gix::open::Options::isolated().config_overrides(self.overrides()))
+            .map_err(|e| SourceError::permanent(format!("cannot open {}: {e}", self.dir.display())))
+    }
+
+    /// Start over when shallow fetches have piled up packs.
+    fn maintain(&self) {
+        let packs = std::fs::read_dir(self.dir.join("objects/pack"))
+            .map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count())
+            .unwrap_or(0);
+        if packs > MAX_PACKS {
+            tracing::info!(packs, "compacting the fetched repository by fetching afresh");
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Poll the branch; fetch its tip (depth 1) if it moved. Blocking; bounded by
+    /// `[source].timeout`.
+    pub fn fetch(&self) -> Result<Fetched, SourceError> {
+        self.maintain();
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let this = self.clone();
+        let flag = interrupt.clone();
+        std::thread::Builder::new()
+            .name("tend-fetch".into())
+            .spawn(move || {
+                let _ = tx.send(this.fetch_blocking(&flag));
+            })
+            .map_err(|e| SourceError::transient(format!("cannot start fetch: {e}")))?;
+        match rx.recv_timeout(self.timeout) {
+            Ok(r) => r,
+            Err(_) => {
+                interrupt.store(true, Ordering::Relaxed);
+                Err(SourceError::transient(format!(
+                    "{}: timed out after {}",
+                    self.shown_url(),
+                    humantime::format_duration(self.timeout)
+                )))
+            }
+        }
+    }
+
+    fn fetch_blocking(&self, interrupt: &AtomicBool) -> Result<Fetched, SourceError> {
+        let url = self.shown_url();
+        let repo = self.open()?;
+        let net = |e: gix::Error| {
+            let msg = format!("{url}: {}", error_chain(&e));
+            // Authentication and "no such repository" will not fix themselves by
+            // retrying sooner, but a server may come back: both are retried at the
+            // poll interval; only local setup problems are permanent.
+            SourceError::transient(msg)
+        };
+        let remote = repo
+            .remote_at(self.url.as_str())
+            .map_err(|e| SourceError::permanent(format!("[source].url {url:?}: {}", error_chain(&e))))?
+            .with_refspecs(Some(format!("+refs/heads/{}:{LOCAL_REF}", self.branch).as_str()), Direction::Fetch)
+            .map_err(|e| SourceError::permanent(format!("[source].branch {:?}: {}", self.branch, error_chain(&e))))?;
+        let conn = remote.connect(Direction::Fetch).map_err(net)?;
+        let token = match &self.token_file {
+            Some(path) if self.url.starts_with("http") => Some(read_token(path)?),
+            _ => None,
+        };
+        let conn = conn.with_credentials(move |action| match (&token, action) {
+            (Some((user, pass)), gix::credentials::helper::Action::Get(ctx)) => {
+                Ok(Some(gix::credentials::protocol::Outcome {
+                    identity: gix::sec::identity::Account {
+                        username: user.clone(),
+                        password: pass.clone(),
+                        oauth_refresh_token: None,
+                    },
+                    next: ctx.into(),
+                }))
+            }
+            // No prompts, no credential helpers: only what the local config gives.
+            _ => Ok(None),
+        });
+        let prepare = conn.prepare_fetch(gix::progress::Discard, Default::default()).map_err(net)?;
+        if prepare.ref_map().mappings.iter().all(|m| m.remote.as_id().is_none()) || prepare.ref_map().mappings.is_empty() {
+            return Err(SourceError::transient(format!("{url}: branch {:?} not found", self.branch)));
+        }
+        let outcome = prepare
+            .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::new(1).expect("non-zero")))
+            .receive(gix::progress::Discard, interrupt)
+            .map_err(net)?;
+        let received_pack = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
+        let id = repo
+            .find_reference(LOCAL_REF)
+            .map_err(|e| SourceError::transient(format!("{url}: fetched ref missing: {}", error_chain(&e))))?
+            .peel_to_id()
+            .map_err(|e| SourceError::transient(format!("{url}: {}", error_chain(&e))))?;
+        Ok(Fetched { commit: id.to_string(), received_pack })
+    }
+
+    /// The files of `commit`, which must have been fetched.
+    pub fn tree(&self, commit: &str) -> Result<GitTree, SourceError> {
+        let repo = self.open()?;
+        let id = ObjectId::from_hex(commit.as_bytes())
+            .map_err(|e| SourceError::permanent(format!("commit {commit}: {e}")))?;
+        let tree_id = repo
+            .find_commit(id)
+            .and_then(|c| c.tree_id().map(|t| t.detach()))
+            .map_err(|e| SourceError::transient(format!("commit {commit}: not in the local repository: {}", error_chain(&e))))?;
+        Ok(GitTree { repo, root: tree_id, cache: RefCell::new(HashMap::new()) })
+    }
+
+    /// The pack files in the local repository (for tests and benchmarks).
+    pub fn pack_count(&self) -> usize {
+        std::fs::read_dir(self.dir.join("objects/pack"))
+            .map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count())
+            .unwrap_or(0)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// `token_file`: either a bare token (sent as the password of user
+/// `x-access-token`, which GitHub, Gitea and GitLab accept) or `user:token`.
+fn read_token(path: &Path) -> Result<(String, String), SourceError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SourceError::permanent(format!("[source].token_file {}: cannot read: {e}", path.display())))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(SourceError::permanent(format!("[source].token_file {}: empty", path.display())));
+    }
+    Ok(match line.split_once(':') {
+        Some((u, p)) => (u.to_owned(), p.to_owned()),
+        None => ("x-access-token".to_owned(), line.to_owned()),
+    })
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Hide `user:password@` in URLs shown in messages.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((auth, host)) = rest.split_once('@')
+        && !auth.contains('/')
+    {
+        let user = auth.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+/// One line from a gix error and its causes.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = c.source();
+    }
+    msg.replace('\n', " ")
+}
+
+type Listing = Rc<Vec<(String, EntryKind, ObjectId)>>;
+
+/// One commit's tree. Directory listings are decoded once and cached.
+pub struct GitTree {
+    repo: gix::Repository,
+    root: ObjectId,
+    cache: RefCell<HashMap<RelPath, Listing>>,
+}
+
+impl std::fmt::Debug for GitTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitTree").field("root", &self.root).finish()
+    }
+}
+
+impl GitTree {
+    fn listing(&self, dir: &RelPath) -> Result<Option<Listing>, TreeError> {
+        if let Some(l) = self.cache.borrow().get(dir) {
+            return Ok(Some(l.clone()));
+        }
+        let tree_id = if dir.is_root() {
+            self.root
+        } else {
+            let parent = dir.parent().unwrap_or_default();
+            let name = dir.segments().last().expect("not root");
+            let Some(listing) = self.listing(&parent)? else { return Ok(None) };
+            match listing.iter().find(|(n, _, _)| n == name) {
+                Some((_, EntryKind::Dir, id)) => *id,
+                _ => return Ok(None),
+            }
+        };
+        let tree = self.repo.find_tree(tree_id).map_err(|e| TreeError::new(dir, error_chain(&e)))?;
+        let decoded = tree.decode().map_err(|e| TreeError::new(dir, error_chain(&e)))?;
+        let mut entries = Vec::with_capacity(decoded.entries.len());
+        for e in &decoded.entries {
+            let Ok(name) = std::str::from_utf8(e.filename) else {
+                return Err(TreeError::new(dir, format!("file name {:?} is not valid UTF-8", e.filename)));
+            };
+            let kind = if e.mode.is_tree() {
+                EntryKind::Dir
+            } else if e.mode.is_link() {
+                EntryKind::Symlink
+            } else if e.mode.is_blob() {
+                EntryKind::File { executable: e.mode.is_executable() }
+            } else {
+                EntryKind::Other
+            };
+            entries.push((name.to_owned(), kind, e.oid.to_owned()));
+        }
+        let listing = Rc::new(entries);
+        self.cache.borrow_mut().insert(dir.clone(), listing.clone());
+        Ok(Some(listing))
+    }
+
+    fn entry(&self, path: &RelPath) -> Result<Option<(EntryKind, ObjectId)>, TreeError> {
+        let Some(parent) = path.parent() else { return Ok(Some((EntryKind::Dir, self.root))) };
+        let name = path.segments().last().expect("not root");
+        Ok(self.listing(&parent)?.and_then(|l| l.iter().find(|(n, _, _)| n == name).map(|(_, k, id)| (*k, *id))))
+    }
+}
+
+impl Tree for GitTree {
+    fn kind(&self, path: &RelPath) -> Result<Option<EntryKind>, TreeError> {
+        Ok(self.entry(path)?.map(|(k, _)| k))
+    }
+
+    fn list(&self, path: &RelPath) -> Result<Vec<(String, EntryKind)>, TreeError> {
+        let listing = self.listing(path)?.ok_or_else(|| TreeError::new(path, "not a directory"))?;
+        let mut out = Vec::with_capacity(listing.len());
+        for (name, kind, _) in listing.iter() {
+            path.join(name).map_err(|e| TreeError::new(path, e))?;
+            out.push((name.clone(), *kind));
+        }
+        Ok(out)
+    }
+
+    fn read(&self, path: &RelPath, limit: u64) -> Result<Vec<u8>, TreeError> {
+        let (kind, id) = self.entry(path)?.ok_or_else(|| TreeError::new(path, "not found"))?;
+        if !matches!(kind, EntryKind::File { .. } | EntryKind::Symlink) {
+            return Err(TreeError::new(path, "not a file"));
+        }
+        // Check the size before inflating, so a huge blob costs nothing.
+        let header = self.repo.find_header(id).map_err(|e| TreeError::new(path, error_chain(&e)))?;
+        if header.size() > limit {
+            return Err(TreeError::new(path, format!("{} bytes, larger than the limit of {limit} bytes", header.size())));
+        }
+        let obj = self.repo.find_object(id).map_err(|e| TreeError::new(path, error_chain(&e)))?;
+        Ok(obj.detach().data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("https://bob:s3cret@git.example.com/x.git"), "https://bob:***@git.example.com/x.git");
+        assert_eq!(redact_url("https://git.example.com/x.git"), "https://git.example.com/x.git");
+        assert_eq!(redact_url("/srv/git/fleet"), "/srv/git/fleet");
+    }
+}

@@ -1,0 +1,222 @@
+//! The local store under `state_dir`: applied revisions, file contents, the
+//! inventory of what tend created, and the last status.
+//!
+//! What must always hold: every value carries a schema version and is rejected
+//! (not misread) when the version is unknown; file contents are content-addressed,
+//! so an unchanged file is stored once however many revisions use it; a revision
+//! record is only written after every blob it references. `sled.rs` is the only
+//! file that knows the backing database.
+
+mod sled;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::sled::SledStore;
+use crate::bundle::{Desired, RelPath};
+use crate::hash::ContentHash;
+
+/// The schema version written with every value.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: in use by another tend process (is `tend run` active?)")]
+    Locked { path: String },
+    #[error("state store {path}: {reason}")]
+    Backend { path: String, reason: String },
+    #[error("state store: {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// How a revision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Applied; no health gate decided on it (yet).
+    Applied,
+    /// Applied and passed its health checks: a last-known-good candidate.
+    Healthy,
+    /// Apply or health failed.
+    Failed,
+    /// Failed and was rolled back.
+    RolledBack,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Healthy => "healthy",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled_back",
+        }
+    }
+    pub fn is_good(self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::Healthy)
+    }
+}
+
+/// One applied (or attempted) revision: the commit, what it resolved to for this
+/// gateway, how it ended and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevisionRecord {
+    /// Increasing sequence number; the key in the store.
+    pub seq: u64,
+    pub commit: String,
+    /// The bundle directory in the repository.
+    pub bundle: String,
+    /// Identifies what besides the commit shaped the render (device id, fleet,
+    /// labels, path, policy): the same commit renders again when it changes.
+    pub render_key: String,
+    pub applied_at: String,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub desired: Desired,
+}
+
+/// The content and metadata a file had before tend first wrote it; prune puts
+/// it back, so adopting an existing file is never destructive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Original {
+    pub hash: ContentHash,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What the inventory knows of a file's state on disk when tend last wrote or
+/// verified it; when it still matches, the content need not be read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A file tend owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owned {
+    /// The content tend wrote; `None` while a write is in flight (after a crash:
+    /// unknown, so the file is read and compared).
+    pub hash: Option<ContentHash>,
+    pub stat: Option<Stat>,
+    /// What was there before tend took the file over; `None` if tend created it.
+    pub original: Option<Original>,
+}
+
+/// Everything tend created or took over, and nothing else: prune reads only this.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Inventory {
+    pub files: BTreeMap<RelPath, Owned>,
+    /// Directories tend created (removed again when empty and no longer needed).
+    pub dirs: BTreeSet<RelPath>,
+    /// Set while an apply is in flight: a crash leaves it set, and the next sync
+    /// cleans temporary files before planning.
+    pub dirty: bool,
+}
+
+/// The resources summary of SPEC §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub total: usize,
+    pub ready: usize,
+    pub failed: usize,
+}
+
+/// The gateway's status, as `tend status` and MQTT show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub device_id: String,
+    pub fleet: String,
+    pub agent_version: String,
+    pub phase: String,
+    pub revision: Option<String>,
+    pub target_revision: Option<String>,
+    pub last_good_revision: Option<String>,
+    pub source: String,
+    pub last_sync: Option<String>,
+    pub error: Option<String>,
+    pub resources: Resources,
+}
+
+/// The local store, in our own types.
+pub trait Store {
+    /// Keep `data` under its hash (a no-op if it is already there).
+    fn put_blob(&self, hash: &ContentHash, data: &[u8]) -> Result<(), StoreError>;
+    fn get_blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError>;
+    fn has_blob(&self, hash: &ContentHash) -> Result<bool, StoreError>;
+    /// Add or replace a revision record (keyed by its `seq`).
+    fn put_revision(&self, rec: &RevisionRecord) -> Result<(), StoreError>;
+    /// All revisions, newest first.
+    fn revisions(&self) -> Result<Vec<RevisionRecord>, StoreError>;
+    /// The newest revision, without reading the others.
+    fn latest_revision(&self) -> Result<Option<RevisionRecord>, StoreError>;
+    fn next_seq(&self) -> Result<u64, StoreError>;
+    fn inventory(&self) -> Result<Inventory, StoreError>;
+    fn set_inventory(&self, inv: &Inventory) -> Result<(), StoreError>;
+    fn status(&self) -> Result<Option<Status>, StoreError>;
+    fn set_status(&self, status: &Status) -> Result<(), StoreError>;
+    /// Drop revisions beyond the newest `keep` and blobs nothing refers to.
+    fn gc(&self, keep: usize) -> Result<GcReport, StoreError>;
+    /// Make everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GcReport {
+    pub revisions_removed: usize,
+    pub blobs_removed: usize,
+}
+
+/// The blobs a set of revisions and an inventory still need.
+pub(crate) fn referenced_blobs<'a>(
+    revisions: impl IntoIterator<Item = &'a RevisionRecord>,
+    inv: &Inventory,
+) -> BTreeSet<ContentHash> {
+    let mut keep = BTreeSet::new();
+    for r in revisions {
+        keep.extend(r.desired.files.values().map(|f| f.hash));
+    }
+    keep.extend(inv.files.values().filter_map(|o| o.original.as_ref().map(|x| x.hash)));
+    keep
+}
+
+/// Encode a value with its schema version.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Versioned<'a, T> {
+        v: u32,
+        data: &'a T,
+    }
+    serde_json::to_vec(&Versioned { v: SCHEMA_VERSION, data: value }).expect("store values serialise")
+}
+
+/// Decode a value, refusing a schema version this agent does not know.
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    #[derive(Deserialize)]
+    struct Versioned<T> {
+        v: u32,
+        data: T,
+    }
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: u32,
+    }
+    let corrupt = |reason: String| StoreError::Corrupt { key: key.to_owned(), reason };
+    let head: VersionOnly = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if head.v != SCHEMA_VERSION {
+        return Err(corrupt(format!(
+            "schema version {} (this tend reads version {SCHEMA_VERSION}; was the store written by a newer tend?)",
+            head.v
+        )));
+    }
+    let full: Versioned<T> = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    debug_assert_eq!(full.v, SCHEMA_VERSION);
+    Ok(full.data)
+}
