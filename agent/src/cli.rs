@@ -29,7 +29,7 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// More log detail (-v debug, -vv trace); TEND_LOG=filter overrides.
+    /// More log detail (-v info, -vv debug, -vvv trace); TEND_LOG=filter overrides.
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]

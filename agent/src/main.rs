@@ -20,9 +20,12 @@ fn main() -> ExitCode {
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
+    // One-shot commands print their result on stdout and keep stderr for
+    // warnings; -v shows each step.
     let default = match cli.verbose {
-        0 => "info",
-        1 => "debug",
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
         _ => "trace",
     };
     // The one place the environment shapes logging.

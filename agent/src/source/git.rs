@@ -153,8 +153,15 @@ impl GitSource {
             _ => Ok(None),
         });
         let prepare = conn.prepare_fetch(gix::progress::Discard, Default::default()).map_err(net)?;
-        if prepare.ref_map().mappings.iter().all(|m| m.remote.as_id().is_none()) || prepare.ref_map().mappings.is_empty() {
+        let Some(remote_tip) = prepare.ref_map().mappings.iter().find_map(|m| m.remote.as_id()).map(|id| id.to_owned())
+        else {
             return Err(SourceError::transient(format!("{url}: branch {:?} not found", self.branch)));
+        };
+        // The branch has not moved: the ref listing was the whole cost. (gix
+        // would negotiate again for a shallow repository.)
+        let local_tip = repo.try_find_reference(LOCAL_REF).ok().flatten().and_then(|mut r| r.peel_to_id().ok());
+        if local_tip.is_some_and(|id| id.detach() == remote_tip) && repo.find_commit(remote_tip).is_ok() {
+            return Ok(Fetched { commit: remote_tip.to_string(), received_pack: false });
         }
         let outcome = prepare
             .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::new(1).expect("non-zero")))

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# tend quickstart: make examples/fleet a local Git repository, sync gateway
+# gw-demo-01 from it into a demo root, and show the files, status and history.
+# Needs no root; everything lives under ./target/quickstart (or $1).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+work="${1:-$here/target/quickstart}"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need git; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq git; else
+    echo "quickstart: git is missing: sudo apt-get install -y git" >&2; exit 2; fi
+fi
+if ! need cargo; then
+  echo "quickstart: cargo is missing: install Rust 1.95 or newer with rustup (https://rustup.rs)" >&2; exit 2
+fi
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "building tend"
+(cd "$here" && cargo build --quiet --bin tend)
+tend="$here/target/debug/tend"
+
+rm -rf "$work" && mkdir -p "$work/root" "$work/state"
+step "making examples/fleet a Git repository at $work/fleet"
+cp -r "$here/examples/fleet" "$work/fleet"
+git -C "$work/fleet" init -q -b main
+git -C "$work/fleet" add -A
+git -C "$work/fleet" -c user.name=demo -c user.email=demo@example.com commit -qm "fleet: first revision"
+
+cat > "$work/agent.toml" <<TOML
+device_id = "gw-demo-01"
+fleet = "demo"
+state_dir = "$work/state"
+labels = { site = "berlin", region = "eu" }
+
+[source]
+url = "file://$work/fleet"
+branch = "main"
+path = "devices/{device_id}"
+
+[files]
+root = "$work/root"
+allow = ["/etc/myapp", "/opt/myapp"]
+TOML
+export TEND_CONFIG="$work/agent.toml"
+echo "config: $TEND_CONFIG"
+
+step "tend validate (what the fleet repository's CI would run)"
+"$tend" validate "$work/fleet/devices/gw-demo-01" --label site=berlin --label region=eu
+
+step "tend sync --dry-run (the plan; nothing changes)"
+"$tend" sync --dry-run
+
+step "tend sync"
+"$tend" sync
+
+step "the files under the demo root"
+(cd "$work/root" && find . -type f -exec ls -l {} + | awk '{print $1, $NF}')
+echo; cat "$work/root/etc/myapp/app.conf"
+
+step "a new commit: change app.conf and drop region.conf"
+sed -i 's/modbus_port = 502/modbus_port = 1502/' "$work/fleet/devices/gw-demo-01/files/etc/myapp/app.conf"
+git -C "$work/fleet" rm -q -r groups/eu/files/etc/myapp/region.conf
+sed -i 's|include = \["../../base", "../../groups/eu"\]|include = ["../../base"]|' "$work/fleet/devices/gw-demo-01/tend.toml"
+git -C "$work/fleet" -c user.name=demo -c user.email=demo@example.com commit -qam "fleet: new modbus port, no region file"
+"$tend" sync
+
+step "drift: delete a managed file by hand, then sync again"
+rm "$work/root/etc/myapp/common.conf"
+"$tend" sync
+ls -l "$work/root/etc/myapp"
+
+step "tend status"
+"$tend" status
+
+step "tend history"
+"$tend" history

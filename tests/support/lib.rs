@@ -1,0 +1,371 @@
+//! Support for the end-to-end suites: real Git servers on 127.0.0.1 (git daemon,
+//! git-http-backend behind lighttpd), fleet repositories made with the real `git`,
+//! and gateways that run the real `tend` binary against a temporary root.
+//!
+//! Every server binds 127.0.0.1 only and is killed when its handle drops.
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `tend` binary, built once per test process.
+pub fn tend_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "tend", "--bin", "tend"])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building tend failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        target.join("debug").join("tend")
+    })
+    .clone()
+}
+
+/// Run a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on 127.0.0.1:{port}");
+}
+
+/// A fleet repository: a real Git work tree that tests write to and commit.
+pub struct Fleet {
+    pub dir: PathBuf,
+}
+
+impl Fleet {
+    /// A new repository under `parent/name` with branch `main`.
+    pub fn new(parent: &Path, name: &str) -> Fleet {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        run(Command::new("git").args(["init", "-q", "-b", "main"]).arg(&dir));
+        Fleet { dir }
+    }
+
+    fn git(&self) -> Command {
+        let mut c = Command::new("git");
+        c.current_dir(&self.dir)
+            .args(["-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]);
+        c
+    }
+
+    /// Write a file (creating parents).
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> &Self {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        self
+    }
+
+    pub fn chmod(&self, rel: &str, mode: u32) -> &Self {
+        std::fs::set_permissions(self.dir.join(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+        self
+    }
+
+    pub fn symlink(&self, rel: &str, target: &str) -> &Self {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(target, &p).unwrap();
+        self
+    }
+
+    pub fn remove(&self, rel: &str) -> &Self {
+        let p = self.dir.join(rel);
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).unwrap();
+        } else {
+            std::fs::remove_file(p).unwrap();
+        }
+        self
+    }
+
+    /// Commit everything; returns the commit id.
+    pub fn commit(&self, msg: &str) -> String {
+        run(self.git().args(["add", "-A"]));
+        run(self.git().args(["commit", "-q", "--allow-empty", "-m", msg]));
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        run(self.git().args(["rev-parse", "HEAD"])).trim().to_owned()
+    }
+
+    /// Move the branch back to `commit` (a revert without a new commit).
+    pub fn reset_hard(&self, commit: &str) {
+        run(self.git().args(["reset", "-q", "--hard", commit]));
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+}
+
+/// `git daemon` serving every repository under `base` on 127.0.0.1.
+pub struct GitDaemon {
+    child: Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    pub fn start(base: &Path) -> GitDaemon {
+        let port = free_port();
+        let mut child = Command::new("git")
+            .arg("daemon")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .args(["--export-all", "--reuseaddr", "--informative-errors"])
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start git daemon (is git installed?)");
+        wait_for_port(port, &mut child, "git daemon");
+        GitDaemon { child, port }
+    }
+
+    pub fn url(&self, repo: &str) -> String {
+        format!("git://127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// lighttpd running git-http-backend (smart HTTP) for every repository under `base`.
+pub struct HttpGit {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpGit {
+    pub fn start(base: &Path) -> HttpGit {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let backend = ["/usr/lib/git-core/git-http-backend", "/usr/libexec/git-core/git-http-backend"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("git-http-backend not found");
+        let conf = format!(
+            r#"server.modules = ("mod_cgi", "mod_alias", "mod_setenv")
+server.bind = "127.0.0.1"
+server.port = {port}
+server.username = ""
+server.document-root = "{root}"
+server.errorlog = "{root}/error.log"
+alias.url = ("/git/" => "{backend}/")
+$HTTP["url"] =~ "^/git/" {{
+  cgi.assign = ("" => "")
+  setenv.add-environment = ("GIT_PROJECT_ROOT" => "{base}", "GIT_HTTP_EXPORT_ALL" => "1")
+}}
+"#,
+            root = dir.path().display(),
+            base = base.display(),
+        );
+        let conf_path = dir.path().join("lighttpd.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let lighttpd = ["/usr/sbin/lighttpd", "/usr/bin/lighttpd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("lighttpd not installed (tests/run installs it)");
+        let mut child = Command::new(lighttpd)
+            .arg("-D")
+            .arg("-f")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start lighttpd");
+        wait_for_port(port, &mut child, "lighttpd");
+        HttpGit { child, port, _dir: dir }
+    }
+
+    pub fn url(&self, repo: &str) -> String {
+        format!("http://127.0.0.1:{}/git/{repo}", self.port)
+    }
+}
+
+impl Drop for HttpGit {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One gateway: a config, a state directory and a root that files go to.
+pub struct Gateway {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+}
+
+/// The outcome of one `tend` invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Gateway {
+    /// A gateway under `parent` syncing `url`, device `gw-1`, files allowed under
+    /// /etc/myapp and /opt/myapp; `extra` is appended to the config.
+    pub fn new(parent: &Path, url: &str, extra: &str) -> Gateway {
+        let dir = parent.join("gateway");
+        let root = dir.join("root");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&root).unwrap();
+        let config = dir.join("agent.toml");
+        let gw = Gateway { dir, root, state, config };
+        gw.write_config(url, extra);
+        gw
+    }
+
+    pub fn write_config(&self, url: &str, extra: &str) {
+        let text = format!(
+            r#"device_id = "gw-1"
+fleet = "test"
+state_dir = "{state}"
+labels = {{ site = "berlin" }}
+
+[source]
+url = "{url}"
+branch = "main"
+path = "devices/{{device_id}}"
+timeout = "10s"
+
+[files]
+root = "{root}"
+allow = ["/etc/myapp", "/opt/myapp"]
+{extra}
+"#,
+            state = self.state.display(),
+            root = self.root.display(),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(tend_bin());
+        c.env("TEND_CONFIG", &self.config).env_remove("TEND_LOG").stdin(Stdio::null());
+        c
+    }
+
+    pub fn tend(&self, args: &[&str]) -> Run {
+        self.command().args(args).output().expect("run tend").into()
+    }
+
+    /// `tend sync --json`, which must succeed.
+    pub fn sync_ok(&self) -> serde_json::Value {
+        let r = self.tend(&["sync", "--json"]);
+        assert_eq!(r.code, 0, "sync failed: {}\n{}", r.stdout, r.stderr);
+        r.json()
+    }
+
+    pub fn path(&self, dest: &str) -> PathBuf {
+        self.root.join(dest.trim_start_matches('/'))
+    }
+
+    pub fn read(&self, dest: &str) -> String {
+        std::fs::read_to_string(self.path(dest)).unwrap_or_else(|e| panic!("{dest}: {e}"))
+    }
+
+    pub fn mode(&self, dest: &str) -> u32 {
+        std::fs::metadata(self.path(dest)).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Every file, directory and symlink under the root with its mode and content.
+    pub fn snapshot(&self) -> BTreeMap<String, (u32, Vec<u8>)> {
+        snapshot(&self.root)
+    }
+}
+
+/// Every entry under `dir`: relative path → (mode with type bits, content or link target).
+pub fn snapshot(dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let content = if m.file_type().is_symlink() {
+                std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()
+            } else if m.is_file() {
+                std::fs::read(&p).unwrap()
+            } else {
+                stack.push(p.clone());
+                Vec::new()
+            };
+            out.insert(rel, (m.mode(), content));
+        }
+    }
+    out
+}
+
+/// Number of pack files in a repository's object store.
+pub fn pack_count(git_dir: &Path) -> usize {
+    std::fs::read_dir(git_dir.join("objects/pack"))
+        .map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count())
+        .unwrap_or(0)
+}
+
+/// A minimal good bundle for device gw-1.
+pub fn good_bundle(fleet: &Fleet) {
+    fleet
+        .write("devices/gw-1/tend.toml", "[[file]]\npath = \"/etc/myapp/app.conf\"\nmode = \"0640\"\n")
+        .write("devices/gw-1/files/etc/myapp/app.conf", "port = 502\n")
+        .write("devices/gw-1/files/opt/myapp/run.sh", "#!/bin/sh\necho hi\n")
+        .chmod("devices/gw-1/files/opt/myapp/run.sh", 0o755);
+}
