@@ -184,6 +184,15 @@ impl Agent {
                 })?;
             }
             Err(e) => {
+                if let SyncError::Bundle { error, .. } = e {
+                    self.record_revision(
+                        &fetched.commit,
+                        &self.render_key(),
+                        &Desired::default(),
+                        Outcome::Failed,
+                        Some(error.to_string()),
+                    )?;
+                }
                 let resources = self.count_ready().unwrap_or_default();
                 self.record_status(|s| {
                     s.phase = "failed".into();
@@ -310,8 +319,21 @@ impl Agent {
         outcome: Outcome,
         error: Option<String>,
     ) -> Result<(), StoreError> {
+        // A failing commit polled again does not flood the history: the record
+        // of the same failure is updated in place.
+        let latest = self.store.latest_revision()?;
+        let seq = match latest {
+            Some(l) if outcome == Outcome::Failed
+                && l.outcome == Outcome::Failed
+                && l.commit == commit
+                && l.render_key == render_key =>
+            {
+                l.seq
+            }
+            _ => self.store.next_seq()?,
+        };
         let rec = RevisionRecord {
-            seq: self.store.next_seq()?,
+            seq,
             commit: commit.to_owned(),
             bundle: self.cfg.source.path.clone(),
             render_key: render_key.to_owned(),

@@ -292,6 +292,7 @@ impl FileRoot {
                         // Only when empty: someone else's file inside keeps it.
                         let full = self.full(path);
                         if std::fs::remove_dir(&full).is_ok() {
+                            touched_dirs.remove(&full);
                             touched_dirs.insert(full.parent().map(Path::to_path_buf).unwrap_or_default());
                         }
                         inv.dirs.remove(path);

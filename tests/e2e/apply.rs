@@ -1,0 +1,182 @@
+//! Acceptance 2: update, prune, overlays, templates, modes and `on_change` once
+//! per sync, each asserted on real files; files tend did not write are never
+//! touched, and a file tend took over gets its original back when pruned.
+
+use tend_e2e::{Fleet, Gateway};
+
+fn setup() -> (tempfile::TempDir, Fleet, Gateway) {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let gw = Gateway::new(tmp.path(), &fleet.url(), "");
+    (tmp, fleet, gw)
+}
+
+#[test]
+fn overlays_templates_and_modes() {
+    let (_tmp, fleet, gw) = setup();
+    fleet
+        .write("base/tend.toml", "[[file]]\npath = \"/etc/myapp/shared.conf\"\nmode = \"0600\"\n")
+        .write("base/files/etc/myapp/shared.conf", "from base\n")
+        .write("base/files/etc/myapp/only-base.conf", "base only\n")
+        .write("groups/eu/files/etc/myapp/shared.conf", "from group\n")
+        .write("groups/eu/files/etc/myapp/group.conf", "group\n")
+        .write(
+            "devices/gw-1/tend.toml",
+            r#"include = ["../../base", "../../groups/eu"]
+[[file]]
+path = "/etc/myapp/id.conf"
+template = true
+mode = "0640"
+[[file]]
+path = "/etc/myapp/literal.conf"
+"#,
+        )
+        .write("devices/gw-1/files/etc/myapp/id.conf", "id={{ device_id }} fleet={{fleet}} site={{ labels.site }}\n")
+        .write("devices/gw-1/files/etc/myapp/literal.conf", "not a template: {{ device_id }}\n")
+        .write("devices/gw-1/files/etc/myapp/group.conf", "device wins\n")
+        .write("devices/gw-1/files/opt/myapp/tool", "#!/bin/sh\n")
+        .chmod("devices/gw-1/files/opt/myapp/tool", 0o755);
+    fleet.commit("overlays");
+    gw.sync_ok();
+
+    // Includes are applied first, the including bundle wins on the same path,
+    // and a later include wins over an earlier one.
+    assert_eq!(gw.read("/etc/myapp/only-base.conf"), "base only\n");
+    assert_eq!(gw.read("/etc/myapp/shared.conf"), "from group\n");
+    assert_eq!(gw.read("/etc/myapp/group.conf"), "device wins\n");
+    // The base's metadata still applies to the path the group overrode.
+    assert_eq!(gw.mode("/etc/myapp/shared.conf"), 0o600);
+    // Templates render only where asked.
+    assert_eq!(gw.read("/etc/myapp/id.conf"), "id=gw-1 fleet=test site=berlin\n");
+    assert_eq!(gw.read("/etc/myapp/literal.conf"), "not a template: {{ device_id }}\n");
+    // Modes: declared, default 0644, executable bit in Git gives 0755.
+    assert_eq!(gw.mode("/etc/myapp/id.conf"), 0o640);
+    assert_eq!(gw.mode("/etc/myapp/literal.conf"), 0o644);
+    assert_eq!(gw.mode("/opt/myapp/tool"), 0o755);
+}
+
+#[test]
+fn update_prune_and_hooks_once_per_sync() {
+    let (tmp, fleet, gw) = setup();
+    let log = tmp.path().join("hook.log");
+    let hook = format!("on_change = [\"sh\", \"-c\", \"echo ran >> {}\"]", log.display());
+    fleet
+        .write(
+            "devices/gw-1/tend.toml",
+            &format!("[[file]]\npath = \"/etc/myapp/a.conf\"\n{hook}\n[[file]]\npath = \"/etc/myapp/b.conf\"\n{hook}\n"),
+        )
+        .write("devices/gw-1/files/etc/myapp/a.conf", "a1\n")
+        .write("devices/gw-1/files/etc/myapp/b.conf", "b1\n")
+        .write("devices/gw-1/files/etc/myapp/sub/c.conf", "c1\n")
+        .write("devices/gw-1/files/opt/myapp/new/deep/d.conf", "d1\n");
+    fleet.commit("v1");
+    // A file nobody asked tend to manage, in a directory tend writes to.
+    std::fs::create_dir_all(gw.path("/etc/myapp")).unwrap();
+    std::fs::write(gw.path("/etc/myapp/local.conf"), "mine\n").unwrap();
+
+    gw.sync_ok();
+    let runs = || std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+    assert_eq!(runs(), 1, "two changed files share one hook: it runs once");
+
+    // No change: no hook.
+    gw.sync_ok();
+    assert_eq!(runs(), 1);
+
+    // Update both files: still once.
+    fleet.write("devices/gw-1/files/etc/myapp/a.conf", "a2\n").write("devices/gw-1/files/etc/myapp/b.conf", "b2\n");
+    fleet.commit("v2");
+    let r = gw.sync_ok();
+    assert_eq!(r["updated"], 2);
+    assert_eq!(runs(), 2);
+    assert_eq!(gw.read("/etc/myapp/a.conf"), "a2\n");
+
+    // Prune: removed from the bundle → removed from disk, with the directories
+    // tend created; the file tend never wrote stays.
+    fleet.remove("devices/gw-1/files/etc/myapp/sub").remove("devices/gw-1/files/opt/myapp/new");
+    fleet.commit("v3");
+    let r = gw.sync_ok();
+    assert_eq!(r["deleted"], 2);
+    assert!(!gw.path("/etc/myapp/sub/c.conf").exists());
+    assert!(!gw.path("/etc/myapp/sub").exists(), "empty directory tend created is removed");
+    assert!(!gw.path("/opt/myapp/new").exists());
+    assert_eq!(gw.read("/etc/myapp/local.conf"), "mine\n");
+    assert_eq!(runs(), 2, "a deletion alone does not run the files' hooks");
+
+    // Drift: an edit by hand is repaired at the next sync (and runs the hook).
+    std::fs::write(gw.path("/etc/myapp/a.conf"), "edited by hand\n").unwrap();
+    gw.sync_ok();
+    assert_eq!(gw.read("/etc/myapp/a.conf"), "a2\n");
+    assert_eq!(runs(), 3);
+}
+
+#[test]
+fn prune_off_leaves_files_in_place() {
+    let (_tmp, fleet, gw) = setup();
+    let text = std::fs::read_to_string(&gw.config).unwrap() + "[apply]\nprune = false\n";
+    std::fs::write(&gw.config, text).unwrap();
+    fleet.write("devices/gw-1/files/etc/myapp/a.conf", "a\n").write("devices/gw-1/files/etc/myapp/b.conf", "b\n");
+    fleet.commit("v1");
+    gw.sync_ok();
+    fleet.remove("devices/gw-1/files/etc/myapp/b.conf");
+    fleet.commit("v2");
+    gw.sync_ok();
+    assert_eq!(gw.read("/etc/myapp/b.conf"), "b\n");
+}
+
+#[test]
+fn a_file_taken_over_is_restored_when_pruned() {
+    let (_tmp, fleet, gw) = setup();
+    std::fs::create_dir_all(gw.path("/etc/myapp")).unwrap();
+    std::fs::write(gw.path("/etc/myapp/app.conf"), "the vendor's default\n").unwrap();
+    std::fs::set_permissions(gw.path("/etc/myapp/app.conf"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    fleet.write("devices/gw-1/files/etc/myapp/app.conf", "managed\n").write("devices/gw-1/files/etc/myapp/x", "x\n");
+    fleet.commit("take over");
+    gw.sync_ok();
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "managed\n");
+    fleet.remove("devices/gw-1/files/etc/myapp/app.conf");
+    fleet.commit("release");
+    gw.sync_ok();
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "the vendor's default\n");
+    assert_eq!(gw.mode("/etc/myapp/app.conf"), 0o600);
+}
+
+#[test]
+fn dry_run_changes_nothing_and_prints_the_plan() {
+    let (_tmp, fleet, gw) = setup();
+    fleet.write("devices/gw-1/files/etc/myapp/a.conf", "a\n");
+    fleet.commit("v1");
+    let r = gw.tend(&["sync", "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("create  /etc/myapp/a.conf"), "{}", r.stdout);
+    assert!(gw.snapshot().is_empty(), "dry run wrote something");
+    let h = gw.tend(&["history", "--json"]).json();
+    assert_eq!(h.as_array().unwrap().len(), 0, "dry run recorded a revision");
+    gw.sync_ok();
+    fleet.write("devices/gw-1/files/etc/myapp/a.conf", "a2\n");
+    fleet.remove("devices/gw-1/files/etc/myapp/a.conf");
+    fleet.write("devices/gw-1/files/etc/myapp/b.conf", "b\n");
+    fleet.commit("v2");
+    let before = gw.snapshot();
+    let r = gw.tend(&["sync", "--dry-run"]);
+    assert!(r.stdout.contains("delete  /etc/myapp/a.conf") && r.stdout.contains("create  /etc/myapp/b.conf"), "{}", r.stdout);
+    assert_eq!(gw.snapshot(), before);
+}
+
+#[test]
+fn history_keeps_revisions_newest_first_bounded() {
+    let (_tmp, fleet, gw) = setup();
+    let text = std::fs::read_to_string(&gw.config).unwrap() + "[apply]\nhistory = 3\n";
+    std::fs::write(&gw.config, text).unwrap();
+    let mut commits = Vec::new();
+    for i in 0..5 {
+        fleet.write("devices/gw-1/files/etc/myapp/a.conf", format!("{i}\n"));
+        commits.push(fleet.commit(&format!("c{i}")));
+        gw.sync_ok();
+    }
+    let h = gw.tend(&["history", "--json"]).json();
+    let revs: Vec<&str> = h.as_array().unwrap().iter().map(|r| r["revision"].as_str().unwrap()).collect();
+    assert_eq!(revs, vec![commits[4].as_str(), commits[3].as_str(), commits[2].as_str()]);
+    assert!(h.as_array().unwrap().iter().all(|r| r["outcome"] == "applied"));
+    let human = gw.tend(&["history"]);
+    assert!(human.stdout.contains(&commits[4][..12]), "{}", human.stdout);
+}
