@@ -3,8 +3,9 @@
 //!
 //! What must always hold:
 //! - a destination is never half-written: content goes to a temporary file in
-//!   the same directory, is fsynced, renamed over the destination, and the
-//!   directory is fsynced;
+//!   the same directory, is made durable (one `syncfs` for all of a sync's files,
+//!   or an fsync each), renamed over the destination, and the directory is
+//!   fsynced;
 //! - the inventory is written ahead of the disk (a file is recorded as owned,
 //!   content unknown, before it is touched), so a crash at any moment leaves the
 //!   store able to say which files are tend's;
@@ -14,7 +15,7 @@
 //!   changed or deleted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
+use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -236,17 +237,40 @@ impl FileRoot {
         store.set_inventory(inv)?;
         store.flush()?;
 
-        // 3. The operations, in plan order; hooks last.
+        // 3. Stage every new content as a temporary file beside its destination,
+        //    then make them all durable at once (one syncfs instead of an fsync
+        //    per file: slow flash pays per flush). Until the first rename nothing
+        //    is visible, so a failure here leaves the gateway as it was.
         let mut touched_dirs: HashSet<PathBuf> = HashSet::new();
         let mut hooks = Vec::new();
         let result = (|| -> Result<(), FileError> {
+            let mut staged = Vec::new();
             for op in &plan.ops {
-                let _span = tracing::debug_span!("file", op = %op).entered();
                 match op {
                     Op::Write { path, target, .. } => {
                         self.ensure_parents(path, inv)?;
                         let data = content(&target.hash).map_err(|e| FileError::io(&self.full(path), "load content", e))?;
-                        let stat = self.write_atomic(path, &data, target.mode, target.uid, target.gid)?;
+                        staged.push(self.stage(path, &data, target.mode, target.uid, target.gid)?);
+                    }
+                    Op::Delete { path, restore: Some(o) } => {
+                        let data = store.get_blob(&o.hash)?.ok_or_else(|| {
+                            FileError::io(&self.full(path), "restore original", "original content missing from the store")
+                        })?;
+                        staged.push(self.stage(path, &data, o.mode, Some(o.uid), Some(o.gid))?);
+                    }
+                    _ => {}
+                }
+            }
+            if !staged.is_empty() {
+                self.make_durable(&staged)?;
+            }
+
+            // 4. The operations, in plan order; hooks after every write.
+            for op in &plan.ops {
+                let _span = tracing::debug_span!("file", op = %op).entered();
+                match op {
+                    Op::Write { path, target, .. } => {
+                        let stat = self.commit(path)?;
                         touched_dirs.insert(self.full(path).parent().map(Path::to_path_buf).unwrap_or_default());
                         set_owned(inv, path, target.hash, stat);
                         report.written += 1;
@@ -269,11 +293,8 @@ impl FileRoot {
                     Op::Delete { path, restore } => {
                         let full = self.full(path);
                         match restore {
-                            Some(o) => {
-                                let data = store.get_blob(&o.hash)?.ok_or_else(|| {
-                                    FileError::io(&full, "restore original", "original content missing from the store")
-                                })?;
-                                self.write_atomic(path, &data, o.mode, Some(o.uid), Some(o.gid))?;
+                            Some(_) => {
+                                self.commit(path)?;
                             }
                             None => match std::fs::remove_file(&full) {
                                 Ok(()) => {}
@@ -305,12 +326,19 @@ impl FileRoot {
             }
             Ok(())
         })();
+        if result.is_err() {
+            // Staged files that were never renamed into place.
+            self.clean_temporaries(plan.ops.iter().filter_map(|op| match op {
+                Op::Write { path, .. } | Op::Delete { path, restore: Some(_) } => Some(path),
+                _ => None,
+            }));
+        }
         inv.dirty = result.is_err();
         store.set_inventory(inv)?;
         store.flush()?;
         result?;
 
-        // 4. Hooks, once each, after every write is durable.
+        // 5. Hooks, once each, after every write is durable.
         for (command, because) in hooks {
             let shown = shell_words(command);
             let files: Vec<String> = because.iter().map(RelPath::to_absolute_string).collect();
@@ -354,9 +382,9 @@ impl FileRoot {
         Ok(())
     }
 
-    /// Temporary file in the same directory, fsync, rename over the destination.
-    fn write_atomic(&self, path: &RelPath, data: &[u8], mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<Stat, FileError> {
-        let full = self.full(path);
+    /// Write `data` to the temporary file beside `path`, with its final mode and
+    /// ownership. Not yet durable, not yet visible.
+    fn stage(&self, path: &RelPath, data: &[u8], mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<PathBuf, FileError> {
         let tmp = self.tmp_path(path);
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
@@ -372,15 +400,38 @@ impl FileRoot {
                 std::os::unix::fs::fchown(&f, uid, gid).map_err(|e| FileError::io(&tmp, "chown", e))?;
             }
             // After chown, which clears set-id bits.
-            f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| FileError::io(&tmp, "chmod", e))?;
-            f.sync_all().map_err(|e| FileError::io(&tmp, "fsync", e))?;
-            std::fs::rename(&tmp, &full).map_err(|e| FileError::io(&full, "rename into place", e))
+            f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| FileError::io(&tmp, "chmod", e))
         })();
         if let Err(e) = res {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        let m = f.metadata().map_err(|e| FileError::io(&full, "stat", e))?;
+        Ok(tmp)
+    }
+
+    /// Flush staged files to stable storage: one `syncfs` for the filesystem of
+    /// the root, or an fsync per file where that is not available.
+    fn make_durable(&self, staged: &[PathBuf]) -> Result<(), FileError> {
+        let root = std::fs::File::open(&self.root).map_err(|e| FileError::io(&self.root, "open", e))?;
+        let same_fs = {
+            use std::os::unix::fs::MetadataExt;
+            let dev = root.metadata().map(|m| m.dev()).ok();
+            staged.iter().all(|p| std::fs::symlink_metadata(p).map(|m| m.dev()).ok() == dev)
+        };
+        if same_fs && nix::unistd::syncfs(&root).is_ok() {
+            return Ok(());
+        }
+        for p in staged {
+            std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(|e| FileError::io(p, "fsync", e))?;
+        }
+        Ok(())
+    }
+
+    /// Rename the staged file over `path`: the one atomic step.
+    fn commit(&self, path: &RelPath) -> Result<Stat, FileError> {
+        let full = self.full(path);
+        std::fs::rename(self.tmp_path(path), &full).map_err(|e| FileError::io(&full, "rename into place", e))?;
+        let m = std::fs::symlink_metadata(&full).map_err(|e| FileError::io(&full, "stat", e))?;
         Ok(stat_of(&m))
     }
 }

@@ -80,8 +80,30 @@ impl GitSource {
             .map_err(|e| SourceError::permanent(format!("cannot open {}: {e}", self.dir.display())))
     }
 
+    /// Remove what a fetch killed mid-way leaves behind: lock files and
+    /// temporary packs. Safe because only the process holding the store (one at a
+    /// time, enforced by its lock) ever fetches into this repository.
+    fn clear_stale_locks(&self) {
+        fn walk(dir: &Path, depth: usize) {
+            let Ok(rd) = std::fs::read_dir(dir) else { return };
+            for e in rd.filter_map(Result::ok) {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(ft) = e.file_type() else { continue };
+                if ft.is_dir() && depth < 6 {
+                    walk(&p, depth + 1);
+                } else if ft.is_file() && (name.ends_with(".lock") || (name.starts_with("tmp") && dir.ends_with("pack"))) {
+                    tracing::debug!(path = %p.display(), "removing a leftover of an interrupted fetch");
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        walk(&self.dir, 0);
+    }
+
     /// Start over when shallow fetches have piled up packs.
     fn maintain(&self) {
+        self.clear_stale_locks();
         let packs = std::fs::read_dir(self.dir.join("objects/pack"))
             .map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count())
             .unwrap_or(0);
@@ -231,19 +253,9 @@ pub fn redact_url(url: &str) -> String {
     url.to_owned()
 }
 
-/// One line from a gix error and its causes.
+/// One line from a gix error (its Display already carries the causes).
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !msg.contains(&s) {
-            msg.push_str(": ");
-            msg.push_str(&s);
-        }
-        cur = c.source();
-    }
-    msg.replace('\n', " ")
+    e.to_string().replace('\n', " ")
 }
 
 type Listing = Rc<Vec<(String, EntryKind, ObjectId)>>;
