@@ -247,7 +247,11 @@ fn cmd_history(cli: &Cli, json: bool) -> Result<(), Failure> {
         let _ = writeln!(out, "no revision applied yet");
         return Ok(());
     }
-    let _ = writeln!(out, "{:>4}  {:<12}  {:<11}  {:<20}  {:>6}  error", "seq", "revision", "outcome", "applied at", "files");
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<12}  {:<11}  {:<20}  {:>6}  error",
+        "seq", "revision", "outcome", "applied at", "files"
+    );
     for r in &revs {
         let _ = writeln!(
             out,
@@ -284,8 +288,7 @@ fn cmd_validate(
     let rel = abs
         .strip_prefix(&root)
         .map_err(|_| usage(format!("{} is not inside the repository root {}", dir.display(), root.display())))?;
-    let bundle_path = RelPath::parse(&rel.to_string_lossy())
-        .map_err(|e| usage(format!("{}: {e}", dir.display())))?;
+    let bundle_path = RelPath::parse(&rel.to_string_lossy()).map_err(|e| usage(format!("{}: {e}", dir.display())))?;
     let identity = Identity {
         device_id: device_id
             .map(str::to_owned)
@@ -323,7 +326,11 @@ fn cmd_validate(
                     bundle_path,
                     d.files.len(),
                     d.checks.len(),
-                    d.bundles.iter().map(|b| format!("{b}: {}", per.get(b).copied().unwrap_or(0))).collect::<Vec<_>>().join(", ")
+                    d.bundles
+                        .iter()
+                        .map(|b| format!("{b}: {}", per.get(b).copied().unwrap_or(0)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             Ok(())

@@ -41,8 +41,7 @@ impl fmt::Display for ConfigError {
 /// A duration written as a humantime string (`"90s"`, `"5m"`).
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -339,11 +338,7 @@ impl Identity {
 
 impl Config {
     pub fn identity(&self) -> Identity {
-        Identity {
-            device_id: self.device_id.clone(),
-            fleet: self.fleet.clone(),
-            labels: self.labels.clone(),
-        }
+        Identity { device_id: self.device_id.clone(), fleet: self.fleet.clone(), labels: self.labels.clone() }
     }
 
     pub fn control_socket(&self) -> PathBuf {
@@ -352,10 +347,8 @@ impl Config {
 
     /// Read and validate the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![format!("cannot read: {e}")],
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: path.to_path_buf(), problems: vec![format!("cannot read: {e}")] })?;
         Self::from_str(&text, path)
     }
 
@@ -363,13 +356,24 @@ impl Config {
     pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let fail = |problems: Vec<String>| ConfigError { file: file.to_path_buf(), problems };
         let table: toml::Table = toml::from_str(text).map_err(|e| {
-            fail(vec![format!("invalid TOML: {}", e.message().trim())
-                + &e.span().map(|s| format!(" (at {})", line_col(text, s.start))).unwrap_or_default()])
+            fail(vec![
+                format!("invalid TOML: {}", e.message().trim())
+                    + &e.span().map(|s| format!(" (at {})", line_col(text, s.start))).unwrap_or_default(),
+            ])
         })?;
         let mut problems = Vec::new();
         let known = [
-            "device_id", "fleet", "state_dir", "labels", "source", "apply", "files", "containers",
-            "k3s", "mqtt", "control",
+            "device_id",
+            "fleet",
+            "state_dir",
+            "labels",
+            "source",
+            "apply",
+            "files",
+            "containers",
+            "k3s",
+            "mqtt",
+            "control",
         ];
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
@@ -437,11 +441,17 @@ impl Config {
         check_name("fleet", &cfg_identity.fleet, &mut problems);
         for (k, v) in &cfg_identity.labels {
             if k.is_empty() || v.chars().any(char::is_control) || k.chars().any(|c| !is_name_char(c)) {
-                problems.push(format!("labels.{k}: label keys are [A-Za-z0-9_.-] and values have no control characters"));
+                problems
+                    .push(format!("labels.{k}: label keys are [A-Za-z0-9_.-] and values have no control characters"));
             }
         }
         match cfg_identity.expand(&source.branch) {
-            Ok(b) if b.is_empty() || b.starts_with('-') || b.contains("..") || b.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c)) => {
+            Ok(b)
+                if b.is_empty()
+                    || b.starts_with('-')
+                    || b.contains("..")
+                    || b.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c)) =>
+            {
                 problems.push(format!("[source].branch: {b:?} is not a valid branch name"))
             }
             Ok(b) => source.branch = b,
@@ -602,7 +612,13 @@ mod tests {
         )
         .unwrap_err();
         let text = err.to_string();
-        for needle in ["`device_id`", "[source].path: unknown placeholder {nope}", "[source].branch", "[files].root", "[files].allow"] {
+        for needle in [
+            "`device_id`",
+            "[source].path: unknown placeholder {nope}",
+            "[source].branch",
+            "[files].root",
+            "[files].allow",
+        ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
     }

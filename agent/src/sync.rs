@@ -207,14 +207,18 @@ impl Agent {
         result
     }
 
-    fn sync_fetched(&self, fetched: &Fetched, opts: SyncOptions, timings: &mut Timings) -> Result<SyncReport, SyncError> {
+    fn sync_fetched(
+        &self,
+        fetched: &Fetched,
+        opts: SyncOptions,
+        timings: &mut Timings,
+    ) -> Result<SyncReport, SyncError> {
         let commit = &fetched.commit;
         let render_key = self.render_key();
         let latest = self.store.latest_revision()?;
         let t = Instant::now();
-        let reuse = latest
-            .as_ref()
-            .filter(|r| r.commit == *commit && r.render_key == render_key && r.outcome.is_good());
+        let reuse =
+            latest.as_ref().filter(|r| r.commit == *commit && r.render_key == render_key && r.outcome.is_good());
         let (desired, blobs): (Desired, HashMap<ContentHash, Vec<u8>>) = match reuse {
             Some(r) => (r.desired.clone(), HashMap::new()),
             None => {
@@ -226,8 +230,7 @@ impl Agent {
         timings.render_ms = ms(t.elapsed());
 
         let t = Instant::now();
-        let targets = files::targets(&desired)
-            .map_err(|error| SyncError::Bundle { commit: commit.clone(), error })?;
+        let targets = files::targets(&desired).map_err(|error| SyncError::Bundle { commit: commit.clone(), error })?;
         let mut inv = self.store.inventory()?;
         let paths: BTreeSet<&RelPath> = targets.keys().chain(inv.files.keys()).collect();
         if inv.dirty && !opts.dry_run {
@@ -249,12 +252,8 @@ impl Agent {
             timings: Timings::default(),
         };
         if !report.plan.blocked.is_empty() {
-            let blocked = report
-                .plan
-                .blocked
-                .iter()
-                .map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason))
-                .collect();
+            let blocked =
+                report.plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
             if !opts.dry_run && rendered {
                 self.record_revision(commit, &render_key, &desired, Outcome::Failed, Some("blocked".into()))?;
             }
@@ -323,10 +322,11 @@ impl Agent {
         // of the same failure is updated in place.
         let latest = self.store.latest_revision()?;
         let seq = match latest {
-            Some(l) if outcome == Outcome::Failed
-                && l.outcome == Outcome::Failed
-                && l.commit == commit
-                && l.render_key == render_key =>
+            Some(l)
+                if outcome == Outcome::Failed
+                    && l.outcome == Outcome::Failed
+                    && l.commit == commit
+                    && l.render_key == render_key =>
             {
                 l.seq
             }
@@ -386,7 +386,8 @@ impl Agent {
         let Some(rev) = self.store.revisions()?.into_iter().find(|r| r.outcome.is_good()) else {
             return Ok(Resources::default());
         };
-        let targets = files::targets(&rev.desired).map_err(|error| SyncError::Bundle { commit: rev.commit.clone(), error })?;
+        let targets =
+            files::targets(&rev.desired).map_err(|error| SyncError::Bundle { commit: rev.commit.clone(), error })?;
         let inv = self.store.inventory()?;
         let live = self
             .root

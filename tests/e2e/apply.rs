@@ -63,7 +63,7 @@ fn update_prune_and_hooks_once_per_sync() {
     fleet
         .write(
             "devices/gw-1/tend.toml",
-            &format!("[[file]]\npath = \"/etc/myapp/a.conf\"\n{hook}\n[[file]]\npath = \"/etc/myapp/b.conf\"\n{hook}\n"),
+            format!("[[file]]\npath = \"/etc/myapp/a.conf\"\n{hook}\n[[file]]\npath = \"/etc/myapp/b.conf\"\n{hook}\n"),
         )
         .write("devices/gw-1/files/etc/myapp/a.conf", "a1\n")
         .write("devices/gw-1/files/etc/myapp/b.conf", "b1\n")
@@ -128,7 +128,8 @@ fn a_file_taken_over_is_restored_when_pruned() {
     let (_tmp, fleet, gw) = setup();
     std::fs::create_dir_all(gw.path("/etc/myapp")).unwrap();
     std::fs::write(gw.path("/etc/myapp/app.conf"), "the vendor's default\n").unwrap();
-    std::fs::set_permissions(gw.path("/etc/myapp/app.conf"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(gw.path("/etc/myapp/app.conf"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
     fleet.write("devices/gw-1/files/etc/myapp/app.conf", "managed\n").write("devices/gw-1/files/etc/myapp/x", "x\n");
     fleet.commit("take over");
     gw.sync_ok();
@@ -158,7 +159,11 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
     fleet.commit("v2");
     let before = gw.snapshot();
     let r = gw.tend(&["sync", "--dry-run"]);
-    assert!(r.stdout.contains("delete  /etc/myapp/a.conf") && r.stdout.contains("create  /etc/myapp/b.conf"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("delete  /etc/myapp/a.conf") && r.stdout.contains("create  /etc/myapp/b.conf"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(gw.snapshot(), before);
 }
 

@@ -32,7 +32,11 @@ fn sigkill_never_tears_a_file_and_the_next_sync_converges() {
     let hook_log = tmp.path().join("hooks.log");
     fleet.write(
         "devices/gw-1/tend.toml",
-        format!("[[file]]\npath = \"/{}\"\non_change = [\"sh\", \"-c\", \"echo ran >> {}\"]\n", name(0), hook_log.display()),
+        format!(
+            "[[file]]\npath = \"/{}\"\non_change = [\"sh\", \"-c\", \"echo ran >> {}\"]\n",
+            name(0),
+            hook_log.display()
+        ),
     );
     let mut versions = BTreeMap::new();
     for v in [1u32, 2] {

@@ -66,25 +66,42 @@ const B: &str = "devices/gw-1";
 
 #[test]
 fn destination_outside_the_allow_list() {
-    rejected(|f, _| { f.write(&format!("{B}/files/etc/shadow"), "root::0:0\n"); }, &["devices/gw-1/files/etc/shadow", "outside [files].allow"]);
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/files/etc/shadow"), "root::0:0\n");
+        },
+        &["devices/gw-1/files/etc/shadow", "outside [files].allow"],
+    );
 }
 
 #[test]
 fn dotdot_in_file_metadata_path() {
     rejected(
-        |f, _| { f.write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/etc/myapp/../shadow\"\nmode = \"0600\"\n"); },
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/etc/myapp/../shadow\"\nmode = \"0600\"\n");
+        },
         &["devices/gw-1/tend.toml", "'..' is not allowed"],
     );
 }
 
 #[test]
 fn include_leaving_the_repository() {
-    rejected(|f, _| { f.write(&format!("{B}/tend.toml"), "include = [\"../../../outside\"]\n"); }, &["devices/gw-1/tend.toml", "leaves the repository"]);
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "include = [\"../../../outside\"]\n");
+        },
+        &["devices/gw-1/tend.toml", "leaves the repository"],
+    );
 }
 
 #[test]
 fn absolute_include() {
-    rejected(|f, _| { f.write(&format!("{B}/tend.toml"), "include = [\"/etc\"]\n"); }, &["devices/gw-1/tend.toml", "absolute"]);
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "include = [\"/etc\"]\n");
+        },
+        &["devices/gw-1/tend.toml", "absolute"],
+    );
 }
 
 #[test]
@@ -115,24 +132,40 @@ fn include_depth_bomb() {
 
 #[test]
 fn include_of_a_missing_bundle() {
-    rejected(|f, _| { f.write(&format!("{B}/tend.toml"), "include = [\"../../nope\"]\n"); }, &["nope", "bundle directory not found"]);
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "include = [\"../../nope\"]\n");
+        },
+        &["nope", "bundle directory not found"],
+    );
 }
 
 #[test]
 fn symlink_leaving_the_repository() {
-    rejected(|f, _| { f.symlink(&format!("{B}/files/etc/myapp/passwd"), "../../../../../../../../etc/passwd"); }, &["devices/gw-1/files/etc/myapp/passwd", "symlink points outside"]);
+    rejected(
+        |f, _| {
+            f.symlink(&format!("{B}/files/etc/myapp/passwd"), "../../../../../../../../etc/passwd");
+        },
+        &["devices/gw-1/files/etc/myapp/passwd", "symlink points outside"],
+    );
 }
 
 #[test]
 fn absolute_symlink() {
-    rejected(|f, _| { f.symlink(&format!("{B}/files/etc/myapp/passwd"), "/etc/passwd"); }, &["devices/gw-1/files/etc/myapp/passwd", "symlink points outside"]);
+    rejected(
+        |f, _| {
+            f.symlink(&format!("{B}/files/etc/myapp/passwd"), "/etc/passwd");
+        },
+        &["devices/gw-1/files/etc/myapp/passwd", "symlink points outside"],
+    );
 }
 
 #[test]
 fn symlink_into_another_bundle() {
     rejected(
         |f, _| {
-            f.write("secrets/files/key", "secret\n").symlink(&format!("{B}/files/etc/myapp/key"), "../../../../../secrets/files/key");
+            f.write("secrets/files/key", "secret\n")
+                .symlink(&format!("{B}/files/etc/myapp/key"), "../../../../../secrets/files/key");
         },
         &["devices/gw-1/files/etc/myapp/key", "outside the bundle's files/"],
     );
@@ -152,7 +185,9 @@ fn symlink_loop() {
 fn symlinked_files_directory() {
     rejected(
         |f, _| {
-            f.remove(&format!("{B}/files")).write("elsewhere/etc/myapp/x", "x\n").symlink(&format!("{B}/files"), "../../elsewhere");
+            f.remove(&format!("{B}/files"))
+                .write("elsewhere/etc/myapp/x", "x\n")
+                .symlink(&format!("{B}/files"), "../../elsewhere");
         },
         &["devices/gw-1/files", "symlinks are not allowed at the top of a bundle"],
     );
@@ -160,12 +195,22 @@ fn symlinked_files_directory() {
 
 #[test]
 fn manifest_that_does_not_parse() {
-    rejected(|f, _| { f.write(&format!("{B}/tend.toml"), "[[file]\npath = 1\n"); }, &["devices/gw-1/tend.toml", "invalid"]);
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[[file]\npath = 1\n");
+        },
+        &["devices/gw-1/tend.toml", "invalid"],
+    );
 }
 
 #[test]
 fn manifest_with_an_unknown_key() {
-    rejected(|f, _| { f.write(&format!("{B}/tend.toml"), "inclde = [\"../../base\"]\n"); }, &["devices/gw-1/tend.toml", "unknown field `inclde`"]);
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "inclde = [\"../../base\"]\n");
+        },
+        &["devices/gw-1/tend.toml", "unknown field `inclde`"],
+    );
 }
 
 #[test]
@@ -182,7 +227,9 @@ fn unknown_template_variable() {
 #[test]
 fn metadata_for_a_file_that_does_not_exist() {
     rejected(
-        |f, _| { f.write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/etc/myapp/typo.conf\"\nmode = \"0600\"\n"); },
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/etc/myapp/typo.conf\"\nmode = \"0600\"\n");
+        },
         &["devices/gw-1/tend.toml", "/etc/myapp/typo.conf names no file"],
     );
 }
@@ -190,7 +237,9 @@ fn metadata_for_a_file_that_does_not_exist() {
 #[test]
 fn invalid_mode() {
     rejected(
-        |f, _| { f.write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/etc/myapp/app.conf\"\nmode = \"999\"\n"); },
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/etc/myapp/app.conf\"\nmode = \"999\"\n");
+        },
         &["devices/gw-1/tend.toml", "mode \"999\""],
     );
 }
@@ -198,7 +247,12 @@ fn invalid_mode() {
 #[test]
 fn unknown_owner() {
     rejected(
-        |f, _| { f.write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/etc/myapp/app.conf\"\nowner = \"no-such-user-xyz\"\n"); },
+        |f, _| {
+            f.write(
+                &format!("{B}/tend.toml"),
+                "[[file]]\npath = \"/etc/myapp/app.conf\"\nowner = \"no-such-user-xyz\"\n",
+            );
+        },
         &["devices/gw-1/files/etc/myapp/app.conf", "user \"no-such-user-xyz\" does not exist"],
     );
 }
@@ -217,29 +271,52 @@ fn too_many_files() {
 
 #[test]
 fn file_too_large() {
-    rejected(|f, _| { f.write(&format!("{B}/files/etc/myapp/huge.bin"), vec![0u8; (16 << 20) + 1]); }, &["devices/gw-1/files/etc/myapp/huge.bin", "larger than the limit"]);
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/files/etc/myapp/huge.bin"), vec![0u8; (16 << 20) + 1]);
+        },
+        &["devices/gw-1/files/etc/myapp/huge.bin", "larger than the limit"],
+    );
 }
 
 #[test]
 fn empty_bundle_is_refused() {
-    rejected(|f, _| { f.remove(&format!("{B}/files")).remove(&format!("{B}/tend.toml")).write(&format!("{B}/README.md"), "empty\n"); }, &["devices/gw-1", "declares nothing"]);
+    rejected(
+        |f, _| {
+            f.remove(&format!("{B}/files"))
+                .remove(&format!("{B}/tend.toml"))
+                .write(&format!("{B}/README.md"), "empty\n");
+        },
+        &["devices/gw-1", "declares nothing"],
+    );
 }
 
 #[test]
 fn missing_bundle_directory() {
-    rejected(|f, _| { f.remove(B).write("devices/other/files/etc/myapp/x", "x\n"); }, &["devices/gw-1", "bundle directory not found"]);
+    rejected(
+        |f, _| {
+            f.remove(B).write("devices/other/files/etc/myapp/x", "x\n");
+        },
+        &["devices/gw-1", "bundle directory not found"],
+    );
 }
 
 #[test]
 fn unknown_directory_in_a_bundle() {
-    rejected(|f, _| { f.write(&format!("{B}/flies/etc/myapp/x"), "x\n"); }, &["devices/gw-1/flies", "unknown directory"]);
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/flies/etc/myapp/x"), "x\n");
+        },
+        &["devices/gw-1/flies", "unknown directory"],
+    );
 }
 
 #[test]
 fn a_directory_in_the_way_blocks_every_file() {
     rejected(
         |f, gw| {
-            f.write(&format!("{B}/files/etc/myapp/new.conf"), "new\n").write(&format!("{B}/files/etc/myapp/app.conf"), "changed\n");
+            f.write(&format!("{B}/files/etc/myapp/new.conf"), "new\n")
+                .write(&format!("{B}/files/etc/myapp/app.conf"), "changed\n");
             std::fs::create_dir_all(gw.path("/etc/myapp/new.conf")).unwrap();
         },
         &["/etc/myapp/new.conf", "a directory is in the way"],

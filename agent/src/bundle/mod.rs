@@ -248,11 +248,10 @@ impl Loader<'_, '_> {
             None => None,
             Some(EntryKind::File { .. }) => {
                 let bytes = self.tree.read(&manifest_path, 1 << 20)?;
-                let text = std::str::from_utf8(&bytes)
-                    .map_err(|_| BundleError::new(&manifest_path, "not valid UTF-8"))?;
-                let m: Manifest = toml::from_str(text).map_err(|e| {
-                    BundleError::new(&manifest_path, format!("invalid: {}", e.message().trim()))
-                })?;
+                let text =
+                    std::str::from_utf8(&bytes).map_err(|_| BundleError::new(&manifest_path, "not valid UTF-8"))?;
+                let m: Manifest = toml::from_str(text)
+                    .map_err(|e| BundleError::new(&manifest_path, format!("invalid: {}", e.message().trim())))?;
                 Some(m)
             }
             Some(_) => return Err(BundleError::new(&manifest_path, "must be a regular file")),
@@ -260,21 +259,20 @@ impl Loader<'_, '_> {
 
         if let Some(m) = &manifest {
             for inc in &m.include {
-                let target = bundle
-                    .resolve(inc)
-                    .map_err(|e| BundleError::new(&manifest_path, format!("include {e}")))?;
+                let target =
+                    bundle.resolve(inc).map_err(|e| BundleError::new(&manifest_path, format!("include {e}")))?;
                 if let Some(pos) = stack.iter().position(|b| *b == target) {
                     let chain: Vec<String> =
                         stack[pos..].iter().chain(std::iter::once(&target)).map(ToString::to_string).collect();
-                    return Err(BundleError::new(
-                        &manifest_path,
-                        format!("include cycle: {}", chain.join(" -> ")),
-                    ));
+                    return Err(BundleError::new(&manifest_path, format!("include cycle: {}", chain.join(" -> "))));
                 }
                 if stack.len() >= self.ctx.limits.max_include_depth {
                     return Err(BundleError::new(
                         &manifest_path,
-                        format!("include of {target} exceeds the include depth limit of {}", self.ctx.limits.max_include_depth),
+                        format!(
+                            "include of {target} exceeds the include depth limit of {}",
+                            self.ctx.limits.max_include_depth
+                        ),
                     ));
                 }
                 self.load(&target, stack)?;
@@ -315,9 +313,8 @@ impl Loader<'_, '_> {
 
         if let Some(m) = manifest {
             for meta in m.files {
-                let dest = parse_dest(&meta.path).map_err(|e| {
-                    BundleError::new(&manifest_path, format!("[[file]] path {:?}: {e}", meta.path))
-                })?;
+                let dest = parse_dest(&meta.path)
+                    .map_err(|e| BundleError::new(&manifest_path, format!("[[file]] path {:?}: {e}", meta.path)))?;
                 self.meta.insert(dest, (meta, manifest_path.clone()));
             }
             for raw in m.checks {
@@ -366,10 +363,7 @@ impl Loader<'_, '_> {
                 .resolve(target)
                 .map_err(|e| BundleError::new(link, format!("symlink points outside the bundle: {e}")))?;
             if !resolved.starts_with(files_root) {
-                return Err(BundleError::new(
-                    link,
-                    format!("symlink points outside the bundle's files/ ({target:?})"),
-                ));
+                return Err(BundleError::new(link, format!("symlink points outside the bundle's files/ ({target:?})")));
             }
             match self.tree.kind(&resolved)? {
                 Some(EntryKind::File { executable }) => return Ok((self.read_limited(&resolved)?, executable)),
@@ -387,7 +381,10 @@ impl Loader<'_, '_> {
 
     fn read_limited(&self, path: &RelPath) -> Result<Vec<u8>, BundleError> {
         self.tree.read(path, self.ctx.limits.max_file_size).map_err(|e| {
-            BundleError::new(path, if e.reason.contains("limit") { format!("file too large: {}", e.reason) } else { e.reason })
+            BundleError::new(
+                path,
+                if e.reason.contains("limit") { format!("file too large: {}", e.reason) } else { e.reason },
+            )
         })
     }
 
@@ -428,13 +425,18 @@ impl Loader<'_, '_> {
                 Some((fm, manifest)) => {
                     let mode = match &fm.mode {
                         Some(s) => parse_mode(s).map_err(|e| {
-                            BundleError::new(manifest, format!("[[file]] {}: mode {s:?}: {e}", dest.to_absolute_string()))
+                            BundleError::new(
+                                manifest,
+                                format!("[[file]] {}: mode {s:?}: {e}", dest.to_absolute_string()),
+                            )
                         })?,
                         None => default_mode(staged.executable),
                     };
                     for (what, name) in [("owner", &fm.owner), ("group", &fm.group)] {
                         if let Some(n) = name
-                            && (n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control() || c == ':' || c == '/'))
+                            && (n.is_empty()
+                                || n.len() > 64
+                                || n.chars().any(|c| c.is_control() || c == ':' || c == '/'))
                         {
                             return Err(BundleError::new(
                                 manifest,
@@ -453,9 +455,8 @@ impl Loader<'_, '_> {
                     if fm.template {
                         let text = String::from_utf8(content)
                             .map_err(|_| BundleError::new(&from, "template is not valid UTF-8"))?;
-                        content = render_template(&text, ctx.identity)
-                            .map_err(|e| BundleError::new(&from, e))?
-                            .into_bytes();
+                        content =
+                            render_template(&text, ctx.identity).map_err(|e| BundleError::new(&from, e))?.into_bytes();
                         if content.len() as u64 > ctx.limits.max_file_size {
                             return Err(BundleError::new(&from, "file too large after rendering its template"));
                         }
@@ -542,8 +543,7 @@ fn parse_check(raw: RawCheck) -> Result<Check, String> {
     };
     let interval = match raw.interval {
         None => Duration::from_secs(5),
-        Some(s) => humantime::parse_duration(&s)
-            .map_err(|e| format!("[[check]] {name}: interval {s:?}: {e}"))?,
+        Some(s) => humantime::parse_duration(&s).map_err(|e| format!("[[check]] {name}: interval {s:?}: {e}"))?,
     };
     if interval.is_zero() {
         return Err(format!("[[check]] {name}: interval must be greater than zero"));

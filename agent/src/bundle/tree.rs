@@ -11,7 +11,9 @@ use super::RelPath;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
-    File { executable: bool },
+    File {
+        executable: bool,
+    },
     Dir,
     Symlink,
     /// Anything else (a submodule, a device node, a socket): never applied.
@@ -110,10 +112,7 @@ impl Tree for DirTree {
             let entry = entry.map_err(|e| TreeError::new(path, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
-                return Err(TreeError::new(
-                    path,
-                    format!("file name {:?} is not valid UTF-8", name.to_string_lossy()),
-                ));
+                return Err(TreeError::new(path, format!("file name {:?} is not valid UTF-8", name.to_string_lossy())));
             };
             if path.is_root() && name == ".git" {
                 continue;

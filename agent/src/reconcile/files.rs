@@ -147,7 +147,12 @@ impl FileRoot {
         Ok(out)
     }
 
-    fn observe_one(&self, path: &RelPath, owned: Option<&Owned>, dirs_ok: &mut HashSet<RelPath>) -> Result<Live, FileError> {
+    fn observe_one(
+        &self,
+        path: &RelPath,
+        owned: Option<&Owned>,
+        dirs_ok: &mut HashSet<RelPath>,
+    ) -> Result<Live, FileError> {
         for dir in ancestors(path) {
             if dirs_ok.contains(&dir) {
                 continue;
@@ -249,12 +254,17 @@ impl FileRoot {
                 match op {
                     Op::Write { path, target, .. } => {
                         self.ensure_parents(path, inv)?;
-                        let data = content(&target.hash).map_err(|e| FileError::io(&self.full(path), "load content", e))?;
+                        let data =
+                            content(&target.hash).map_err(|e| FileError::io(&self.full(path), "load content", e))?;
                         staged.push(self.stage(path, &data, target.mode, target.uid, target.gid)?);
                     }
                     Op::Delete { path, restore: Some(o) } => {
                         let data = store.get_blob(&o.hash)?.ok_or_else(|| {
-                            FileError::io(&self.full(path), "restore original", "original content missing from the store")
+                            FileError::io(
+                                &self.full(path),
+                                "restore original",
+                                "original content missing from the store",
+                            )
                         })?;
                         staged.push(self.stage(path, &data, o.mode, Some(o.uid), Some(o.gid))?);
                     }
@@ -287,7 +297,11 @@ impl FileRoot {
                         let m = std::fs::symlink_metadata(&full).map_err(|e| FileError::io(&full, "stat", e))?;
                         inv.files.insert(
                             path.clone(),
-                            Owned { hash: Some(target.hash), stat: Some(stat_of(&m)), original: Some(original.clone()) },
+                            Owned {
+                                hash: Some(target.hash),
+                                stat: Some(stat_of(&m)),
+                                original: Some(original.clone()),
+                            },
                         );
                     }
                     Op::Delete { path, restore } => {
@@ -384,7 +398,14 @@ impl FileRoot {
 
     /// Write `data` to the temporary file beside `path`, with its final mode and
     /// ownership. Not yet durable, not yet visible.
-    fn stage(&self, path: &RelPath, data: &[u8], mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<PathBuf, FileError> {
+    fn stage(
+        &self,
+        path: &RelPath,
+        data: &[u8],
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<PathBuf, FileError> {
         let tmp = self.tmp_path(path);
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
@@ -498,9 +519,7 @@ pub fn resolve_ids(
 }
 
 /// The desired files as plan targets (owner and group resolved).
-pub fn targets(
-    desired: &crate::bundle::Desired,
-) -> Result<BTreeMap<RelPath, Target>, crate::bundle::BundleError> {
+pub fn targets(desired: &crate::bundle::Desired) -> Result<BTreeMap<RelPath, Target>, crate::bundle::BundleError> {
     let mut cache = HashMap::new();
     let mut out = BTreeMap::new();
     for (path, f) in &desired.files {

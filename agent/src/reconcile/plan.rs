@@ -35,7 +35,12 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Live {
     Missing,
-    File { hash: ContentHash, mode: u32, uid: u32, gid: u32 },
+    File {
+        hash: ContentHash,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
     /// A directory, symlink, device…: tend never replaces these.
     Other(&'static str),
 }
@@ -134,7 +139,7 @@ pub fn plan(
                 false
             }
             Live::File { hash, mode, uid, gid } => {
-                let adopt = owned.is_none().then(|| Original { hash: *hash, mode: *mode, uid: *uid, gid: *gid });
+                let adopt = owned.is_none().then_some(Original { hash: *hash, mode: *mode, uid: *uid, gid: *gid });
                 let meta_ok = *mode == target.mode
                     && target.uid.is_none_or(|u| u == *uid)
                     && target.gid.is_none_or(|g| g == *gid);
@@ -286,17 +291,94 @@ mod tests {
         }
         let hook = |c: &str| Target { on_change: Some(vec!["reload".into()]), ..target(c, 0o644) };
         let cases = vec![
-            Case { name: "missing is created", desired: vec![("etc/a", target("x", 0o644))], live: vec![], owned: vec![], prune: true, expect: vec!["create  /etc/a"] },
-            Case { name: "same is nothing", desired: vec![("etc/a", target("x", 0o644))], live: vec![("etc/a", file("x", 0o644))], owned: vec!["etc/a"], prune: true, expect: vec![] },
-            Case { name: "changed content is updated", desired: vec![("etc/a", target("y", 0o644))], live: vec![("etc/a", file("x", 0o644))], owned: vec!["etc/a"], prune: true, expect: vec!["update  /etc/a"] },
-            Case { name: "changed mode is chmod", desired: vec![("etc/a", target("x", 0o600))], live: vec![("etc/a", file("x", 0o644))], owned: vec!["etc/a"], prune: true, expect: vec!["chmod   /etc/a"] },
-            Case { name: "unowned existing is taken over", desired: vec![("etc/a", target("y", 0o644))], live: vec![("etc/a", file("x", 0o644))], owned: vec![], prune: true, expect: vec!["update  /etc/a"] },
-            Case { name: "unowned identical is adopted", desired: vec![("etc/a", target("x", 0o644))], live: vec![("etc/a", file("x", 0o644))], owned: vec![], prune: true, expect: vec!["adopt   /etc/a"] },
-            Case { name: "owned undesired is pruned", desired: vec![], live: vec![("etc/a", file("x", 0o644))], owned: vec!["etc/a"], prune: true, expect: vec!["delete  /etc/a"] },
-            Case { name: "prune off forgets", desired: vec![], live: vec![("etc/a", file("x", 0o644))], owned: vec!["etc/a"], prune: false, expect: vec!["forget  /etc/a"] },
-            Case { name: "owned and gone is forgotten", desired: vec![], live: vec![], owned: vec!["etc/a"], prune: true, expect: vec!["forget  /etc/a"] },
-            Case { name: "unowned undesired is never touched", desired: vec![], live: vec![("etc/a", file("x", 0o644))], owned: vec![], prune: true, expect: vec![] },
-            Case { name: "one hook for two files", desired: vec![("etc/a", hook("1")), ("etc/b", hook("2")), ("etc/c", hook("3"))], live: vec![("etc/c", file("3", 0o644))], owned: vec!["etc/c"], prune: true, expect: vec!["create  /etc/a", "create  /etc/b", "run     reload (on_change of /etc/a, /etc/b)"] },
+            Case {
+                name: "missing is created",
+                desired: vec![("etc/a", target("x", 0o644))],
+                live: vec![],
+                owned: vec![],
+                prune: true,
+                expect: vec!["create  /etc/a"],
+            },
+            Case {
+                name: "same is nothing",
+                desired: vec![("etc/a", target("x", 0o644))],
+                live: vec![("etc/a", file("x", 0o644))],
+                owned: vec!["etc/a"],
+                prune: true,
+                expect: vec![],
+            },
+            Case {
+                name: "changed content is updated",
+                desired: vec![("etc/a", target("y", 0o644))],
+                live: vec![("etc/a", file("x", 0o644))],
+                owned: vec!["etc/a"],
+                prune: true,
+                expect: vec!["update  /etc/a"],
+            },
+            Case {
+                name: "changed mode is chmod",
+                desired: vec![("etc/a", target("x", 0o600))],
+                live: vec![("etc/a", file("x", 0o644))],
+                owned: vec!["etc/a"],
+                prune: true,
+                expect: vec!["chmod   /etc/a"],
+            },
+            Case {
+                name: "unowned existing is taken over",
+                desired: vec![("etc/a", target("y", 0o644))],
+                live: vec![("etc/a", file("x", 0o644))],
+                owned: vec![],
+                prune: true,
+                expect: vec!["update  /etc/a"],
+            },
+            Case {
+                name: "unowned identical is adopted",
+                desired: vec![("etc/a", target("x", 0o644))],
+                live: vec![("etc/a", file("x", 0o644))],
+                owned: vec![],
+                prune: true,
+                expect: vec!["adopt   /etc/a"],
+            },
+            Case {
+                name: "owned undesired is pruned",
+                desired: vec![],
+                live: vec![("etc/a", file("x", 0o644))],
+                owned: vec!["etc/a"],
+                prune: true,
+                expect: vec!["delete  /etc/a"],
+            },
+            Case {
+                name: "prune off forgets",
+                desired: vec![],
+                live: vec![("etc/a", file("x", 0o644))],
+                owned: vec!["etc/a"],
+                prune: false,
+                expect: vec!["forget  /etc/a"],
+            },
+            Case {
+                name: "owned and gone is forgotten",
+                desired: vec![],
+                live: vec![],
+                owned: vec!["etc/a"],
+                prune: true,
+                expect: vec!["forget  /etc/a"],
+            },
+            Case {
+                name: "unowned undesired is never touched",
+                desired: vec![],
+                live: vec![("etc/a", file("x", 0o644))],
+                owned: vec![],
+                prune: true,
+                expect: vec![],
+            },
+            Case {
+                name: "one hook for two files",
+                desired: vec![("etc/a", hook("1")), ("etc/b", hook("2")), ("etc/c", hook("3"))],
+                live: vec![("etc/c", file("3", 0o644))],
+                owned: vec!["etc/c"],
+                prune: true,
+                expect: vec!["create  /etc/a", "create  /etc/b", "run     reload (on_change of /etc/a, /etc/b)"],
+            },
         ];
         for c in cases {
             let desired = c.desired.into_iter().map(|(k, v)| (p(k), v)).collect();
@@ -335,7 +417,12 @@ mod tests {
 
     /// The model of the disk that the property test applies plans to: the same
     /// semantics `files.rs` gives each operation.
-    fn apply_model(plan: &Plan, live: &mut BTreeMap<RelPath, Live>, inv: &mut Inventory, blobs: &BTreeMap<ContentHash, ()>) {
+    fn apply_model(
+        plan: &Plan,
+        live: &mut BTreeMap<RelPath, Live>,
+        inv: &mut Inventory,
+        blobs: &BTreeMap<ContentHash, ()>,
+    ) {
         let _ = blobs;
         for op in &plan.ops {
             match op {
@@ -344,12 +431,15 @@ mod tests {
                         Some(Live::File { uid, gid, .. }) => (*uid, *gid),
                         _ => (0, 0),
                     };
-                    live.insert(path.clone(), Live::File {
-                        hash: target.hash,
-                        mode: target.mode,
-                        uid: target.uid.unwrap_or(uid0),
-                        gid: target.gid.unwrap_or(gid0),
-                    });
+                    live.insert(
+                        path.clone(),
+                        Live::File {
+                            hash: target.hash,
+                            mode: target.mode,
+                            uid: target.uid.unwrap_or(uid0),
+                            gid: target.gid.unwrap_or(gid0),
+                        },
+                    );
                     let original = inv.files.get(path).and_then(|o| o.original.clone()).or(adopt.clone());
                     inv.files.insert(path.clone(), Owned { hash: Some(target.hash), stat: None, original });
                     for d in ancestors(path) {
@@ -357,11 +447,16 @@ mod tests {
                     }
                 }
                 Op::Adopt { path, target, original } => {
-                    inv.files.insert(path.clone(), Owned { hash: Some(target.hash), stat: None, original: Some(original.clone()) });
+                    inv.files.insert(
+                        path.clone(),
+                        Owned { hash: Some(target.hash), stat: None, original: Some(original.clone()) },
+                    );
                 }
                 Op::Delete { path, restore } => {
                     match restore {
-                        Some(o) => live.insert(path.clone(), Live::File { hash: o.hash, mode: o.mode, uid: o.uid, gid: o.gid }),
+                        Some(o) => {
+                            live.insert(path.clone(), Live::File { hash: o.hash, mode: o.mode, uid: o.uid, gid: o.gid })
+                        }
                         None => live.remove(path),
                     };
                     inv.files.remove(path);

@@ -70,9 +70,8 @@ impl GitSource {
     fn open(&self) -> Result<gix::Repository, SourceError> {
         let fresh = !self.dir.join("HEAD").exists();
         if fresh {
-            std::fs::create_dir_all(&self.dir).map_err(|e| {
-                SourceError::permanent(format!("cannot create {}: {e}", self.dir.display()))
-            })?;
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| SourceError::permanent(format!("cannot create {}: {e}", self.dir.display())))?;
             gix::init_bare(&self.dir)
                 .map_err(|e| SourceError::permanent(format!("cannot init {}: {e}", self.dir.display())))?;
         }
@@ -92,7 +91,9 @@ impl GitSource {
                 let Ok(ft) = e.file_type() else { continue };
                 if ft.is_dir() && depth < 6 {
                     walk(&p, depth + 1);
-                } else if ft.is_file() && (name.ends_with(".lock") || (name.starts_with("tmp") && dir.ends_with("pack"))) {
+                } else if ft.is_file()
+                    && (name.ends_with(".lock") || (name.starts_with("tmp") && dir.ends_with("pack")))
+                {
                     tracing::debug!(path = %p.display(), "removing a leftover of an interrupted fetch");
                     let _ = std::fs::remove_file(&p);
                 }
@@ -203,10 +204,9 @@ impl GitSource {
         let repo = self.open()?;
         let id = ObjectId::from_hex(commit.as_bytes())
             .map_err(|e| SourceError::permanent(format!("commit {commit}: {e}")))?;
-        let tree_id = repo
-            .find_commit(id)
-            .and_then(|c| c.tree_id().map(|t| t.detach()))
-            .map_err(|e| SourceError::transient(format!("commit {commit}: not in the local repository: {}", error_chain(&e))))?;
+        let tree_id = repo.find_commit(id).and_then(|c| c.tree_id().map(|t| t.detach())).map_err(|e| {
+            SourceError::transient(format!("commit {commit}: not in the local repository: {}", error_chain(&e)))
+        })?;
         Ok(GitTree { repo, root: tree_id, cache: RefCell::new(HashMap::new()) })
     }
 
@@ -342,7 +342,10 @@ impl Tree for GitTree {
         // Check the size before inflating, so a huge blob costs nothing.
         let header = self.repo.find_header(id).map_err(|e| TreeError::new(path, error_chain(&e)))?;
         if header.size() > limit {
-            return Err(TreeError::new(path, format!("{} bytes, larger than the limit of {limit} bytes", header.size())));
+            return Err(TreeError::new(
+                path,
+                format!("{} bytes, larger than the limit of {limit} bytes", header.size()),
+            ));
         }
         let obj = self.repo.find_object(id).map_err(|e| TreeError::new(path, error_chain(&e)))?;
         Ok(obj.detach().data)

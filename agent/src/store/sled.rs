@@ -7,9 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    GcReport, Inventory, RevisionRecord, Status, Store, StoreError, decode, encode, referenced_blobs,
-};
+use super::{GcReport, Inventory, RevisionRecord, Status, Store, StoreError, decode, encode, referenced_blobs};
 use crate::hash::ContentHash;
 
 pub struct SledStore {
@@ -36,17 +34,16 @@ impl SledStore {
         let shown = path.display().to_string();
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend { path: shown.clone(), reason: format!("cannot create: {e}") })?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(Some(1000)).open().map_err(
+            |e| match e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+                {
                     StoreError::Locked { path: shown.clone() }
                 }
                 other => StoreError::Backend { path: shown.clone(), reason: other.to_string() },
-            })?;
+            },
+        )?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| StoreError::Backend { path: shown.clone(), reason: e.to_string() })
         };
