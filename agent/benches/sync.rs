@@ -112,7 +112,14 @@ fn main() {
 
     // The classic way: git fetch in a clone + rsync --checksum of the files.
     let clone = tmp.path().join("clone");
-    let out = Command::new("git").arg("clone").arg("-q").arg("--depth=1").arg(format!("file://{}", fleet.display())).arg(&clone).output().unwrap();
+    let out = Command::new("git")
+        .arg("clone")
+        .arg("-q")
+        .arg("--depth=1")
+        .arg(format!("file://{}", fleet.display()))
+        .arg(&clone)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let dest = tmp.path().join("rsync-root");
     std::fs::create_dir_all(&dest).unwrap();
@@ -135,7 +142,10 @@ fn main() {
         classic.push(t.elapsed());
     }
 
-    println!("tend sync benchmark: {FILES} files, {:.1} MiB, file:// source, {ROUNDS} rounds", bytes as f64 / 1048576.0);
+    println!(
+        "tend sync benchmark: {FILES} files, {:.1} MiB, file:// source, {ROUNDS} rounds",
+        bytes as f64 / 1048576.0
+    );
     println!("  first sync (fetch, render, store, write):  {:.1} ms", first_time.as_secs_f64() * 1000.0);
     println!("  no-op sync, in process (target <= 20 ms):  {}", stats(noop));
     println!("    of which render + plan:                  {}", stats(noop_plan));
