@@ -62,6 +62,9 @@ pub struct Source {
     pub token_file: Option<PathBuf>,
     pub ssh_key: Option<PathBuf>,
     pub allowed_signers: Option<PathBuf>,
+    /// Extension: PEM certificates trusted for `https://` sources in addition to
+    /// the system's roots (a fleet's private Git server).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Source {

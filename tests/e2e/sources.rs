@@ -7,8 +7,8 @@ use std::process::Command;
 use tend_e2e::{Fleet, Gateway, GitDaemon, HttpGit, good_bundle, pack_count};
 
 /// Sync through `url`; the fleet already has two commits on `main`.
-fn exercise(fleet: &Fleet, url: &str, tmp: &std::path::Path) {
-    let gw = Gateway::new(tmp, url, "");
+fn exercise(fleet: &Fleet, url: &str, tmp: &std::path::Path, source_keys: Option<&str>) -> Gateway {
+    let gw = Gateway::with_source_keys(tmp, url, source_keys.unwrap_or(""), "");
     let first = gw.sync_ok();
     assert_eq!(first["commit"], fleet.head());
     assert_eq!(first["received_pack"], true);
@@ -48,6 +48,7 @@ fn exercise(fleet: &Fleet, url: &str, tmp: &std::path::Path) {
     assert_eq!(status["revision"], c3);
     assert_eq!(status["phase"], "synced");
     assert_eq!(status["source"], "ok");
+    gw
 }
 
 fn two_commits(base: &std::path::Path) -> Fleet {
@@ -63,7 +64,7 @@ fn two_commits(base: &std::path::Path) -> Fleet {
 fn syncs_over_file_url() {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = two_commits(&tmp.path().join("srv"));
-    exercise(&fleet, &fleet.url(), tmp.path());
+    exercise(&fleet, &fleet.url(), tmp.path(), None);
 }
 
 #[test]
@@ -81,7 +82,7 @@ fn syncs_over_git_daemon() {
     let srv = tmp.path().join("srv");
     let fleet = two_commits(&srv);
     let daemon = GitDaemon::start(&srv);
-    exercise(&fleet, &daemon.url("fleet"), tmp.path());
+    exercise(&fleet, &daemon.url("fleet"), tmp.path(), None);
 }
 
 #[test]
@@ -90,7 +91,7 @@ fn syncs_over_smart_http() {
     let srv = tmp.path().join("srv");
     let fleet = two_commits(&srv);
     let http = HttpGit::start(&srv);
-    exercise(&fleet, &http.url("fleet"), tmp.path());
+    exercise(&fleet, &http.url("fleet"), tmp.path(), None);
 }
 
 #[test]
@@ -116,4 +117,107 @@ fn missing_branch_is_named() {
     let r = gw.tend(&["sync"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("branch \"nope\" not found"), "{}", r.stderr);
+}
+
+#[test]
+fn syncs_over_ssh_with_the_configured_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let fleet = two_commits(&srv);
+    let sshd = tend_e2e::Sshd::start();
+    let url = sshd.url(&fleet.dir);
+    // Without the key the server refuses, and the error names the URL.
+    let keyless = Gateway::new(&tmp.path().join("keyless"), &url, "");
+    let r = keyless.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("127.0.0.1"), "{}", r.stderr);
+    // With it: the same as every transport, shallow included (protocol v2 over ssh).
+    let key = format!("ssh_key = \"{}\"", sshd.client_key.display());
+    exercise(&fleet, &url, tmp.path(), Some(&key));
+}
+
+#[test]
+fn syncs_over_https_with_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let fleet = two_commits(&srv);
+    let https = HttpGit::start_tls(&srv, None);
+    let url = https.url("fleet");
+    assert!(url.starts_with("https://"));
+    // The server's CA is not trusted by default: refused, naming the URL.
+    let untrusted = Gateway::new(&tmp.path().join("untrusted"), &url, "");
+    let r = untrusted.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains(&url), "{}", r.stderr);
+    let keys = format!("ca_file = \"{}\"", https.ca_file().display());
+    exercise(&fleet, &url, tmp.path(), Some(&keys));
+}
+
+#[test]
+fn https_token_from_token_file_and_never_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let fleet = two_commits(&srv);
+    let secret = "s3cr3t-t0ken-4f9a";
+    let https = HttpGit::start_tls(&srv, Some(("x-access-token", secret)));
+    let url = https.url("fleet");
+    let ca = format!("ca_file = \"{}\"", https.ca_file().display());
+
+    // No token: refused, and the error names the URL.
+    let anonymous = Gateway::with_source_keys(&tmp.path().join("anonymous"), &url, &ca, "");
+    let r = anonymous.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains(&url), "{}", r.stderr);
+
+    let token = tmp.path().join("token");
+    std::fs::write(&token, format!("{secret}\n")).unwrap();
+    let keys = format!("{ca}\ntoken_file = \"{}\"", token.display());
+    let gw = exercise(&fleet, &url, tmp.path(), Some(&keys));
+
+    // A wrong token is refused; no output ever shows a token.
+    std::fs::write(&token, "wrong-t0ken-77\n").unwrap();
+    fleet.write("devices/gw-1/files/etc/myapp/app.conf", "port = 9\n");
+    fleet.commit("fourth");
+    let r = gw.tend(&["-vvv", "sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let status = gw.tend(&["status", "--json"]);
+    for out in [&r.stdout, &r.stderr, &status.stdout] {
+        assert!(!out.contains(secret) && !out.contains("wrong-t0ken-77"), "a token leaked: {out}");
+    }
+}
+
+#[test]
+fn credentials_are_never_sent_over_plain_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    two_commits(&srv);
+    let http = HttpGit::start_with_auth(&srv, Some(("x-access-token", "tok")));
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "tok\n").unwrap();
+    let gw =
+        Gateway::with_source_keys(tmp.path(), &http.url("fleet"), &format!("token_file = \"{}\"", token.display()), "");
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept and hold connections without a byte of reply.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(4) {
+            held.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    });
+    let url = format!("git://127.0.0.1:{port}/fleet");
+    let gw = Gateway::new(tmp.path(), &url, "");
+    let text = std::fs::read_to_string(&gw.config).unwrap().replace("timeout = \"10s\"", "timeout = \"1s\"");
+    std::fs::write(&gw.config, text).unwrap();
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("timed out after 1s"), "{}", r.stderr);
 }

@@ -183,6 +183,26 @@ pub struct HttpGit {
 
 impl HttpGit {
     pub fn start(base: &Path) -> HttpGit {
+        Self::start_with_auth(base, None)
+    }
+
+    /// With `auth = Some((user, password))`, every request needs HTTP basic auth.
+    pub fn start_with_auth(base: &Path, auth: Option<(&str, &str)>) -> HttpGit {
+        Self::start_full(base, auth, false)
+    }
+
+    /// HTTPS with a certificate for 127.0.0.1 signed by a CA made for this
+    /// server (its PEM at [`HttpGit::ca_file`]), and optional basic auth.
+    pub fn start_tls(base: &Path, auth: Option<(&str, &str)>) -> HttpGit {
+        Self::start_full(base, auth, true)
+    }
+
+    /// The CA certificate that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self._dir.path().join("ca.pem")
+    }
+
+    fn start_full(base: &Path, auth: Option<(&str, &str)>, tls: bool) -> HttpGit {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let backend = ["/usr/lib/git-core/git-http-backend", "/usr/libexec/git-core/git-http-backend"]
@@ -205,6 +225,29 @@ $HTTP["url"] =~ "^/git/" {{
             root = dir.path().display(),
             base = base.display(),
         );
+        let conf = match auth {
+            None => conf,
+            Some((user, password)) => {
+                let users = dir.path().join("users");
+                std::fs::write(&users, format!("{user}:{password}\n")).unwrap();
+                conf.replace("server.modules = (", "server.modules = (\"mod_auth\", \"mod_authn_file\", ")
+                    + &format!(
+                        "auth.backend = \"plain\"\nauth.backend.plain.userfile = \"{}\"\n\
+                         auth.require = (\"/git/\" => (\"method\" => \"basic\", \"realm\" => \"git\", \"require\" => \"valid-user\"))\n",
+                        users.display()
+                    )
+            }
+        };
+        let conf = if tls {
+            make_ca_and_server_cert(dir.path());
+            conf.replace("server.modules = (", "server.modules = (\"mod_openssl\", ")
+                + &format!(
+                    "ssl.engine = \"enable\"\nssl.pemfile = \"{d}/server.pem\"\nssl.privkey = \"{d}/server.key\"\n",
+                    d = dir.path().display()
+                )
+        } else {
+            conf
+        };
         let conf_path = dir.path().join("lighttpd.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let lighttpd = ["/usr/sbin/lighttpd", "/usr/bin/lighttpd"]
@@ -224,7 +267,8 @@ $HTTP["url"] =~ "^/git/" {{
     }
 
     pub fn url(&self, repo: &str) -> String {
-        format!("http://127.0.0.1:{}/git/{repo}", self.port)
+        let scheme = if self._dir.path().join("server.pem").exists() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/git/{repo}", self.port)
     }
 }
 
@@ -271,17 +315,22 @@ impl Gateway {
     /// A gateway under `parent` syncing `url`, device `gw-1`, files allowed under
     /// /etc/myapp and /opt/myapp; `extra` is appended to the config.
     pub fn new(parent: &Path, url: &str, extra: &str) -> Gateway {
+        Self::with_source_keys(parent, url, "", extra)
+    }
+
+    /// Like [`Gateway::new`], with `source_keys` added to `[source]`.
+    pub fn with_source_keys(parent: &Path, url: &str, source_keys: &str, extra: &str) -> Gateway {
         let dir = parent.join("gateway");
         let root = dir.join("root");
         let state = dir.join("state");
         std::fs::create_dir_all(&root).unwrap();
         let config = dir.join("agent.toml");
         let gw = Gateway { dir, root, state, config };
-        gw.write_config(url, extra);
+        gw.write_config(url, source_keys, extra);
         gw
     }
 
-    pub fn write_config(&self, url: &str, extra: &str) {
+    pub fn write_config(&self, url: &str, source_keys: &str, extra: &str) {
         let text = format!(
             r#"device_id = "gw-1"
 fleet = "test"
@@ -293,6 +342,7 @@ url = "{url}"
 branch = "main"
 path = "devices/{{device_id}}"
 timeout = "10s"
+{source_keys}
 
 [files]
 root = "{root}"
@@ -379,4 +429,118 @@ pub fn good_bundle(fleet: &Fleet) {
         .write("devices/gw-1/files/etc/myapp/app.conf", "port = 502\n")
         .write("devices/gw-1/files/opt/myapp/run.sh", "#!/bin/sh\necho hi\n")
         .chmod("devices/gw-1/files/opt/myapp/run.sh", 0o755);
+}
+
+/// sshd on 127.0.0.1 with its own host key, accepting one client key for the
+/// current user, passing GIT_PROTOCOL through (so protocol v2 and depth work).
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    /// The client's private key.
+    pub client_key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all("/run/sshd").ok();
+        for (name, kind) in [("host_key", "ed25519"), ("client_key", "ed25519")] {
+            run(Command::new("ssh-keygen").args(["-q", "-t", kind, "-N", "", "-f"]).arg(d.join(name)));
+        }
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        let port = free_port();
+        let conf = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n\
+             AcceptEnv GIT_PROTOCOL\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), conf).unwrap();
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sshd not installed (tests/run installs openssh-server)");
+        let mut child = Command::new(sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sshd");
+        wait_for_port(port, &mut child, "sshd");
+        Sshd { child, port, client_key: d.join("client_key"), _dir: dir }
+    }
+
+    pub fn url(&self, path: &Path) -> String {
+        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
+        format!("ssh://{user}@127.0.0.1:{}{}", self.port, path.display())
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// In `dir`: `ca.pem`/`ca.key`, and `server.pem`/`server.key` for IP 127.0.0.1
+/// signed by that CA (made with the openssl command line).
+pub fn make_ca_and_server_cert(dir: &Path) {
+    let ossl = |args: &[&str]| {
+        run(Command::new("openssl").current_dir(dir).args(args));
+    };
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tend test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    ossl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n").unwrap();
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
 }

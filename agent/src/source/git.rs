@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gix::ObjectId;
+use gix::protocol::transport::client::blocking_io::http::{Options as HttpOptions, reqwest::Options as ReqwestOptions};
 use gix::remote::Direction;
 
 use super::{Fetched, SourceError};
@@ -33,6 +34,7 @@ pub struct GitSource {
     branch: String,
     token_file: Option<PathBuf>,
     ssh_key: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
     timeout: Duration,
 }
 
@@ -44,6 +46,7 @@ impl GitSource {
             branch: cfg.source.branch.clone(),
             token_file: cfg.source.token_file.clone(),
             ssh_key: cfg.source.ssh_key.clone(),
+            ca_file: cfg.source.ca_file.clone(),
             timeout: cfg.source.timeout,
         }
     }
@@ -156,7 +159,38 @@ impl GitSource {
             .map_err(|e| SourceError::permanent(format!("[source].url {url:?}: {}", error_chain(&e))))?
             .with_refspecs(Some(format!("+refs/heads/{}:{LOCAL_REF}", self.branch).as_str()), Direction::Fetch)
             .map_err(|e| SourceError::permanent(format!("[source].branch {:?}: {}", self.branch, error_chain(&e))))?;
-        let conn = remote.connect(Direction::Fetch).map_err(net)?;
+        let mut conn = remote.connect(Direction::Fetch).map_err(net)?;
+        // TLS is rustls on ring (reqwest builds its TLS config even for http://).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if self.url.starts_with("https://") {
+            // System roots, plus [source].ca_file.
+            if let Some(ca) = &self.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    SourceError::permanent(format!("[source].ca_file {}: cannot read: {e}", ca.display()))
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    SourceError::permanent(format!("[source].ca_file {}: not PEM certificates: {e}", ca.display()))
+                })?;
+                let mut opts = repo
+                    .transport_options(self.url.as_str(), None)
+                    .ok()
+                    .flatten()
+                    .and_then(|o| o.downcast::<HttpOptions>().ok())
+                    .map(|b| *b)
+                    .unwrap_or_default();
+                let configure = move |mut b: reqwest::blocking::ClientBuilder| {
+                    for c in &certs {
+                        b = b.add_root_certificate(c.clone());
+                    }
+                    Ok(b)
+                };
+                opts.backend = Some(Arc::new(std::sync::Mutex::new(ReqwestOptions {
+                    configure_client: Some(Box::new(configure)),
+                    configure_request: None,
+                })));
+                conn.set_transport_options(Box::new(opts));
+            }
+        }
         let token = match &self.token_file {
             Some(path) if self.url.starts_with("http") => Some(read_token(path)?),
             _ => None,
