@@ -12,19 +12,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `tend` binary, built once per test process.
+/// The `tend` binary that cargo built for these integration tests (they belong
+/// to the `tend` package): `target/<profile>/tend`, beside `deps/`.
 pub fn tend_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "tend", "--bin", "tend"])
-            .current_dir(&root)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building tend failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-        target.join("debug").join("tend")
+        let exe = std::env::current_exe().expect("test executable");
+        let bin = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("tend");
+        assert!(bin.exists(), "{} not found: run the suites with `cargo test -p tend`", bin.display());
+        bin
     })
     .clone()
 }
