@@ -9,9 +9,14 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
+use std::sync::Arc;
+
 use crate::bundle::{self, DirTree, Limits, Policy, RelPath};
 use crate::config::{Config, Identity};
-use crate::sync::{Agent, SyncError, SyncOptions, files_by_bundle, short};
+use crate::control::{self, ClientError, Request};
+use crate::daemon;
+use crate::store::{Status, StoreError};
+use crate::sync::{self, Agent, SyncError, SyncOptions, SyncSummary, files_by_bundle, short};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,11 +49,18 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run one sync cycle now: fetch, render, plan, apply. Exit 0 when synced.
+    /// Run the daemon: enforce the stored revision, then poll, apply, gate on
+    /// health, roll back, and serve the control socket, until SIGTERM.
+    Run,
+    /// Run one sync cycle now (through the daemon if it runs). Exit 0 when synced
+    /// and healthy, 1 when the revision was refused, rolled back or unhealthy.
     Sync {
         /// Print the plan (create/update/delete per path) and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Apply the branch's revision even if it is quarantined as bad.
+        #[arg(long)]
+        retry: bool,
         /// Print the result as one JSON document.
         #[arg(long)]
         json: bool,
@@ -60,6 +72,14 @@ pub enum Command {
     },
     /// List applied revisions, newest first, with their outcome.
     History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return to last-known-good, or to REVISION (a commit id or prefix from
+    /// `tend history`). The branch's tip is held until the branch moves or
+    /// `tend sync --retry`.
+    Rollback {
+        revision: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -122,11 +142,6 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
     Config::load(&cli.config).map_err(|e| Failure::Usage(e.into()))
 }
 
-fn open_agent(cli: &Cli) -> Result<Agent, Failure> {
-    let cfg = load_config(cli)?;
-    Agent::open(cfg).map_err(|e| Failure::Failed(e.into()))
-}
-
 fn print_json(v: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = serde_json::to_writer_pretty(&mut out, v);
@@ -136,69 +151,136 @@ fn print_json(v: &serde_json::Value) {
 /// Run the parsed command.
 pub fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Sync { dry_run, json } => cmd_sync(cli, *dry_run, *json),
-        Command::Status { json } => cmd_status(cli, *json),
-        Command::History { json } => cmd_history(cli, *json),
+        Command::Run => {
+            let cfg = load_config(cli)?;
+            let agent = Agent::open(cfg).map_err(|e| Failure::Failed(e.into()))?;
+            daemon::run(agent).map_err(|e| Failure::Failed(e.into()))
+        }
+        Command::Sync { dry_run, retry, json } => {
+            let req = Request::Sync { dry_run: *dry_run, retry: *retry };
+            let v = call(cli, req)?;
+            print_summary(&v, *json);
+            Ok(())
+        }
+        Command::Rollback { revision, json } => {
+            let v = call(cli, Request::Rollback { revision: revision.clone() })?;
+            print_summary(&v, *json);
+            Ok(())
+        }
+        Command::Status { json } => {
+            let v = call(cli, Request::Status)?;
+            print_status(&v, *json);
+            Ok(())
+        }
+        Command::History { json } => {
+            let v = call(cli, Request::History)?;
+            print_history(&v, *json);
+            Ok(())
+        }
         Command::Validate { dir, device_id, fleet, labels, allow, repo_root, json } => {
             cmd_validate(dir, device_id.as_deref(), fleet, labels, allow, repo_root.as_deref(), *json)
         }
     }
 }
 
-fn cmd_sync(cli: &Cli, dry_run: bool, json: bool) -> Result<(), Failure> {
-    let agent = open_agent(cli)?;
-    let result = agent.sync(SyncOptions { dry_run });
-    match result {
-        Ok(report) => {
-            let (created, updated, deleted, hooks) = report.plan.counts();
-            if json {
-                print_json(&json!({
-                    "commit": report.commit,
-                    "dry_run": dry_run,
-                    "received_pack": report.received_pack,
-                    "files": report.files,
-                    "operations": report.plan.ops.iter().filter(|o| o.changes_disk()).map(ToString::to_string).collect::<Vec<_>>(),
-                    "created": created, "updated": updated, "deleted": deleted, "hooks": hooks,
-                    "timings": report.timings,
-                }));
-            } else {
-                let mut out = std::io::stdout().lock();
-                let ops: Vec<_> = report.plan.ops.iter().filter(|o| o.changes_disk()).collect();
-                if dry_run {
-                    let _ = writeln!(out, "plan for {} (dry run: nothing changed)", short(&report.commit));
-                    if ops.is_empty() {
-                        let _ = writeln!(out, "  nothing to do: {} files as desired", report.files);
-                    }
-                }
-                for op in &ops {
-                    let _ = writeln!(out, "  {op}");
-                }
-                if !dry_run {
-                    let _ = writeln!(
-                        out,
-                        "synced {}: {} files; {created} created, {updated} updated, {deleted} deleted, {hooks} hooks run",
-                        short(&report.commit),
-                        report.files
-                    );
-                }
-            }
-            Ok(())
+/// Carry out `req` through the running daemon's control socket, or directly on
+/// the store when no daemon runs.
+fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, Failure> {
+    let cfg = load_config(cli)?;
+    let socket = cfg.control_socket();
+    // A sync may take the whole health window.
+    let wait = cfg.apply.health_timeout + cfg.source.timeout + std::time::Duration::from_secs(300);
+    match control::request(&socket, &req, wait) {
+        Ok(resp) if resp.ok => return Ok(resp.result),
+        Ok(resp) => {
+            let e = anyhow::anyhow!(resp.error.unwrap_or_else(|| "the daemon refused the request".into()));
+            return Err(if resp.exit == 2 { Failure::Usage(e) } else { Failure::Failed(e) });
         }
-        Err(e) => Err(sync_failure(e)),
+        Err(ClientError::NotRunning(_)) => {}
+        Err(e) => return Err(Failure::Failed(e.into())),
     }
+    let agent = match Agent::open(cfg) {
+        Ok(a) => Arc::new(a),
+        Err(e @ StoreError::Locked { .. }) => {
+            return Err(Failure::Failed(anyhow::anyhow!(
+                "{e}, and no daemon answers on its control socket {}",
+                socket.display()
+            )));
+        }
+        Err(e) => return Err(Failure::Failed(e.into())),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot start the runtime: {e}")))?;
+    let failed = |e: SyncError| Failure::Failed(e.into());
+    let result = rt.block_on(async {
+        match req {
+            Request::Sync { dry_run, retry } => sync::sync(&agent, SyncOptions { dry_run, retry, no_heal: false })
+                .await
+                .map(|s| serde_json::to_value(s).expect("summary serialises"))
+                .map_err(failed),
+            Request::Rollback { revision } => sync::rollback(&agent, revision)
+                .await
+                .map(|s| serde_json::to_value(s).expect("summary serialises"))
+                .map_err(failed),
+            Request::Status => agent
+                .status()
+                .map(|s| serde_json::to_value(s).expect("status serialises"))
+                .map_err(|e| Failure::Failed(e.into())),
+            Request::History => {
+                agent.history_json().map(serde_json::Value::Array).map_err(|e| Failure::Failed(e.into()))
+            }
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(30));
+    result
 }
 
-fn sync_failure(e: SyncError) -> Failure {
-    Failure::Failed(e.into())
-}
-
-fn cmd_status(cli: &Cli, json: bool) -> Result<(), Failure> {
-    let agent = open_agent(cli)?;
-    let s = agent.status().map_err(|e| Failure::Failed(e.into()))?;
+fn print_summary(v: &serde_json::Value, json: bool) {
     if json {
-        print_json(&serde_json::to_value(&s).expect("status serialises"));
-        return Ok(());
+        print_json(v);
+        return;
     }
+    let s: SyncSummary = serde_json::from_value(v.clone()).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let commit = s.commit.as_deref().map(short).unwrap_or("-");
+    if s.dry_run {
+        let _ = writeln!(out, "plan for {commit} (dry run: nothing changed)");
+        if s.operations.is_empty() {
+            let _ = writeln!(out, "  nothing to do: {} files as desired", s.files);
+        }
+    }
+    for op in &s.operations {
+        let _ = writeln!(out, "  {op}");
+    }
+    for (name, result) in &s.checks {
+        let _ = writeln!(out, "  check {name}: {result}");
+    }
+    if !s.dry_run {
+        let what = match s.action.as_str() {
+            "rolled_back" => "rolled back to",
+            "repaired" => "repaired drift at",
+            "unchanged" => "in sync at",
+            _ => "synced",
+        };
+        let _ = writeln!(
+            out,
+            "{what} {commit}: {} files; {} created, {} updated, {} deleted, {} hooks run",
+            s.files, s.created, s.updated, s.deleted, s.hooks
+        );
+    }
+}
+
+fn print_status(v: &serde_json::Value, json: bool) {
+    if json {
+        print_json(v);
+        return;
+    }
+    let Ok(s) = serde_json::from_value::<Status>(v.clone()) else {
+        print_json(v);
+        return;
+    };
     let opt = |o: &Option<String>| o.as_deref().map(|c| short(c).to_owned()).unwrap_or_else(|| "-".into());
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "device      {} (fleet {})", s.device_id, s.fleet);
@@ -217,54 +299,46 @@ fn cmd_status(cli: &Cli, json: bool) -> Result<(), Failure> {
         let _ = writeln!(out, "error       {e}");
     }
     let _ = writeln!(out, "agent       tend {}", s.agent_version);
-    Ok(())
 }
 
-fn cmd_history(cli: &Cli, json: bool) -> Result<(), Failure> {
-    let agent = open_agent(cli)?;
-    let revs = agent.history().map_err(|e| Failure::Failed(e.into()))?;
+fn print_history(v: &serde_json::Value, json: bool) {
     if json {
-        let list: Vec<_> = revs
-            .iter()
-            .map(|r| {
-                json!({
-                    "seq": r.seq,
-                    "revision": r.commit,
-                    "bundle": r.bundle,
-                    "applied_at": r.applied_at,
-                    "outcome": r.outcome.as_str(),
-                    "error": r.error,
-                    "files": r.desired.files.len(),
-                    "checks": r.desired.checks.len(),
-                })
-            })
-            .collect();
-        print_json(&serde_json::Value::Array(list));
-        return Ok(());
+        print_json(v);
+        return;
     }
+    let revs = v.as_array().cloned().unwrap_or_default();
     let mut out = std::io::stdout().lock();
     if revs.is_empty() {
         let _ = writeln!(out, "no revision applied yet");
-        return Ok(());
+        return;
     }
     let _ = writeln!(
         out,
-        "{:>4}  {:<12}  {:<11}  {:<20}  {:>6}  error",
+        "{:>4}  {:<12}  {:<12}  {:<20}  {:>6}  error",
         "seq", "revision", "outcome", "applied at", "files"
     );
     for r in &revs {
+        let text = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+        let mut outcome = text("outcome");
+        if r["bad"] == true {
+            outcome.push('!');
+        }
+        let mark = if r["current"] == true { "*" } else { " " };
         let _ = writeln!(
             out,
-            "{:>4}  {:<12}  {:<11}  {:<20}  {:>6}  {}",
-            r.seq,
-            short(&r.commit),
-            r.outcome.as_str(),
-            r.applied_at,
-            r.desired.files.len(),
-            r.error.as_deref().unwrap_or("")
+            "{:>3}{mark}  {:<12}  {:<12}  {:<20}  {:>6}  {}",
+            r["seq"],
+            short(&text("revision")),
+            outcome,
+            text("applied_at"),
+            r["files"],
+            text("error")
         );
     }
-    Ok(())
+    let _ = writeln!(
+        out,
+        "(* applied now, ! quarantined: not applied again until the branch moves or `tend sync --retry`)"
+    );
 }
 
 fn cmd_validate(

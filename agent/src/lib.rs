@@ -8,7 +8,10 @@
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod hash;
+pub mod health;
 pub mod reconcile;
 pub mod source;
 pub mod store;

@@ -1,23 +1,36 @@
-//! The sync cycle (SPEC §3): fetch → render → validate → plan → apply → record.
+//! The sync cycle (SPEC §3): fetch → render → plan → apply → health → commit or
+//! roll back.
 //!
-//! What must always hold: a bundle is applied whole or not at all — every check
-//! that can fail before the disk is touched (render, policy, owners, things in
-//! the way) runs before the first write; a revision record is written only after
-//! the blobs it references; a sync where nothing changed reads no file content,
-//! renders nothing and writes only the status.
+//! [`Agent`] holds the blocking steps (Git, the store, the disk); the cycle
+//! itself ([`sync`], [`rollback`], [`enforce_current`]) is async and runs each
+//! blocking step on the blocking pool, so the daemon's tasks never block.
+//!
+//! What must always hold:
+//! - a bundle is applied whole or not at all: every check that can fail before
+//!   the disk is touched (render, policy, owners, things in the way) runs first;
+//! - a failed apply or a failed health window returns every file to the
+//!   last-known-good revision from the store, without the network, and the
+//!   revision is quarantined: not applied again until the branch moves or an
+//!   operator asks;
+//! - an unreachable source never stops enforcement: the revision applied now is
+//!   re-enforced from the store;
+//! - a revision record is written only after the blobs it references.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::bundle::{self, BundleError, Desired, Limits, Policy, RelPath};
 use crate::config::Config;
 use crate::hash::ContentHash;
+use crate::health::{self, Health};
 use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRunner, Runner};
 use crate::reconcile::plan::{Live, Plan, plan};
 use crate::source::{Fetched, GitSource, SourceError};
-use crate::store::{Outcome, Resources, RevisionRecord, SledStore, Status, Store, StoreError};
+use crate::store::{Outcome, Pointers, Resources, RevisionRecord, SledStore, Status, Store, StoreError};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -32,46 +45,92 @@ pub enum SyncError {
     Blocked { commit: String, blocked: Vec<String> },
     #[error("apply of {commit} failed: {error}")]
     Apply { commit: String, error: FileError },
+    #[error("revision {} is unhealthy: {failures}; {after}", short(.commit))]
+    Unhealthy { commit: String, failures: String, after: String },
+    #[error("revision {} is quarantined ({reason}); it is not applied again until the branch moves or `tend sync --retry`", short(.commit))]
+    Quarantined { commit: String, reason: String },
+    #[error("{0}")]
+    Rollback(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl SyncError {
-    /// Transient errors are retried with backoff; the rest wait for a new commit.
+    /// Transient errors are retried with backoff; the rest quarantine the
+    /// revision or wait for a new commit.
     pub fn is_transient(&self) -> bool {
         match self {
             SyncError::Source(e) => e.is_transient(),
             SyncError::Apply { error: FileError::Io { .. }, .. } => true,
-            SyncError::Blocked { .. } => true,
+            SyncError::Store(_) => true,
             _ => false,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct SyncOptions {
+    /// Print the plan, change nothing.
     pub dry_run: bool,
+    /// Apply the fetched revision even if it is quarantined.
+    pub retry: bool,
+    /// Do not repair drift when the revision did not change (`[apply].self_heal = false`).
+    pub no_heal: bool,
 }
 
-/// What one sync found and did.
-#[derive(Debug, Clone)]
-pub struct SyncReport {
-    pub commit: String,
+/// What a cycle found and did, as `tend sync` prints it (directly or through
+/// the daemon's control socket).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncSummary {
+    pub commit: Option<String>,
+    /// `applied`, `unchanged`, `repaired`, `rolled_back`, `planned` (dry run).
+    pub action: String,
+    pub dry_run: bool,
     pub received_pack: bool,
-    /// Whether the bundle was rendered from the commit (false: reused from the store).
-    pub rendered: bool,
-    pub plan: Plan,
-    pub applied: Option<ApplyReport>,
     pub files: usize,
+    pub operations: Vec<String>,
+    pub created: usize,
+    pub updated: usize,
+    pub deleted: usize,
+    pub hooks: usize,
+    /// Check name → `pass` or the reason it failed.
+    pub checks: BTreeMap<String, String>,
     pub timings: Timings,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+impl SyncSummary {
+    fn from_plan(plan: &Plan) -> SyncSummary {
+        let (created, updated, deleted, hooks) = plan.counts();
+        SyncSummary {
+            operations: plan.ops.iter().filter(|o| o.changes_disk()).map(ToString::to_string).collect(),
+            created,
+            updated,
+            deleted,
+            hooks,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {
     pub fetch_ms: f64,
     pub render_ms: f64,
     pub plan_ms: f64,
     pub apply_ms: f64,
+    pub health_ms: f64,
+}
+
+/// A bundle ready to apply: the desired state and the contents it needs that
+/// are not in the store yet.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub commit: String,
+    pub render_key: String,
+    pub desired: Desired,
+    pub blobs: HashMap<ContentHash, Vec<u8>>,
+    /// False when reused from the store (same commit, same local identity).
+    pub rendered: bool,
 }
 
 /// One gateway's agent: its config, store, source and destination tree.
@@ -98,6 +157,11 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// The first 12 hex digits of a commit.
+pub fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
 impl Agent {
     /// Open the store under `state_dir` (one process at a time).
     pub fn open(cfg: Config) -> Result<Agent, StoreError> {
@@ -113,7 +177,7 @@ impl Agent {
     }
 
     /// Everything besides the commit that shapes the rendered bundle.
-    fn render_key(&self) -> String {
+    pub fn render_key(&self) -> String {
         let c = &self.cfg;
         let text = format!(
             "{}\0{}\0{:?}\0{}\0{:?}\0{:?}",
@@ -146,127 +210,74 @@ impl Agent {
         Ok(rendered)
     }
 
-    /// One sync cycle.
-    pub fn sync(&self, opts: SyncOptions) -> Result<SyncReport, SyncError> {
-        let mut timings = Timings::default();
-        let t = Instant::now();
-        let fetched = match self.source.fetch() {
-            Ok(f) => f,
-            Err(e) => {
-                self.record_status(|s| {
-                    s.source = "unreachable".into();
-                    s.error = Some(format!("source: {e}"));
-                    if s.revision.is_none() {
-                        s.phase = "failed".into();
-                    }
-                })?;
-                return Err(e.into());
-            }
-        };
-        timings.fetch_ms = ms(t.elapsed());
-        let span = tracing::info_span!("sync", revision = %short(&fetched.commit));
-        let _enter = span.enter();
-        let result = self.sync_fetched(&fetched, opts, &mut timings);
-        if opts.dry_run {
-            return result;
-        }
-        match &result {
-            Ok(report) => {
-                tracing::debug!(?timings, "sync done");
-                self.record_status(|s| {
-                    s.phase = "synced".into();
-                    s.revision = Some(fetched.commit.clone());
-                    s.target_revision = Some(fetched.commit.clone());
-                    s.last_good_revision = Some(fetched.commit.clone());
-                    s.source = "ok".into();
-                    s.error = None;
-                    s.resources = Resources { total: report.files, ready: report.files, failed: 0 };
-                })?;
-            }
-            Err(e) => {
-                if let SyncError::Bundle { error, .. } = e {
-                    self.record_revision(
-                        &fetched.commit,
-                        &self.render_key(),
-                        &Desired::default(),
-                        Outcome::Failed,
-                        Some(error.to_string()),
-                    )?;
-                }
-                let resources = self.count_ready().unwrap_or_default();
-                self.record_status(|s| {
-                    s.phase = "failed".into();
-                    s.target_revision = Some(fetched.commit.clone());
-                    s.source = "ok".into();
-                    s.error = Some(e.to_string());
-                    s.resources = resources;
-                })?;
+    /// The desired state of `commit`: from the store when this commit was
+    /// applied before with the same local identity, else rendered.
+    pub fn prepare(&self, commit: &str) -> Result<Prepared, SyncError> {
+        let render_key = self.render_key();
+        let ptr = self.store.pointers()?;
+        for seq in [ptr.current, ptr.last_good].into_iter().flatten() {
+            if let Some(r) = self.store.revision(seq)?
+                && r.commit == commit
+                && r.render_key == render_key
+            {
+                return Ok(Prepared {
+                    commit: commit.into(),
+                    render_key,
+                    desired: r.desired,
+                    blobs: HashMap::new(),
+                    rendered: false,
+                });
             }
         }
-        self.store.flush()?;
-        result
+        let r = self.render_commit(commit)?;
+        // Verify owners and groups now, so a bundle naming an unknown user is
+        // rejected before anything is written.
+        files::targets(&r.desired).map_err(|error| SyncError::Bundle { commit: commit.into(), error })?;
+        Ok(Prepared { commit: commit.into(), render_key, desired: r.desired, blobs: r.blobs, rendered: true })
     }
 
-    fn sync_fetched(
-        &self,
-        fetched: &Fetched,
-        opts: SyncOptions,
-        timings: &mut Timings,
-    ) -> Result<SyncReport, SyncError> {
-        let commit = &fetched.commit;
-        let render_key = self.render_key();
-        let latest = self.store.latest_revision()?;
-        let t = Instant::now();
-        let reuse =
-            latest.as_ref().filter(|r| r.commit == *commit && r.render_key == render_key && r.outcome.is_good());
-        let (desired, blobs): (Desired, HashMap<ContentHash, Vec<u8>>) = match reuse {
-            Some(r) => (r.desired.clone(), HashMap::new()),
-            None => {
-                let r = self.render_commit(commit)?;
-                (r.desired, r.blobs)
-            }
-        };
-        let rendered = reuse.is_none();
-        timings.render_ms = ms(t.elapsed());
-
-        let t = Instant::now();
-        let targets = files::targets(&desired).map_err(|error| SyncError::Bundle { commit: commit.clone(), error })?;
-        let mut inv = self.store.inventory()?;
+    /// The plan that takes the gateway to `desired`.
+    pub fn plan(&self, commit: &str, desired: &Desired, prune: bool) -> Result<Plan, SyncError> {
+        let targets =
+            files::targets(desired).map_err(|error| SyncError::Bundle { commit: commit.to_owned(), error })?;
+        let inv = self.store.inventory()?;
         let paths: BTreeSet<&RelPath> = targets.keys().chain(inv.files.keys()).collect();
-        if inv.dirty && !opts.dry_run {
-            self.root.clean_temporaries(paths.iter().copied());
-        }
         let live = self
             .root
             .observe(paths.iter().copied(), &inv)
-            .map_err(|error| SyncError::Apply { commit: commit.clone(), error })?;
-        let plan = plan(&targets, &live, &inv, self.cfg.apply.prune);
-        timings.plan_ms = ms(t.elapsed());
-        let mut report = SyncReport {
-            commit: commit.clone(),
-            received_pack: fetched.received_pack,
-            rendered,
-            plan,
-            applied: None,
-            files: desired.files.len(),
-            timings: Timings::default(),
-        };
-        if !report.plan.blocked.is_empty() {
-            let blocked =
-                report.plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
-            if !opts.dry_run && rendered {
-                self.record_revision(commit, &render_key, &desired, Outcome::Failed, Some("blocked".into()))?;
-            }
-            return Err(SyncError::Blocked { commit: commit.clone(), blocked });
-        }
-        if opts.dry_run {
-            report.timings = timings.clone();
-            return Ok(report);
-        }
+            .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?;
+        Ok(plan(&targets, &live, &inv, prune))
+    }
 
-        let t = Instant::now();
-        for (h, data) in &blobs {
+    /// Make the gateway match `desired` (contents from `blobs` or the store).
+    pub fn enforce(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        blobs: &HashMap<ContentHash, Vec<u8>>,
+        prune: bool,
+    ) -> Result<(Plan, ApplyReport), SyncError> {
+        let mut inv = self.store.inventory()?;
+        if inv.dirty {
+            let paths: BTreeSet<&RelPath> = desired.files.keys().chain(inv.files.keys()).collect();
+            self.root.clean_temporaries(paths);
+        }
+        let plan = self.plan(commit, desired, prune)?;
+        if !plan.blocked.is_empty() {
+            let blocked =
+                plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
+            return Err(SyncError::Blocked { commit: commit.to_owned(), blocked });
+        }
+        for (h, data) in blobs {
             self.store.put_blob(h, data)?;
+        }
+        if plan.is_empty() {
+            return Ok((plan, ApplyReport::default()));
+        }
+        for op in &plan.ops {
+            if op.changes_disk() {
+                tracing::info!("{op}");
+            }
         }
         let content = |h: &ContentHash| -> Result<Vec<u8>, String> {
             match blobs.get(h) {
@@ -278,46 +289,15 @@ impl Agent {
                     .ok_or_else(|| format!("content {} missing from the store", h.short())),
             }
         };
-        let outcome = if report.plan.is_empty() {
-            Ok(ApplyReport::default())
-        } else {
-            for op in &report.plan.ops {
-                if op.changes_disk() {
-                    tracing::info!("{op}");
-                }
-            }
-            self.root.apply(&report.plan, &content, &self.store, &mut inv, self.runner.as_ref())
-        };
-        timings.apply_ms = ms(t.elapsed());
-        report.timings = timings.clone();
-        match outcome {
-            Ok(applied) => {
-                if rendered {
-                    self.record_revision(commit, &render_key, &desired, Outcome::Applied, None)?;
-                }
-                if report.plan.ops.iter().any(|o| o.changes_disk()) && !rendered {
-                    tracing::info!("drift repaired");
-                }
-                report.applied = Some(applied);
-                Ok(report)
-            }
-            Err(error) => {
-                if rendered {
-                    self.record_revision(commit, &render_key, &desired, Outcome::Failed, Some(error.to_string()))?;
-                }
-                Err(SyncError::Apply { commit: commit.clone(), error })
-            }
-        }
+        let report = self
+            .root
+            .apply(&plan, &content, &self.store, &mut inv, self.runner.as_ref())
+            .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?;
+        Ok((plan, report))
     }
 
-    fn record_revision(
-        &self,
-        commit: &str,
-        render_key: &str,
-        desired: &Desired,
-        outcome: Outcome,
-        error: Option<String>,
-    ) -> Result<(), StoreError> {
+    /// Add a revision record; returns its sequence number.
+    pub fn record(&self, p: &Prepared, outcome: Outcome, error: Option<String>) -> Result<u64, StoreError> {
         // A failing commit polled again does not flood the history: the record
         // of the same failure is updated in place.
         let latest = self.store.latest_revision()?;
@@ -325,29 +305,56 @@ impl Agent {
             Some(l)
                 if outcome == Outcome::Failed
                     && l.outcome == Outcome::Failed
-                    && l.commit == commit
-                    && l.render_key == render_key =>
+                    && l.commit == p.commit
+                    && l.render_key == p.render_key =>
             {
                 l.seq
             }
             _ => self.store.next_seq()?,
         };
-        let rec = RevisionRecord {
+        self.store.put_revision(&RevisionRecord {
             seq,
-            commit: commit.to_owned(),
+            commit: p.commit.clone(),
             bundle: self.cfg.source.path.clone(),
-            render_key: render_key.to_owned(),
+            render_key: p.render_key.clone(),
             applied_at: now_rfc3339(),
             outcome,
             error,
-            desired: desired.clone(),
-        };
-        self.store.put_revision(&rec)?;
-        let gc = self.store.gc(self.cfg.apply.history)?;
-        if gc.revisions_removed + gc.blobs_removed > 0 {
-            tracing::debug!(revisions = gc.revisions_removed, blobs = gc.blobs_removed, "history trimmed");
+            desired: p.desired.clone(),
+        })?;
+        Ok(seq)
+    }
+
+    /// Change the outcome of a recorded revision.
+    pub fn set_outcome(&self, seq: u64, outcome: Outcome, error: Option<String>) -> Result<(), StoreError> {
+        if let Some(mut r) = self.store.revision(seq)? {
+            r.outcome = outcome;
+            r.error = error;
+            self.store.put_revision(&r)?;
         }
         Ok(())
+    }
+
+    pub fn update_pointers(&self, f: impl FnOnce(&mut Pointers)) -> Result<Pointers, StoreError> {
+        let mut p = self.store.pointers()?;
+        f(&mut p);
+        self.store.set_pointers(&p)?;
+        Ok(p)
+    }
+
+    /// The revision applied now, if any.
+    pub fn current(&self) -> Result<Option<RevisionRecord>, StoreError> {
+        match self.store.pointers()?.current {
+            Some(seq) => self.store.revision(seq),
+            None => Ok(None),
+        }
+    }
+
+    pub fn last_good(&self) -> Result<Option<RevisionRecord>, StoreError> {
+        match self.store.pointers()?.last_good {
+            Some(seq) => self.store.revision(seq),
+            None => Ok(None),
+        }
     }
 
     /// The status as stored, or the initial one.
@@ -371,44 +378,589 @@ impl Agent {
         }
     }
 
-    fn record_status(&self, f: impl FnOnce(&mut Status)) -> Result<(), StoreError> {
+    /// Update the stored status; revision pointers are filled in from the store.
+    pub fn set_status(&self, f: impl FnOnce(&mut Status)) -> Result<Status, StoreError> {
         let mut s = self.status()?;
         s.device_id = self.cfg.device_id.clone();
         s.fleet = self.cfg.fleet.clone();
         s.agent_version = AGENT_VERSION.into();
-        s.last_sync = Some(now_rfc3339());
+        s.revision = self.current()?.map(|r| r.commit);
+        s.last_good_revision = self.last_good()?.map(|r| r.commit);
         f(&mut s);
-        self.store.set_status(&s)
+        self.store.set_status(&s)?;
+        self.store.flush()?;
+        Ok(s)
     }
 
-    /// Desired files of the newest good revision that are as desired on disk now.
-    fn count_ready(&self) -> Result<Resources, SyncError> {
-        let Some(rev) = self.store.revisions()?.into_iter().find(|r| r.outcome.is_good()) else {
-            return Ok(Resources::default());
+    /// Desired files of the current revision that are as desired on disk now.
+    pub fn resources(&self) -> Resources {
+        let count = || -> Result<Resources, SyncError> {
+            let Some(rev) = self.current()? else { return Ok(Resources::default()) };
+            let targets = files::targets(&rev.desired)
+                .map_err(|error| SyncError::Bundle { commit: rev.commit.clone(), error })?;
+            let inv = self.store.inventory()?;
+            let live = self
+                .root
+                .observe(targets.keys(), &inv)
+                .map_err(|error| SyncError::Apply { commit: rev.commit.clone(), error })?;
+            let ready = targets
+                .iter()
+                .filter(|(p, t)| {
+                    matches!(live.get(*p), Some(Live::File { hash, mode, .. }) if *hash == t.hash && *mode == t.mode)
+                })
+                .count();
+            Ok(Resources { total: targets.len(), ready, failed: targets.len() - ready })
         };
-        let targets =
-            files::targets(&rev.desired).map_err(|error| SyncError::Bundle { commit: rev.commit.clone(), error })?;
-        let inv = self.store.inventory()?;
-        let live = self
-            .root
-            .observe(targets.keys(), &inv)
-            .map_err(|error| SyncError::Apply { commit: rev.commit.clone(), error })?;
-        let ready = targets
-            .iter()
-            .filter(|(p, t)| matches!(live.get(*p), Some(Live::File { hash, mode, .. }) if *hash == t.hash && *mode == t.mode))
-            .count();
-        Ok(Resources { total: targets.len(), ready, failed: targets.len() - ready })
+        count().unwrap_or_default()
     }
 
     /// History, newest first.
     pub fn history(&self) -> Result<Vec<RevisionRecord>, StoreError> {
         self.store.revisions()
     }
+
+    /// History as JSON entries, with the current, last-good and bad marks.
+    pub fn history_json(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let ptr = self.store.pointers()?;
+        Ok(self
+            .history()?
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "seq": r.seq,
+                    "revision": r.commit,
+                    "bundle": r.bundle,
+                    "applied_at": r.applied_at,
+                    "outcome": r.outcome.as_str(),
+                    "bad": ptr.quarantine.contains_key(&r.commit),
+                    "current": ptr.current == Some(r.seq),
+                    "last_good": ptr.last_good == Some(r.seq),
+                    "error": r.error,
+                    "files": r.desired.files.len(),
+                    "checks": r.desired.checks.len(),
+                })
+            })
+            .collect())
+    }
+
+    /// Trim history per `[apply].history`.
+    fn gc(&self) -> Result<(), StoreError> {
+        let gc = self.store.gc(self.cfg.apply.history)?;
+        if gc.revisions_removed + gc.blobs_removed > 0 {
+            tracing::debug!(revisions = gc.revisions_removed, blobs = gc.blobs_removed, "history trimmed");
+        }
+        Ok(())
+    }
 }
 
-/// The first 12 hex digits of a commit.
-pub fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+/// Run a blocking step of the cycle on the blocking pool.
+async fn blocking<T: Send + 'static>(agent: &Arc<Agent>, f: impl FnOnce(&Agent) -> T + Send + 'static) -> T {
+    let a = agent.clone();
+    match tokio::task::spawn_blocking(move || f(&a)).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Re-enforce the revision applied now from the store (self-heal, offline, boot).
+/// Returns what was repaired; `None` when no revision was ever applied.
+pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, SyncError> {
+    blocking(agent, |a| {
+        let Some(cur) = a.current()? else { return Ok(None) };
+        let (plan, _) = a.enforce(&cur.commit, &cur.desired, &HashMap::new(), true)?;
+        let mut s = SyncSummary::from_plan(&plan);
+        s.commit = Some(cur.commit.clone());
+        s.files = cur.desired.files.len();
+        s.action = if plan.ops.iter().any(|o| o.changes_disk()) { "repaired" } else { "unchanged" }.into();
+        if s.action == "repaired" {
+            tracing::info!(revision = short(&cur.commit), "drift repaired");
+        }
+        Ok(Some(s))
+    })
+    .await
+}
+
+/// One sync cycle: fetch, then apply the branch's revision if it is new (health
+/// gate, rollback on failure), or re-enforce the current one if not.
+pub async fn sync(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, SyncError> {
+    let mut timings = Timings::default();
+    let t = Instant::now();
+    let fetched: Result<Fetched, SourceError> = blocking(agent, |a| a.source.fetch()).await;
+    timings.fetch_ms = ms(t.elapsed());
+    let fetched = match fetched {
+        Ok(f) => f,
+        Err(e) => {
+            if opts.dry_run {
+                return Err(e.into());
+            }
+            // Offline: keep enforcing what is applied.
+            let healed = if opts.no_heal { Ok(None) } else { enforce_current(agent).await };
+            let msg = format!("source: {e}");
+            let heal_err = healed.as_ref().err().map(ToString::to_string);
+            blocking(agent, move |a| {
+                let resources = a.resources();
+                a.set_status(|s| {
+                    s.source = "unreachable".into();
+                    s.last_sync = Some(now_rfc3339());
+                    s.error = Some(match heal_err {
+                        Some(h) => format!("{msg}; {h}"),
+                        None => msg,
+                    });
+                    s.resources = resources;
+                    if s.revision.is_none() {
+                        s.phase = "failed".into();
+                    }
+                })
+            })
+            .await?;
+            return Err(e.into());
+        }
+    };
+    let span = tracing::info_span!("sync", revision = %short(&fetched.commit));
+    sync_fetched(agent, opts, fetched, timings).instrument(span).await
+}
+
+async fn sync_fetched(
+    agent: &Arc<Agent>,
+    opts: SyncOptions,
+    fetched: Fetched,
+    mut timings: Timings,
+) -> Result<SyncSummary, SyncError> {
+    let commit = fetched.commit.clone();
+
+    // Quarantine: cleared when the branch moves; honoured otherwise.
+    let c = commit.clone();
+    let retry = opts.retry;
+    let ptr = blocking(agent, move |a| {
+        a.update_pointers(|p| {
+            if !p.quarantine.contains_key(&c) {
+                p.quarantine.clear();
+            }
+            if retry {
+                p.quarantine.remove(&c);
+                p.transient = None;
+            }
+            if p.transient.as_ref().is_some_and(|(tc, _)| *tc != c) {
+                p.transient = None;
+            }
+        })
+    })
+    .await?;
+    if let Some(reason) = ptr.quarantine.get(&commit) {
+        let err = SyncError::Quarantined { commit: commit.clone(), reason: reason.clone() };
+        if !opts.dry_run {
+            let healed = enforce_current(agent).await?;
+            let msg = err.to_string();
+            let c = commit.clone();
+            blocking(agent, move |a| {
+                let resources = a.resources();
+                a.set_status(|s| {
+                    s.source = "ok".into();
+                    s.target_revision = Some(c);
+                    s.last_sync = Some(now_rfc3339());
+                    s.error = Some(msg);
+                    s.resources = resources;
+                })
+            })
+            .await?;
+            if let Some(h) = healed {
+                tracing::debug!(action = %h.action, "current revision enforced");
+            }
+        }
+        return Err(err);
+    }
+
+    let t = Instant::now();
+    let c = commit.clone();
+    let prepared = blocking(agent, move |a| a.prepare(&c)).await;
+    timings.render_ms = ms(t.elapsed());
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            if !opts.dry_run {
+                reject(agent, &commit, &e).await?;
+            }
+            return Err(e);
+        }
+    };
+
+    if opts.dry_run {
+        let t = Instant::now();
+        let p = prepared.clone();
+        let plan = blocking(agent, move |a| a.plan(&p.commit, &p.desired, a.cfg.apply.prune)).await?;
+        timings.plan_ms = ms(t.elapsed());
+        let mut s = SyncSummary::from_plan(&plan);
+        if !plan.blocked.is_empty() {
+            let blocked =
+                plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
+            return Err(SyncError::Blocked { commit, blocked });
+        }
+        s.commit = Some(commit);
+        s.action = "planned".into();
+        s.dry_run = true;
+        s.received_pack = fetched.received_pack;
+        s.files = prepared.desired.files.len();
+        s.timings = timings;
+        return Ok(s);
+    }
+
+    let current = blocking(agent, |a| a.current()).await?;
+    // A revision whose health window never ended (the agent stopped during it)
+    // counts as new: it is gated again.
+    let is_new = current
+        .as_ref()
+        .is_none_or(|c| c.commit != commit || c.render_key != prepared.render_key || c.outcome == Outcome::Applied);
+    if !is_new && opts.no_heal {
+        let mut s = SyncSummary { commit: Some(commit), action: "unchanged".into(), ..Default::default() };
+        s.received_pack = fetched.received_pack;
+        s.timings = timings;
+        return Ok(s);
+    }
+    if !is_new {
+        // The same revision: repair drift (self-heal).
+        let t = Instant::now();
+        let mut s = enforce_current(agent).await?.unwrap_or_default();
+        timings.apply_ms = ms(t.elapsed());
+        s.received_pack = fetched.received_pack;
+        s.timings = timings;
+        blocking(agent, |a| {
+            let resources = a.resources();
+            a.set_status(|st| {
+                st.source = "ok".into();
+                st.last_sync = Some(now_rfc3339());
+                st.resources = resources;
+                if st.phase != "degraded" || resources.failed == 0 {
+                    st.phase = if st.revision == st.target_revision || st.target_revision.is_none() {
+                        "synced".into()
+                    } else {
+                        st.phase.clone()
+                    };
+                }
+                if st.phase == "synced" {
+                    st.error = None;
+                    st.target_revision = st.revision.clone();
+                }
+            })
+        })
+        .await?;
+        return Ok(s);
+    }
+
+    // A new revision.
+    let c = commit.clone();
+    blocking(agent, move |a| {
+        a.set_status(|s| {
+            s.phase = "progressing".into();
+            s.source = "ok".into();
+            s.target_revision = Some(c);
+            s.error = None;
+        })
+    })
+    .await?;
+    let t = Instant::now();
+    let p = prepared.clone();
+    let applied = blocking(agent, move |a| -> Result<(Plan, ApplyReport, u64), SyncError> {
+        let prune = a.cfg.apply.prune;
+        let result = a.enforce(&p.commit, &p.desired, &p.blobs, prune);
+        match result {
+            Ok((plan, report)) => {
+                let seq = a.record(&p, Outcome::Applied, None)?;
+                a.update_pointers(|ptr| {
+                    ptr.current = Some(seq);
+                    ptr.transient = None;
+                })?;
+                a.store.flush()?;
+                Ok((plan, report, seq))
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    timings.apply_ms = ms(t.elapsed());
+    let (plan, _report, seq) = match applied {
+        Ok(v) => v,
+        // Refused before the first write: nothing to roll back.
+        Err(e @ SyncError::Blocked { .. }) => {
+            reject(agent, &commit, &e).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(fail_and_roll_back(agent, &prepared, None, e).await),
+    };
+    let mut summary = SyncSummary::from_plan(&plan);
+    summary.commit = Some(commit.clone());
+    summary.action = "applied".into();
+    summary.received_pack = fetched.received_pack;
+    summary.files = prepared.desired.files.len();
+
+    // Health gate.
+    let t = Instant::now();
+    let probes = health::probes_for(&prepared.desired.checks);
+    let health = if probes.is_empty() {
+        Health::default()
+    } else {
+        tracing::info!(checks = probes.len(), timeout = ?agent.cfg.apply.health_timeout, "waiting for health checks");
+        health::window(&probes, agent.cfg.apply.health_timeout).await
+    };
+    timings.health_ms = ms(t.elapsed());
+    summary.checks = checks_json(&health);
+    summary.timings = timings;
+    if health.healthy() {
+        let c = commit.clone();
+        blocking(agent, move |a| -> Result<(), StoreError> {
+            a.set_outcome(seq, Outcome::Healthy, None)?;
+            a.update_pointers(|p| p.last_good = Some(seq))?;
+            a.gc()?;
+            let resources = a.resources();
+            a.set_status(|s| {
+                s.phase = "synced".into();
+                s.target_revision = Some(c);
+                s.last_sync = Some(now_rfc3339());
+                s.error = None;
+                s.resources = resources;
+            })?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(revision = short(&commit), "revision healthy");
+        Ok(summary)
+    } else {
+        let failures = health.failures();
+        tracing::warn!(revision = short(&commit), %failures, "revision unhealthy");
+        let e = SyncError::Unhealthy { commit: commit.clone(), failures, after: String::new() };
+        Err(fail_and_roll_back(agent, &prepared, Some(seq), e).await)
+    }
+}
+
+fn checks_json(h: &Health) -> BTreeMap<String, String> {
+    h.results
+        .iter()
+        .map(|(n, r)| {
+            (
+                n.clone(),
+                match r {
+                    Ok(()) => "pass".to_owned(),
+                    Err(e) => e.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A bundle that cannot be applied at all: record it as failed, quarantine it
+/// (unless the failure is transient), keep enforcing what is applied.
+async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> Result<(), SyncError> {
+    let transient = e.is_transient();
+    let msg = e.to_string();
+    let c = commit.to_owned();
+    let e_kind = if matches!(e, SyncError::Blocked { .. }) { "blocked" } else { "bundle" };
+    blocking(agent, move |a| -> Result<(), StoreError> {
+        let p = Prepared {
+            commit: c.clone(),
+            render_key: a.render_key(),
+            desired: Desired::default(),
+            blobs: HashMap::new(),
+            rendered: true,
+        };
+        if !transient {
+            a.record(&p, Outcome::Failed, Some(msg.clone()))?;
+            let why = match e_kind {
+                "blocked" => "rejected: something on the gateway is in the way",
+                _ => "rejected: the bundle is invalid",
+            };
+            a.update_pointers(|ptr| {
+                ptr.quarantine.insert(c.clone(), why.into());
+            })?;
+            a.gc()?;
+        }
+        a.set_status(|s| {
+            s.phase = "failed".into();
+            s.source = "ok".into();
+            s.target_revision = Some(c);
+            s.last_sync = Some(now_rfc3339());
+            s.error = Some(msg);
+        })?;
+        Ok(())
+    })
+    .await?;
+    if let Err(h) = enforce_current(agent).await {
+        tracing::warn!(error = %h, "could not re-enforce the current revision");
+    }
+    Ok(())
+}
+
+/// A revision failed to apply or failed its health window: return to
+/// last-known-good (from the store, no network), record and quarantine it.
+/// Returns the error to report, with what happened after.
+async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, error: SyncError) -> SyncError {
+    let transient = error.is_transient();
+    let rollback_enabled = agent.cfg.apply.rollback;
+    let limit = agent.cfg.apply.retry.limit;
+    let p = p.clone();
+    let msg = error.to_string();
+    let outcome = blocking(agent, move |a| -> Result<String, SyncError> {
+        // Record the attempt (an apply that failed midway has no record yet).
+        let seq = match seq {
+            Some(s) => s,
+            None => a.record(&p, Outcome::Failed, Some(msg.clone()))?,
+        };
+        let tries = a
+            .update_pointers(|ptr| {
+                let n = match &ptr.transient {
+                    Some((c, n)) if *c == p.commit => n + 1,
+                    _ => 1,
+                };
+                ptr.transient = transient.then(|| (p.commit.clone(), n));
+            })?
+            .transient
+            .map_or(0, |(_, n)| n);
+        let quarantine = !transient || tries >= limit;
+        let after;
+        let mut phase = "failed";
+        if rollback_enabled {
+            let lkg = a.last_good()?;
+            let (lkg_commit, lkg_desired) = match &lkg {
+                Some(r) => (r.commit.clone(), r.desired.clone()),
+                None => (String::new(), Desired::default()),
+            };
+            match a.enforce(&lkg_commit, &lkg_desired, &HashMap::new(), true) {
+                Ok(_) => {
+                    a.update_pointers(|ptr| ptr.current = lkg.as_ref().map(|r| r.seq))?;
+                    a.set_outcome(seq, Outcome::RolledBack, Some(msg.clone()))?;
+                    phase = "rolled_back";
+                    after = match &lkg {
+                        Some(r) => format!("rolled back to {}", short(&r.commit)),
+                        None => "rolled back to the state before tend's first revision".into(),
+                    };
+                }
+                Err(re) => {
+                    a.set_outcome(seq, Outcome::Failed, Some(msg.clone()))?;
+                    after = format!("rollback failed too: {re}");
+                }
+            }
+        } else {
+            a.set_outcome(seq, Outcome::Failed, Some(msg.clone()))?;
+            a.update_pointers(|ptr| ptr.current = Some(seq))?;
+            phase = "degraded";
+            after = "rollback is off ([apply].rollback = false)".into();
+        }
+        if quarantine {
+            let why = if transient { format!("failed {tries} times") } else { format!("{phase}: bad revision") };
+            a.update_pointers(|ptr| {
+                ptr.quarantine.insert(p.commit.clone(), why);
+                ptr.transient = None;
+            })?;
+        }
+        a.gc()?;
+        let resources = a.resources();
+        let full = format!("{msg}; {after}");
+        a.set_status(|s| {
+            s.phase = phase.into();
+            s.source = "ok".into();
+            s.target_revision = Some(p.commit.clone());
+            s.last_sync = Some(now_rfc3339());
+            s.error = Some(full);
+            s.resources = resources;
+        })?;
+        Ok(after)
+    })
+    .await;
+    match (error, outcome) {
+        (SyncError::Unhealthy { commit, failures, .. }, Ok(after)) => SyncError::Unhealthy { commit, failures, after },
+        (e, Ok(after)) => SyncError::Rollback(format!("{e}; {after}")),
+        (e, Err(inner)) => SyncError::Rollback(format!("{e}; and then: {inner}")),
+    }
+}
+
+/// `tend rollback [REVISION]`: return to last-known-good, or to a revision in
+/// history (a commit prefix). The branch's current tip is held (quarantined)
+/// so the rollback is not undone by the next poll; `tend sync --retry` or a new
+/// commit lifts the hold.
+pub async fn rollback(agent: &Arc<Agent>, revision: Option<String>) -> Result<SyncSummary, SyncError> {
+    let target = blocking(agent, move |a| -> Result<RevisionRecord, SyncError> {
+        match revision {
+            None => {
+                a.last_good()?.ok_or_else(|| SyncError::Rollback("no last-known-good revision in the store yet".into()))
+            }
+            Some(rev) => {
+                if rev.len() < 4 || !rev.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(SyncError::Rollback(format!("{rev:?} is not a commit id (at least 4 hex digits)")));
+                }
+                let candidates: Vec<RevisionRecord> = a
+                    .history()?
+                    .into_iter()
+                    .filter(|r| r.commit.starts_with(&rev.to_ascii_lowercase()) && !r.desired.is_empty())
+                    .collect();
+                let distinct: BTreeSet<&str> = candidates.iter().map(|r| r.commit.as_str()).collect();
+                match distinct.len() {
+                    0 => Err(SyncError::Rollback(format!("revision {rev} is not in the history (see `tend history`)"))),
+                    1 => Ok(candidates.into_iter().next().expect("one")),
+                    _ => Err(SyncError::Rollback(format!(
+                        "revision {rev} is ambiguous: {}",
+                        distinct.into_iter().collect::<Vec<_>>().join(", ")
+                    ))),
+                }
+            }
+        }
+    })
+    .await?;
+    let span = tracing::info_span!("rollback", revision = %short(&target.commit));
+    rollback_to(agent, target).instrument(span).await
+}
+
+async fn rollback_to(agent: &Arc<Agent>, target: RevisionRecord) -> Result<SyncSummary, SyncError> {
+    let t2 = target.clone();
+    let (plan, _) = blocking(agent, move |a| a.enforce(&t2.commit, &t2.desired, &HashMap::new(), true)).await?;
+    let probes = health::probes_for(&target.desired.checks);
+    let health = health::window(&probes, agent.cfg.apply.health_timeout).await;
+    let mut summary = SyncSummary::from_plan(&plan);
+    summary.commit = Some(target.commit.clone());
+    summary.action = "rolled_back".into();
+    summary.files = target.desired.files.len();
+    summary.checks = checks_json(&health);
+    let healthy = health.healthy();
+    let failures = health.failures();
+    let t3 = target.clone();
+    blocking(agent, move |a| -> Result<(), StoreError> {
+        let status = a.status()?;
+        a.update_pointers(|p| {
+            p.current = Some(t3.seq);
+            if healthy {
+                p.last_good = Some(t3.seq);
+            }
+            if let Some(tip) = &status.target_revision
+                && *tip != t3.commit
+            {
+                p.quarantine.insert(tip.clone(), format!("held: an operator rolled back to {}", short(&t3.commit)));
+            }
+        })?;
+        if healthy {
+            a.set_outcome(t3.seq, Outcome::Healthy, None)?;
+        }
+        let resources = a.resources();
+        a.set_status(|s| {
+            s.phase = if !healthy {
+                "degraded".into()
+            } else if s.target_revision.as_deref().is_none_or(|t| t == t3.commit) {
+                "synced".into()
+            } else {
+                "rolled_back".into()
+            };
+            s.last_sync = Some(now_rfc3339());
+            s.error = (!healthy).then(|| format!("revision {} is unhealthy: {failures}", short(&t3.commit)));
+            s.resources = resources;
+        })?;
+        Ok(())
+    })
+    .await?;
+    if healthy {
+        Ok(summary)
+    } else {
+        Err(SyncError::Unhealthy {
+            commit: target.commit,
+            failures: health.failures(),
+            after: "left in place (an operator asked for it)".into(),
+        })
+    }
 }
 
 /// Count the desired files per bundle they came from (for `validate`).

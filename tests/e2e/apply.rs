@@ -181,7 +181,7 @@ fn history_keeps_revisions_newest_first_bounded() {
     let h = gw.tend(&["history", "--json"]).json();
     let revs: Vec<&str> = h.as_array().unwrap().iter().map(|r| r["revision"].as_str().unwrap()).collect();
     assert_eq!(revs, vec![commits[4].as_str(), commits[3].as_str(), commits[2].as_str()]);
-    assert!(h.as_array().unwrap().iter().all(|r| r["outcome"] == "applied"));
+    assert!(h.as_array().unwrap().iter().all(|r| r["outcome"] == "healthy"));
     let human = gw.tend(&["history"]);
     assert!(human.stdout.contains(&commits[4][..12]), "{}", human.stdout);
 }

@@ -121,6 +121,20 @@ pub struct Inventory {
     pub dirty: bool,
 }
 
+/// Which revisions matter now, and which commits must not be applied again.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Pointers {
+    /// The revision applied now (what self-heal enforces).
+    pub current: Option<u64>,
+    /// The newest revision that passed its health checks.
+    pub last_good: Option<u64>,
+    /// Commits not applied again until the branch moves or an operator asks
+    /// (`tend sync --retry`): commit → why.
+    pub quarantine: BTreeMap<String, String>,
+    /// Consecutive transient failures applying one commit: (commit, count).
+    pub transient: Option<(String, u32)>,
+}
+
 /// The resources summary of SPEC §4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Resources {
@@ -162,7 +176,12 @@ pub trait Store {
     fn set_inventory(&self, inv: &Inventory) -> Result<(), StoreError>;
     fn status(&self) -> Result<Option<Status>, StoreError>;
     fn set_status(&self, status: &Status) -> Result<(), StoreError>;
-    /// Drop revisions beyond the newest `keep` and blobs nothing refers to.
+    /// One revision by its sequence number.
+    fn revision(&self, seq: u64) -> Result<Option<RevisionRecord>, StoreError>;
+    fn pointers(&self) -> Result<Pointers, StoreError>;
+    fn set_pointers(&self, p: &Pointers) -> Result<(), StoreError>;
+    /// Drop revisions beyond the newest `keep` (never the current or last-good
+    /// one) and blobs nothing refers to.
     fn gc(&self, keep: usize) -> Result<GcReport, StoreError>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;

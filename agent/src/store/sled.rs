@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{GcReport, Inventory, RevisionRecord, Status, Store, StoreError, decode, encode, referenced_blobs};
+use super::{
+    GcReport, Inventory, Pointers, RevisionRecord, Status, Store, StoreError, decode, encode, referenced_blobs,
+};
 use crate::hash::ContentHash;
 
 pub struct SledStore {
@@ -124,15 +126,37 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn revision(&self, seq: u64) -> Result<Option<RevisionRecord>, StoreError> {
+        match self.revisions.get(seq.to_be_bytes()).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => decode(&format!("revision {seq}"), &v).map(Some),
+        }
+    }
+
+    fn pointers(&self) -> Result<Pointers, StoreError> {
+        Ok(self.get_meta("pointers")?.unwrap_or_default())
+    }
+
+    fn set_pointers(&self, p: &Pointers) -> Result<(), StoreError> {
+        self.meta.insert("pointers", encode(p)).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     fn gc(&self, keep: usize) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
         let all = self.revisions()?;
-        for old in all.iter().skip(keep.max(1)) {
-            self.revisions.remove(old.seq.to_be_bytes()).map_err(|e| self.err(e))?;
-            report.revisions_removed += 1;
+        let ptr = self.pointers()?;
+        let pinned = [ptr.current, ptr.last_good];
+        let mut kept = Vec::new();
+        for (i, rec) in all.into_iter().enumerate() {
+            if i < keep.max(1) || pinned.contains(&Some(rec.seq)) {
+                kept.push(rec);
+            } else {
+                self.revisions.remove(rec.seq.to_be_bytes()).map_err(|e| self.err(e))?;
+                report.revisions_removed += 1;
+            }
         }
-        let kept = &all[..all.len().min(keep.max(1))];
-        let needed = referenced_blobs(kept, &self.inventory()?);
+        let needed = referenced_blobs(&kept, &self.inventory()?);
         for item in self.blobs.iter().keys() {
             let k = item.map_err(|e| self.err(e))?;
             let Ok(bytes) = <[u8; 32]>::try_from(k.as_ref()) else { continue };

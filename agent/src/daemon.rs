@@ -1,0 +1,275 @@
+//! `tend run`: the daemon. Wiring only: the sync loop, the control socket and
+//! signals, on a single-threaded tokio runtime (gateways have little RAM; the
+//! blocking steps run on a small blocking pool).
+//!
+//! What must always hold:
+//! - at start, the revision applied last is re-enforced from the store before
+//!   any fetch, so a gateway that boots without network is enforced at once;
+//! - polls come every `interval` plus a random part of `jitter`; transient
+//!   failures retry sooner, with `[apply].retry` backoff, up to its limit;
+//! - SIGTERM or SIGINT stops the loop; a step already running on the blocking
+//!   pool (an apply) finishes, the store is flushed, and the process exits 0.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{Apply, Source};
+use crate::control::{self, Request, Response};
+use crate::store::Store;
+use crate::sync::{self, Agent, SyncError, SyncOptions};
+
+/// How long a stopping daemon waits for a running apply to finish.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("control socket {path}: {reason}")]
+    Socket { path: String, reason: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub fn run(agent: Agent) -> Result<(), DaemonError> {
+    let agent = Arc::new(agent);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .thread_keep_alive(Duration::from_secs(10))
+        .build()
+        .map_err(|e| DaemonError::Setup(format!("cannot start the runtime: {e}")))?;
+    let result = rt.block_on(main_loop(agent.clone()));
+    // Waits for a step still running on the blocking pool (an apply) to finish.
+    rt.shutdown_timeout(STOP_GRACE);
+    if let Err(e) = agent.store.flush() {
+        tracing::error!(error = %e, "could not flush the store");
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// The delay before the next poll after `result`; `failures` counts consecutive
+/// transient failures. `jitter_fraction` is in [0, 1).
+pub fn next_poll(
+    source: &Source,
+    apply: &Apply,
+    transient_failure: bool,
+    failures: &mut u32,
+    jitter_fraction: f64,
+) -> Duration {
+    let regular = source.interval + source.jitter.mul_f64(jitter_fraction.clamp(0.0, 1.0));
+    if transient_failure {
+        *failures += 1;
+        if *failures <= apply.retry.limit {
+            return apply.retry.delay(*failures - 1).min(regular);
+        }
+        return regular;
+    }
+    *failures = 0;
+    regular
+}
+
+async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
+    let cfg = agent.cfg.clone();
+    tracing::info!(device_id = %cfg.device_id, fleet = %cfg.fleet, source = %agent.source.shown_url(), "starting");
+
+    // Last-known-good first, before the network is even tried.
+    match sync::enforce_current(&agent).await {
+        Ok(Some(s)) => {
+            tracing::info!(revision = s.commit.as_deref().map(sync::short), action = %s.action, "enforced the revision in the store")
+        }
+        Ok(None) => tracing::info!("no revision applied yet"),
+        Err(e) => tracing::warn!(error = %e, "could not enforce the revision in the store"),
+    }
+
+    let socket = cfg.control_socket();
+    let listener = bind_control(&socket)?;
+    let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(8);
+    let accept = tokio::spawn(accept_loop(listener, tx));
+    let mut shutdown = shutdown_signal()?;
+
+    let mut next = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep_until(next) => {
+                let opts = SyncOptions { no_heal: !cfg.apply.self_heal, ..Default::default() };
+                let result = tokio::select! {
+                    r = sync::sync(&agent, opts) => r,
+                    _ = &mut shutdown => break,
+                };
+                let transient = result.as_ref().err().is_some_and(SyncError::is_transient);
+                match &result {
+                    Ok(s) if s.action == "unchanged" => tracing::debug!("in sync"),
+                    Ok(s) => tracing::info!(revision = s.commit.as_deref().map(sync::short), action = %s.action, "sync done"),
+                    Err(e) => tracing::warn!(error = %e, transient, "sync failed"),
+                }
+                let delay = next_poll(&cfg.source, &cfg.apply, transient, &mut failures, fastrand::f64());
+                tracing::debug!(next_in = ?delay, "next poll");
+                next = Instant::now() + delay;
+            }
+            Some((req, reply)) = rx.recv() => {
+                let resp = tokio::select! {
+                    r = handle(&agent, req) => r,
+                    _ = &mut shutdown => {
+                        let _ = reply.send(Response::err("tend is stopping", 1));
+                        break;
+                    }
+                };
+                let _ = reply.send(resp);
+            }
+        }
+    }
+    tracing::info!("stopping");
+    accept.abort();
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// One control request, answered from the daemon's own store.
+async fn handle(agent: &Arc<Agent>, req: Request) -> Response {
+    let summary = |r: Result<sync::SyncSummary, SyncError>| match r {
+        Ok(s) => Response::ok(serde_json::to_value(s).expect("summary serialises")),
+        Err(e) => Response::err(e, 1),
+    };
+    match req {
+        Request::Sync { dry_run, retry } => {
+            summary(sync::sync(agent, SyncOptions { dry_run, retry, no_heal: false }).await)
+        }
+        Request::Rollback { revision } => summary(sync::rollback(agent, revision).await),
+        Request::Status => {
+            let a = agent.clone();
+            match tokio::task::spawn_blocking(move || a.status()).await {
+                Ok(Ok(s)) => Response::ok(serde_json::to_value(s).expect("status serialises")),
+                Ok(Err(e)) => Response::err(e, 1),
+                Err(e) => Response::err(e, 1),
+            }
+        }
+        Request::History => {
+            let a = agent.clone();
+            match tokio::task::spawn_blocking(move || a.history_json()).await {
+                Ok(Ok(h)) => Response::ok(serde_json::Value::Array(h)),
+                Ok(Err(e)) => Response::err(e, 1),
+                Err(e) => Response::err(e, 1),
+            }
+        }
+    }
+}
+
+/// Bind the control socket, mode 0600. A stale socket file is replaced; a live
+/// one means another daemon runs.
+fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |reason: String| DaemonError::Socket { path: path.display().to_string(), reason };
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| err(format!("cannot create its directory: {e}")))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700));
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err("another tend daemon is listening there".into()));
+        }
+        std::fs::remove_file(path).map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
+    Ok(listener)
+}
+
+async fn accept_loop(listener: UnixListener, tx: mpsc::Sender<(Request, oneshot::Sender<Response>)>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read.take(control::MAX_REQUEST as u64 + 1));
+            let resp = match reader.read_line(&mut line).await {
+                Err(e) => Response::err(format!("bad request: {e}"), 2),
+                Ok(_) => match control::parse_request(&line) {
+                    Err(e) => Response::err(e, 2),
+                    Ok(req) => {
+                        let (reply_tx, reply_rx) = oneshot::channel();
+                        if tx.send((req, reply_tx)).await.is_err() {
+                            Response::err("tend is stopping", 1)
+                        } else {
+                            reply_rx.await.unwrap_or_else(|_| Response::err("tend is stopping", 1))
+                        }
+                    }
+                },
+            };
+            let mut out = serde_json::to_vec(&resp).expect("responses serialise");
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+        });
+    }
+}
+
+type Shutdown = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+fn shutdown_signal() -> Result<Shutdown, DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| DaemonError::Setup(format!("SIGTERM handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Setup(format!("SIGINT handler: {e}")))?;
+    Ok(Box::pin(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Retry};
+
+    fn source(interval: u64, jitter: u64) -> Source {
+        let text = format!("[source]\nurl = \"x\"\ninterval = \"{interval}s\"\njitter = \"{jitter}s\"\n");
+        Config::from_str(&format!("device_id = \"d\"\n{text}"), Path::new("t")).unwrap().source
+    }
+
+    #[test]
+    fn polls_every_interval_plus_jitter() {
+        let s = source(60, 10);
+        let a = Apply::default();
+        let mut f = 0;
+        assert_eq!(next_poll(&s, &a, false, &mut f, 0.0), Duration::from_secs(60));
+        assert_eq!(next_poll(&s, &a, false, &mut f, 0.5), Duration::from_secs(65));
+        assert_eq!(next_poll(&s, &a, false, &mut f, 0.999), Duration::from_secs_f64(60.0 + 9.99));
+    }
+
+    #[test]
+    fn transient_failures_back_off_then_fall_back_to_the_interval() {
+        let s = source(600, 0);
+        let a = Apply {
+            retry: Retry { limit: 3, backoff: Duration::from_secs(5), factor: 2.0, max: Duration::from_secs(15) },
+            ..Apply::default()
+        };
+        let mut f = 0;
+        let delays: Vec<u64> = (0..5).map(|_| next_poll(&s, &a, true, &mut f, 0.0).as_secs()).collect();
+        assert_eq!(delays, vec![5, 10, 15, 600, 600]);
+        // A success resets the count.
+        next_poll(&s, &a, false, &mut f, 0.0);
+        assert_eq!(next_poll(&s, &a, true, &mut f, 0.0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn backoff_never_exceeds_the_regular_poll() {
+        let s = source(2, 0);
+        let a = Apply::default();
+        let mut f = 0;
+        assert_eq!(next_poll(&s, &a, true, &mut f, 0.0), Duration::from_secs(2));
+    }
+}
