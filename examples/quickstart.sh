@@ -42,6 +42,9 @@ path = "devices/{device_id}"
 [files]
 root = "$work/root"
 allow = ["/etc/myapp", "/opt/myapp"]
+
+[apply]
+health_timeout = "3s"
 TOML
 export TEND_CONFIG="$work/agent.toml"
 echo "config: $TEND_CONFIG"
@@ -70,6 +73,19 @@ step "drift: delete a managed file by hand, then sync again"
 rm "$work/root/etc/myapp/common.conf"
 "$tend" sync
 ls -l "$work/root/etc/myapp"
+
+step "a bad commit: its health check fails, so tend rolls back and quarantines it"
+cat >> "$work/fleet/devices/gw-demo-01/tend.toml" <<'CHECK'
+
+[[check]]
+name = "api"
+tcp = "127.0.0.1:9"    # nothing listens here
+interval = "1s"
+CHECK
+sed -i 's/modbus_port = 1502/modbus_port = 2502/' "$work/fleet/devices/gw-demo-01/files/etc/myapp/app.conf"
+git -C "$work/fleet" -c user.name=demo -c user.email=demo@example.com commit -qam "fleet: a revision that never becomes healthy"
+"$tend" sync || echo "(exit $?: rolled back)"
+grep modbus_port "$work/root/etc/myapp/app.conf"
 
 step "tend status"
 "$tend" status

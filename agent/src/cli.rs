@@ -15,7 +15,7 @@ use crate::bundle::{self, DirTree, Limits, Policy, RelPath};
 use crate::config::{Config, Identity};
 use crate::control::{self, ClientError, Request};
 use crate::daemon;
-use crate::store::{Status, StoreError};
+use crate::store::{Status, Store, StoreError};
 use crate::sync::{self, Agent, SyncError, SyncOptions, SyncSummary, files_by_bundle, short};
 
 #[derive(Debug, Parser)]
@@ -234,6 +234,9 @@ fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, Failure> {
         }
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(30));
+    if let Err(e) = agent.store.flush() {
+        tracing::error!(error = %e, "could not flush the store");
+    }
     result
 }
 
@@ -327,11 +330,11 @@ fn print_history(v: &serde_json::Value, json: bool) {
         let _ = writeln!(
             out,
             "{:>3}{mark}  {:<12}  {:<12}  {:<20}  {:>6}  {}",
-            r["seq"],
+            r["seq"].as_u64().unwrap_or(0),
             short(&text("revision")),
             outcome,
             text("applied_at"),
-            r["files"],
+            r["files"].as_u64().unwrap_or(0),
             text("error")
         );
     }

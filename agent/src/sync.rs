@@ -30,7 +30,7 @@ use crate::health::{self, Health};
 use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRunner, Runner};
 use crate::reconcile::plan::{Live, Plan, plan};
 use crate::source::{Fetched, GitSource, SourceError};
-use crate::store::{Outcome, Pointers, Resources, RevisionRecord, SledStore, Status, Store, StoreError};
+use crate::store::{Outcome, Pointers, Resources, RevRef, RevisionRecord, SledStore, Status, Store, StoreError};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -45,7 +45,7 @@ pub enum SyncError {
     Blocked { commit: String, blocked: Vec<String> },
     #[error("apply of {commit} failed: {error}")]
     Apply { commit: String, error: FileError },
-    #[error("revision {} is unhealthy: {failures}; {after}", short(.commit))]
+    #[error("revision {} is unhealthy: {failures}{}", short(.commit), then(.after))]
     Unhealthy { commit: String, failures: String, after: String },
     #[error("revision {} is quarantined ({reason}); it is not applied again until the branch moves or `tend sync --retry`", short(.commit))]
     Quarantined { commit: String, reason: String },
@@ -53,6 +53,11 @@ pub enum SyncError {
     Rollback(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// "; what happened after", or nothing.
+fn then(after: &str) -> String {
+    if after.is_empty() { String::new() } else { format!("; {after}") }
 }
 
 impl SyncError {
@@ -215,10 +220,10 @@ impl Agent {
     pub fn prepare(&self, commit: &str) -> Result<Prepared, SyncError> {
         let render_key = self.render_key();
         let ptr = self.store.pointers()?;
-        for seq in [ptr.current, ptr.last_good].into_iter().flatten() {
-            if let Some(r) = self.store.revision(seq)?
-                && r.commit == commit
-                && r.render_key == render_key
+        for rr in [ptr.current, ptr.last_good].into_iter().flatten() {
+            if rr.commit == commit
+                && rr.render_key == render_key
+                && let Some(r) = self.store.revision(rr.seq)?
             {
                 return Ok(Prepared {
                     commit: commit.into(),
@@ -345,14 +350,14 @@ impl Agent {
     /// The revision applied now, if any.
     pub fn current(&self) -> Result<Option<RevisionRecord>, StoreError> {
         match self.store.pointers()?.current {
-            Some(seq) => self.store.revision(seq),
+            Some(r) => self.store.revision(r.seq),
             None => Ok(None),
         }
     }
 
     pub fn last_good(&self) -> Result<Option<RevisionRecord>, StoreError> {
         match self.store.pointers()?.last_good {
-            Some(seq) => self.store.revision(seq),
+            Some(r) => self.store.revision(r.seq),
             None => Ok(None),
         }
     }
@@ -384,11 +389,11 @@ impl Agent {
         s.device_id = self.cfg.device_id.clone();
         s.fleet = self.cfg.fleet.clone();
         s.agent_version = AGENT_VERSION.into();
-        s.revision = self.current()?.map(|r| r.commit);
-        s.last_good_revision = self.last_good()?.map(|r| r.commit);
+        let ptr = self.store.pointers()?;
+        s.revision = ptr.current.map(|r| r.commit);
+        s.last_good_revision = ptr.last_good.map(|r| r.commit);
         f(&mut s);
         self.store.set_status(&s)?;
-        self.store.flush()?;
         Ok(s)
     }
 
@@ -433,8 +438,8 @@ impl Agent {
                     "applied_at": r.applied_at,
                     "outcome": r.outcome.as_str(),
                     "bad": ptr.quarantine.contains_key(&r.commit),
-                    "current": ptr.current == Some(r.seq),
-                    "last_good": ptr.last_good == Some(r.seq),
+                    "current": ptr.current.as_ref().is_some_and(|c| c.seq == r.seq),
+                    "last_good": ptr.last_good.as_ref().is_some_and(|c| c.seq == r.seq),
                     "error": r.error,
                     "files": r.desired.files.len(),
                     "checks": r.desired.checks.len(),
@@ -443,13 +448,14 @@ impl Agent {
             .collect())
     }
 
-    /// Trim history per `[apply].history`.
+    /// Trim history per `[apply].history`, then make the store durable (called
+    /// when a revision's fate is decided).
     fn gc(&self) -> Result<(), StoreError> {
         let gc = self.store.gc(self.cfg.apply.history)?;
         if gc.revisions_removed + gc.blobs_removed > 0 {
             tracing::debug!(revisions = gc.revisions_removed, blobs = gc.blobs_removed, "history trimmed");
         }
-        Ok(())
+        self.store.flush()
     }
 }
 
@@ -570,6 +576,42 @@ async fn sync_fetched(
         return Err(err);
     }
 
+    // The same revision as applied now, its health decided: repair drift
+    // (self-heal) without rendering or reading the revision twice.
+    let render_key = agent.render_key();
+    let unchanged =
+        ptr.current_gated && ptr.current.as_ref().is_some_and(|c| c.commit == commit && c.render_key == render_key);
+    if unchanged && !opts.dry_run {
+        let mut s = if opts.no_heal {
+            SyncSummary { commit: Some(commit.clone()), action: "unchanged".into(), ..Default::default() }
+        } else {
+            let t = Instant::now();
+            let s = enforce_current(agent).await?.unwrap_or_default();
+            timings.apply_ms = ms(t.elapsed());
+            s
+        };
+        s.received_pack = fetched.received_pack;
+        s.timings = timings;
+        let files = s.files;
+        let healed = !opts.no_heal;
+        blocking(agent, move |a| {
+            a.set_status(|st| {
+                st.source = "ok".into();
+                st.last_sync = Some(now_rfc3339());
+                if healed {
+                    st.resources = Resources { total: files, ready: files, failed: 0 };
+                }
+                if st.phase != "degraded" && st.phase != "rolled_back" {
+                    st.phase = "synced".into();
+                    st.error = None;
+                }
+                st.target_revision = st.revision.clone();
+            })
+        })
+        .await?;
+        return Ok(s);
+    }
+
     let t = Instant::now();
     let c = commit.clone();
     let prepared = blocking(agent, move |a| a.prepare(&c)).await;
@@ -604,48 +646,6 @@ async fn sync_fetched(
         return Ok(s);
     }
 
-    let current = blocking(agent, |a| a.current()).await?;
-    // A revision whose health window never ended (the agent stopped during it)
-    // counts as new: it is gated again.
-    let is_new = current
-        .as_ref()
-        .is_none_or(|c| c.commit != commit || c.render_key != prepared.render_key || c.outcome == Outcome::Applied);
-    if !is_new && opts.no_heal {
-        let mut s = SyncSummary { commit: Some(commit), action: "unchanged".into(), ..Default::default() };
-        s.received_pack = fetched.received_pack;
-        s.timings = timings;
-        return Ok(s);
-    }
-    if !is_new {
-        // The same revision: repair drift (self-heal).
-        let t = Instant::now();
-        let mut s = enforce_current(agent).await?.unwrap_or_default();
-        timings.apply_ms = ms(t.elapsed());
-        s.received_pack = fetched.received_pack;
-        s.timings = timings;
-        blocking(agent, |a| {
-            let resources = a.resources();
-            a.set_status(|st| {
-                st.source = "ok".into();
-                st.last_sync = Some(now_rfc3339());
-                st.resources = resources;
-                if st.phase != "degraded" || resources.failed == 0 {
-                    st.phase = if st.revision == st.target_revision || st.target_revision.is_none() {
-                        "synced".into()
-                    } else {
-                        st.phase.clone()
-                    };
-                }
-                if st.phase == "synced" {
-                    st.error = None;
-                    st.target_revision = st.revision.clone();
-                }
-            })
-        })
-        .await?;
-        return Ok(s);
-    }
-
     // A new revision.
     let c = commit.clone();
     blocking(agent, move |a| {
@@ -666,7 +666,8 @@ async fn sync_fetched(
             Ok((plan, report)) => {
                 let seq = a.record(&p, Outcome::Applied, None)?;
                 a.update_pointers(|ptr| {
-                    ptr.current = Some(seq);
+                    ptr.current = Some(RevRef { seq, commit: p.commit.clone(), render_key: p.render_key.clone() });
+                    ptr.current_gated = false;
                     ptr.transient = None;
                 })?;
                 a.store.flush()?;
@@ -708,7 +709,10 @@ async fn sync_fetched(
         let c = commit.clone();
         blocking(agent, move |a| -> Result<(), StoreError> {
             a.set_outcome(seq, Outcome::Healthy, None)?;
-            a.update_pointers(|p| p.last_good = Some(seq))?;
+            a.update_pointers(|p| {
+                p.last_good = p.current.clone();
+                p.current_gated = true;
+            })?;
             a.gc()?;
             let resources = a.resources();
             a.set_status(|s| {
@@ -725,7 +729,7 @@ async fn sync_fetched(
         Ok(summary)
     } else {
         let failures = health.failures();
-        tracing::warn!(revision = short(&commit), %failures, "revision unhealthy");
+        tracing::info!(revision = short(&commit), %failures, "revision unhealthy");
         let e = SyncError::Unhealthy { commit: commit.clone(), failures, after: String::new() };
         Err(fail_and_roll_back(agent, &prepared, Some(seq), e).await)
     }
@@ -797,7 +801,9 @@ async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, 
     let limit = agent.cfg.apply.retry.limit;
     let p = p.clone();
     let msg = error.to_string();
-    let outcome = blocking(agent, move |a| -> Result<String, SyncError> {
+    let p2 = p.clone();
+    let outcome = blocking(agent, move |a| -> Result<(String, &'static str), SyncError> {
+        let p = p2;
         // Record the attempt (an apply that failed midway has no record yet).
         let seq = match seq {
             Some(s) => s,
@@ -824,7 +830,10 @@ async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, 
             };
             match a.enforce(&lkg_commit, &lkg_desired, &HashMap::new(), true) {
                 Ok(_) => {
-                    a.update_pointers(|ptr| ptr.current = lkg.as_ref().map(|r| r.seq))?;
+                    a.update_pointers(|ptr| {
+                        ptr.current = lkg.as_ref().map(RevRef::of);
+                        ptr.current_gated = true;
+                    })?;
                     a.set_outcome(seq, Outcome::RolledBack, Some(msg.clone()))?;
                     phase = "rolled_back";
                     after = match &lkg {
@@ -839,7 +848,10 @@ async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, 
             }
         } else {
             a.set_outcome(seq, Outcome::Failed, Some(msg.clone()))?;
-            a.update_pointers(|ptr| ptr.current = Some(seq))?;
+            a.update_pointers(|ptr| {
+                ptr.current = Some(RevRef { seq, commit: p.commit.clone(), render_key: p.render_key.clone() });
+                ptr.current_gated = true;
+            })?;
             phase = "degraded";
             after = "rollback is off ([apply].rollback = false)".into();
         }
@@ -851,24 +863,34 @@ async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, 
             })?;
         }
         a.gc()?;
+        Ok((after, phase))
+    })
+    .await;
+    let (final_error, phase) = match (error, outcome) {
+        (SyncError::Unhealthy { commit, failures, .. }, Ok((after, phase))) => {
+            (SyncError::Unhealthy { commit, failures, after }, phase)
+        }
+        (e, Ok((after, phase))) => (SyncError::Rollback(format!("{e}; {after}")), phase),
+        (e, Err(inner)) => (SyncError::Rollback(format!("{e}; and then: {inner}")), "failed"),
+    };
+    let full = final_error.to_string();
+    let commit = p.commit.clone();
+    let recorded = blocking(agent, move |a| {
         let resources = a.resources();
-        let full = format!("{msg}; {after}");
         a.set_status(|s| {
             s.phase = phase.into();
             s.source = "ok".into();
-            s.target_revision = Some(p.commit.clone());
+            s.target_revision = Some(commit);
             s.last_sync = Some(now_rfc3339());
             s.error = Some(full);
             s.resources = resources;
-        })?;
-        Ok(after)
+        })
     })
     .await;
-    match (error, outcome) {
-        (SyncError::Unhealthy { commit, failures, .. }, Ok(after)) => SyncError::Unhealthy { commit, failures, after },
-        (e, Ok(after)) => SyncError::Rollback(format!("{e}; {after}")),
-        (e, Err(inner)) => SyncError::Rollback(format!("{e}; and then: {inner}")),
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, "could not record the status");
     }
+    final_error
 }
 
 /// `tend rollback [REVISION]`: return to last-known-good, or to a revision in
@@ -923,9 +945,10 @@ async fn rollback_to(agent: &Arc<Agent>, target: RevisionRecord) -> Result<SyncS
     blocking(agent, move |a| -> Result<(), StoreError> {
         let status = a.status()?;
         a.update_pointers(|p| {
-            p.current = Some(t3.seq);
+            p.current = Some(RevRef::of(&t3));
+            p.current_gated = true;
             if healthy {
-                p.last_good = Some(t3.seq);
+                p.last_good = Some(RevRef::of(&t3));
             }
             if let Some(tip) = &status.target_revision
                 && *tip != t3.commit

@@ -142,9 +142,15 @@ pub struct GitDaemon {
 
 impl GitDaemon {
     pub fn start(base: &Path) -> GitDaemon {
-        let port = free_port();
-        let mut child = Command::new("git")
-            .arg("daemon")
+        Self::start_on(base, free_port())
+    }
+
+    /// On a given port (to bring a killed server back where clients expect it).
+    pub fn start_on(base: &Path, port: u16) -> GitDaemon {
+        // Run git-daemon itself: `git daemon` is a wrapper whose child would
+        // outlive a kill of the wrapper.
+        let exec_path = run(Command::new("git").arg("--exec-path")).trim().to_owned();
+        let mut child = Command::new(Path::new(&exec_path).join("git-daemon"))
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
@@ -539,4 +545,107 @@ pub fn make_ca_and_server_cert(dir: &Path) {
         "-out",
         "server.pem",
     ]);
+}
+
+/// A running `tend run`, its stderr in a log file; SIGKILLed if still running
+/// when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Start `tend run` and wait until its control socket answers.
+    pub fn start_daemon(&self) -> Daemon {
+        let log = self.dir.join(format!("daemon-{}.log", fastrand::u32(..)));
+        let err = std::fs::File::create(&log).unwrap();
+        let child =
+            self.command().arg("run").env("TEND_LOG", "debug").stdout(Stdio::null()).stderr(err).spawn().unwrap();
+        let d = Daemon { child, log };
+        let socket = self.state.join("control.sock");
+        let start = Instant::now();
+        loop {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return d;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon never opened {}: {}",
+                socket.display(),
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until `cond` holds on `tend status --json` (through the daemon).
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let r = self.tend(&["status", "--json"]);
+            if r.code == 0 {
+                let v = r.json();
+                if cond(&v) {
+                    return v;
+                }
+                assert!(start.elapsed() < timeout, "timed out waiting for {what}; last status: {v}");
+            } else {
+                assert!(start.elapsed() < timeout, "timed out waiting for {what}; tend status: {r:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait until `cond` holds on the gateway's files.
+    pub fn wait_files(&self, what: &str, timeout: Duration, cond: impl Fn(&Gateway) -> bool) {
+        let start = Instant::now();
+        while !cond(self) {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Daemon {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// SIGTERM, then wait (up to `timeout`): the exit code and how long it took.
+    pub fn terminate(mut self, timeout: Duration) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.code(), start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return (None, start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn kill(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -121,13 +121,31 @@ pub struct Inventory {
     pub dirty: bool,
 }
 
+/// A reference to a revision record, with what is needed to decide without
+/// reading the record (records hold the whole resolved bundle).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevRef {
+    pub seq: u64,
+    pub commit: String,
+    pub render_key: String,
+}
+
+impl RevRef {
+    pub fn of(r: &RevisionRecord) -> RevRef {
+        RevRef { seq: r.seq, commit: r.commit.clone(), render_key: r.render_key.clone() }
+    }
+}
+
 /// Which revisions matter now, and which commits must not be applied again.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Pointers {
     /// The revision applied now (what self-heal enforces).
-    pub current: Option<u64>,
+    pub current: Option<RevRef>,
+    /// Whether the current revision's health was decided (false while its
+    /// health window runs, or if the agent stopped during it).
+    pub current_gated: bool,
     /// The newest revision that passed its health checks.
-    pub last_good: Option<u64>,
+    pub last_good: Option<RevRef>,
     /// Commits not applied again until the branch moves or an operator asks
     /// (`tend sync --retry`): commit → why.
     pub quarantine: BTreeMap<String, String>,

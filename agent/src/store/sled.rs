@@ -146,7 +146,7 @@ impl Store for SledStore {
         let mut report = GcReport::default();
         let all = self.revisions()?;
         let ptr = self.pointers()?;
-        let pinned = [ptr.current, ptr.last_good];
+        let pinned = [ptr.current.map(|r| r.seq), ptr.last_good.map(|r| r.seq)];
         let mut kept = Vec::new();
         for (i, rec) in all.into_iter().enumerate() {
             if i < keep.max(1) || pinned.contains(&Some(rec.seq)) {

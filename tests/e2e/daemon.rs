@@ -1,0 +1,216 @@
+//! Issue 3, acceptance 3-6: the daemon with a real Git server that is killed and
+//! brought back, restarts without network, SIGTERM and SIGKILL mid-sync, and
+//! the CLI through the control socket.
+
+use std::time::{Duration, Instant};
+
+use tend_e2e::{Fleet, Gateway, GitDaemon};
+
+const FAST: &str =
+    "[apply]\nhealth_timeout = \"3s\"\nretry = { limit = 3, backoff = \"1s\", factor = 1, max = \"1s\" }\n";
+
+fn fast_gateway(parent: &std::path::Path, url: &str) -> Gateway {
+    let gw = Gateway::new(parent, url, FAST);
+    let text = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .replace("timeout = \"10s\"", "timeout = \"3s\"\ninterval = \"1s\"\njitter = \"0s\"");
+    std::fs::write(&gw.config, text).unwrap();
+    gw
+}
+
+fn two_files(fleet: &Fleet, version: &str) {
+    fleet
+        .write("devices/gw-1/files/etc/myapp/app.conf", format!("version = {version}\n"))
+        .write("devices/gw-1/files/etc/myapp/other.conf", "other\n");
+}
+
+#[test]
+fn offline_enforcement_then_recovery_with_a_killed_git_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let fleet = Fleet::new(&srv, "fleet");
+    two_files(&fleet, "1");
+    fleet.commit("v1");
+    let server = GitDaemon::start(&srv);
+    let port = server.port;
+    let gw = fast_gateway(tmp.path(), &server.url("fleet"));
+    gw.sync_ok();
+
+    // Server down: `tend sync` restores a deleted file from the store and says
+    // the source is unreachable.
+    drop(server);
+    std::fs::remove_file(gw.path("/etc/myapp/other.conf")).unwrap();
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(gw.read("/etc/myapp/other.conf"), "other\n");
+    let s = gw.tend(&["status", "--json"]).json();
+    assert_eq!(s["source"], "unreachable");
+
+    // The daemon's self-heal does the same, still offline.
+    let daemon = gw.start_daemon();
+    std::fs::remove_file(gw.path("/etc/myapp/app.conf")).unwrap();
+    gw.wait_files("self-heal to restore app.conf", Duration::from_secs(20), |g| g.path("/etc/myapp/app.conf").exists());
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 1\n");
+    gw.wait_status("source unreachable", Duration::from_secs(10), |s| s["source"] == "unreachable");
+
+    // Server back on the same port with a new commit: applied by the daemon.
+    two_files(&fleet, "2");
+    let v2 = fleet.commit("v2");
+    let _server = GitDaemon::start_on(&srv, port);
+    let s = gw.wait_status("v2 applied", Duration::from_secs(30), |s| s["revision"] == v2.as_str());
+    assert_eq!(s["source"], "ok");
+    assert_eq!(s["phase"], "synced");
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 2\n");
+    let (code, took) = daemon.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "daemon did not exit 0 on SIGTERM");
+    eprintln!("stopped in {took:?}");
+}
+
+#[test]
+fn a_restart_without_network_enforces_last_known_good_before_fetching() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    two_files(&fleet, "1");
+    fleet.commit("v1");
+    let gw = fast_gateway(tmp.path(), &fleet.url());
+    gw.sync_ok();
+
+    // The source is now a server that accepts and never answers: every fetch
+    // hangs until its timeout. Enforcement must not wait for it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("git://{}/fleet", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    let text = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .replace(&fleet.url(), &url)
+        .replace("timeout = \"3s\"", "timeout = \"30s\"");
+    std::fs::write(&gw.config, text).unwrap();
+    std::fs::remove_file(gw.path("/etc/myapp/app.conf")).unwrap();
+    std::fs::write(gw.path("/etc/myapp/other.conf"), "tampered\n").unwrap();
+
+    let start = Instant::now();
+    let daemon = gw.start_daemon();
+    gw.wait_files("boot enforcement", Duration::from_secs(10), |g| {
+        g.path("/etc/myapp/app.conf").exists()
+            && std::fs::read_to_string(g.path("/etc/myapp/other.conf")).unwrap() == "other\n"
+    });
+    assert!(start.elapsed() < Duration::from_secs(25), "enforcement waited for the fetch");
+    let log = daemon.log_text();
+    let enforced = log.find("enforced the revision in the store").expect(&log);
+    assert!(!log[..enforced].contains("sync{"), "a fetch started before enforcement: {log}");
+    let (code, _) = daemon.terminate(Duration::from_secs(40));
+    assert_eq!(code, Some(0));
+}
+
+/// 1,000 files, each long enough that a torn write shows.
+fn bulk(fleet: &Fleet, version: u32) {
+    for i in 0..1000 {
+        let line = format!("version {version} of file {i}\n");
+        fleet.write(&format!("devices/gw-1/files/etc/myapp/bulk/{:02}/f{i:04}", i % 20), line.repeat(50));
+    }
+}
+
+fn assert_untorn(gw: &Gateway) {
+    for i in 0..1000 {
+        let p = gw.path(&format!("/etc/myapp/bulk/{:02}/f{i:04}", i % 20));
+        if let Ok(data) = std::fs::read_to_string(&p) {
+            let ok = (1..=2).any(|v| data == format!("version {v} of file {i}\n").repeat(50));
+            assert!(ok, "{} is torn", p.display());
+        }
+    }
+}
+
+#[test]
+fn sigterm_and_sigkill_during_a_sync_leave_no_torn_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    bulk(&fleet, 1);
+    let v1 = fleet.commit("v1");
+    bulk(&fleet, 2);
+    let v2 = fleet.commit("v2");
+    let gw = fast_gateway(tmp.path(), &fleet.url());
+    // Long interval: only the start and explicit syncs act.
+    let text = std::fs::read_to_string(&gw.config).unwrap().replace("interval = \"1s\"", "interval = \"1h\"");
+    std::fs::write(&gw.config, text).unwrap();
+
+    for (round, signal) in ["TERM", "KILL", "TERM", "KILL"].iter().enumerate() {
+        let target = if round % 2 == 0 { &v1 } else { &v2 };
+        fleet.reset_hard(target);
+        // The daemon syncs at start; signal it somewhere in that sync.
+        let daemon = gw.start_daemon();
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..400)));
+        if *signal == "TERM" {
+            let (code, took) = daemon.terminate(Duration::from_secs(40));
+            assert_eq!(code, Some(0), "round {round}: SIGTERM did not exit 0");
+            assert!(took < Duration::from_secs(10), "round {round}: took {took:?} to stop");
+        } else {
+            daemon.kill();
+        }
+        assert_untorn(&gw);
+        // The next start converges.
+        let daemon = gw.start_daemon();
+        gw.wait_status("convergence", Duration::from_secs(60), |s| {
+            s["revision"] == target.as_str() && s["phase"] == "synced"
+        });
+        assert_untorn(&gw);
+        let (code, _) = daemon.terminate(Duration::from_secs(40));
+        assert_eq!(code, Some(0));
+        let left: Vec<_> = tend_e2e::snapshot(&gw.root).into_keys().filter(|k| k.contains(".tend-tmp")).collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+}
+
+#[test]
+fn cli_commands_go_through_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    two_files(&fleet, "1");
+    let v1 = fleet.commit("v1");
+    let gw = fast_gateway(tmp.path(), &fleet.url());
+    let text = std::fs::read_to_string(&gw.config).unwrap().replace("interval = \"1s\"", "interval = \"1h\"");
+    std::fs::write(&gw.config, text).unwrap();
+    let daemon = gw.start_daemon();
+    gw.wait_status("v1", Duration::from_secs(20), |s| s["revision"] == v1.as_str());
+
+    // The store is held by the daemon: these can only work through the socket.
+    two_files(&fleet, "2");
+    let v2 = fleet.commit("v2");
+    let r = gw.sync_ok();
+    assert_eq!(r["commit"], v2);
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 2\n");
+    let dry = gw.tend(&["sync", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(dry.stdout.contains("nothing to do"), "{}", dry.stdout);
+    let h = gw.tend(&["history", "--json"]).json();
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    assert!(gw.tend(&["history"]).stdout.contains(&v2[..12]));
+    let r = gw.tend(&["rollback", &v1[..8]]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 1\n");
+    let s = gw.tend(&["status"]);
+    assert!(s.stdout.contains("phase       rolled_back"), "{}", s.stdout);
+    // A malformed request on the socket gets an error answer; the daemon lives on.
+    use std::io::{BufRead, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(gw.state.join("control.sock")).unwrap();
+    c.write_all(b"{\"cmd\":\"format_disk\"}\n").unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(c).read_line(&mut answer).unwrap();
+    assert!(answer.contains("\"ok\":false") && answer.contains("bad request"), "{answer}");
+    assert_eq!(gw.tend(&["status", "--json"]).code, 0);
+    // The socket is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(gw.state.join("control.sock")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second daemon refuses to start.
+    let second = gw.command().arg("run").output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let (code, _) = daemon.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    // Without the daemon the same commands work directly.
+    assert_eq!(gw.tend(&["status", "--json"]).json()["revision"], v1);
+}
