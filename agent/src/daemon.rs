@@ -81,7 +81,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     tracing::info!(device_id = %cfg.device_id, fleet = %cfg.fleet, source = %agent.source.shown_url(), "starting");
 
     // Last-known-good first, before the network is even tried.
-    match sync::enforce_current(&agent).await {
+    match sync::boot(&agent).await {
         Ok(Some(s)) => {
             tracing::info!(revision = s.commit.as_deref().map(sync::short), action = %s.action, "enforced the revision in the store")
         }

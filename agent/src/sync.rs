@@ -486,6 +486,38 @@ pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, 
     .await
 }
 
+/// At start, before any fetch: re-enforce last-known-good from the store. When
+/// the agent stopped during a revision's health window, that revision is not
+/// last-known-good: the gateway returns to the one that is (the interrupted
+/// revision is gated again when the source is reachable).
+pub async fn boot(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, SyncError> {
+    let interrupted = blocking(agent, |a| -> Result<Option<String>, StoreError> {
+        let p = a.store.pointers()?;
+        Ok(match (&p.current, p.current_gated) {
+            (Some(c), false) => Some(c.commit.clone()),
+            _ => None,
+        })
+    })
+    .await?;
+    if let Some(commit) = interrupted {
+        tracing::info!(revision = short(&commit), "its health window was interrupted: returning to last-known-good");
+        blocking(agent, |a| -> Result<(), SyncError> {
+            let lkg = a.last_good()?;
+            let desired = lkg.as_ref().map(|r| r.desired.clone()).unwrap_or_default();
+            let commit = lkg.as_ref().map(|r| r.commit.clone()).unwrap_or_default();
+            a.enforce(&commit, &desired, &HashMap::new(), true)?;
+            a.update_pointers(|p| {
+                p.current = lkg.as_ref().map(RevRef::of);
+                p.current_gated = true;
+            })?;
+            a.store.flush()?;
+            Ok(())
+        })
+        .await?;
+    }
+    enforce_current(agent).await
+}
+
 /// One sync cycle: fetch, then apply the branch's revision if it is new (health
 /// gate, rollback on failure), or re-enforce the current one if not.
 pub async fn sync(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, SyncError> {

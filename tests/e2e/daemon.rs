@@ -214,3 +214,44 @@ fn cli_commands_go_through_the_daemon() {
     // Without the daemon the same commands work directly.
     assert_eq!(gw.tend(&["status", "--json"]).json()["revision"], v1);
 }
+
+#[test]
+fn killed_during_a_health_window_the_restart_returns_to_last_known_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    two_files(&fleet, "1");
+    fleet.commit("v1");
+    let gw = fast_gateway(tmp.path(), &fleet.url());
+    gw.sync_ok();
+    let before = gw.snapshot();
+
+    // v2's check waits for a flag that never comes, for up to a minute.
+    let flag = tmp.path().join("flag");
+    two_files(&fleet, "2");
+    fleet.write(
+        "devices/gw-1/tend.toml",
+        format!(
+            "[[check]]\nname = \"slow\"\ncommand = [\"test\", \"-e\", \"{}\"]\ninterval = \"1s\"\n",
+            flag.display()
+        ),
+    );
+    fleet.commit("v2");
+    let text =
+        std::fs::read_to_string(&gw.config).unwrap().replace("health_timeout = \"3s\"", "health_timeout = \"60s\"");
+    std::fs::write(&gw.config, text).unwrap();
+    let daemon = gw.start_daemon();
+    gw.wait_files("v2 applied, in its health window", Duration::from_secs(20), |g| {
+        std::fs::read_to_string(g.path("/etc/myapp/app.conf")).is_ok_and(|t| t == "version = 2\n")
+    });
+    daemon.kill();
+
+    // Restart with the source gone: last-known-good (v1) comes back at once.
+    let text = std::fs::read_to_string(&gw.config).unwrap().replace(&fleet.url(), "git://127.0.0.1:9/fleet");
+    std::fs::write(&gw.config, text).unwrap();
+    let daemon = gw.start_daemon();
+    assert_eq!(gw.snapshot(), before, "the restart did not return to last-known-good");
+    let s = gw.wait_status("source unreachable", Duration::from_secs(20), |s| s["source"] == "unreachable");
+    assert_eq!(s["revision"], s["last_good_revision"]);
+    let (code, _) = daemon.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+}
