@@ -15,6 +15,7 @@ use crate::bundle::{self, DirTree, Limits, Policy, RelPath};
 use crate::config::{Config, Identity};
 use crate::control::{self, ClientError, Request};
 use crate::daemon;
+use crate::report::{fleet, mqtt};
 use crate::store::{Status, Store, StoreError};
 use crate::sync::{self, Agent, SyncError, SyncOptions, SyncSummary, files_by_bundle, short};
 
@@ -83,6 +84,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The fleet through the MQTT broker: every gateway's status, or commands.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Check a bundle offline (for a fleet repository's CI); exit 1 if it is rejected.
     Validate {
         /// The bundle directory, inside a checkout of the fleet repository.
@@ -105,6 +111,71 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// A table of every gateway from the broker's retained messages; `!` marks
+    /// those offline, stale, failing or off their source.
+    Status {
+        #[command(flatten)]
+        conn: MqttArgs,
+        /// Only this fleet (default: every fleet under the prefix).
+        #[arg(long)]
+        fleet: Option<String>,
+        /// A gateway whose last sync is older than this is stale.
+        #[arg(long, default_value = "15m")]
+        stale: humantime::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask one gateway (--device) or every gateway of a fleet (--all) to sync now.
+    Sync {
+        #[command(flatten)]
+        conn: MqttArgs,
+        #[arg(long, default_value = "default")]
+        fleet: String,
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        device: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// How the fleet commands reach the broker (the same TLS options as [mqtt]).
+#[derive(Debug, clap::Args)]
+pub struct MqttArgs {
+    /// Broker URL: mqtt://HOST[:PORT] or mqtts://HOST[:PORT].
+    #[arg(long)]
+    pub mqtt: String,
+    #[arg(long, default_value = "tend/v1")]
+    pub topic_prefix: String,
+    /// PEM CA certificates to trust (mqtts).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mqtts), with --key-file.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    #[arg(long)]
+    pub username: Option<String>,
+    /// A file whose first line is the password.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl MqttArgs {
+    fn settings(&self) -> mqtt::Settings {
+        mqtt::Settings {
+            url: self.mqtt.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -179,6 +250,43 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Validate { dir, device_id, fleet, labels, allow, repo_root, json } => {
             cmd_validate(dir, device_id.as_deref(), fleet, labels, allow, repo_root.as_deref(), *json)
+        }
+        Command::Fleet { command } => cmd_fleet(command),
+    }
+}
+
+fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot start the runtime: {e}")))?;
+    let usage = |e: String| {
+        if e.starts_with("[mqtt]") || e.contains("must start with") {
+            Failure::Usage(anyhow::anyhow!(e.replace("[mqtt].", "--").replace("[mqtt]", "--mqtt")))
+        } else {
+            Failure::Failed(anyhow::anyhow!(e))
+        }
+    };
+    match command {
+        FleetCommand::Status { conn, fleet, stale, json } => {
+            let rows = rt
+                .block_on(fleet::status(&conn.settings(), &conn.topic_prefix, fleet.as_deref(), (*stale).into()))
+                .map_err(usage)?;
+            if *json {
+                print_json(&serde_json::to_value(&rows).expect("rows serialise"));
+            } else {
+                print!("{}", fleet::table(&rows));
+            }
+            Ok(())
+        }
+        FleetCommand::Sync { conn, fleet: f, device, all } => {
+            let target = if *all { None } else { device.as_deref() };
+            let id = rt.block_on(fleet::sync(&conn.settings(), &conn.topic_prefix, f, target)).map_err(usage)?;
+            println!(
+                "sync requested from {} (command id {id})",
+                target.map_or_else(|| format!("every gateway of fleet {f}"), |d| format!("{f}/{d}"))
+            );
+            Ok(())
         }
     }
 }
@@ -300,6 +408,9 @@ fn print_status(v: &serde_json::Value, json: bool) {
     );
     if let Some(e) = &s.error {
         let _ = writeln!(out, "error       {e}");
+    }
+    if let Some(m) = v.get("mqtt").and_then(|m| m.as_str()) {
+        let _ = writeln!(out, "mqtt        {m}");
     }
     let _ = writeln!(out, "agent       tend {}", s.agent_version);
 }

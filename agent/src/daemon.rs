@@ -17,11 +17,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Apply, Source};
 use crate::control::{self, Request, Response};
+use crate::report::Kind;
+use crate::report::mqtt::{self, CommandKind, Reporter, Settings};
 use crate::store::Store;
 use crate::sync::{self, Agent, SyncError, SyncOptions};
 
@@ -95,12 +97,39 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     let accept = tokio::spawn(accept_loop(listener, tx));
     let mut shutdown = shutdown_signal()?;
 
+    // Reporting: the reporter task reads status from a watch channel and the
+    // outbox from the store; fleet commands come back on a channel.
+    let mut suspended = read_suspended(&agent).await;
+    let (status_tx, status_rx) = watch::channel(status_now(&agent, suspended).await);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<mqtt::Command>(16);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (conn_tx, conn_rx) = watch::channel(String::from("not configured"));
+    let reporter = Settings::from_config(&cfg.mqtt).map(|settings| {
+        let _ = conn_tx.send("connecting".into());
+        tokio::spawn(
+            Reporter {
+                agent: agent.clone(),
+                settings,
+                topics: crate::report::Topics::new(&cfg.mqtt.topic_prefix, &cfg.fleet, &cfg.device_id),
+                health_interval: cfg.mqtt.health_interval,
+                status: status_rx,
+                commands: cmd_tx,
+                connection: conn_tx,
+                stop: stop_rx,
+            }
+            .run(),
+        )
+    });
+
     let mut next = Instant::now();
     let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = tokio::time::sleep_until(next) => {
+            _ = tokio::time::sleep_until(next), if suspended => {
+                next = Instant::now() + cfg.source.interval;
+            }
+            _ = tokio::time::sleep_until(next), if !suspended => {
                 let opts = SyncOptions { no_heal: !cfg.apply.self_heal, ..Default::default() };
                 let result = tokio::select! {
                     r = sync::sync(&agent, opts) => r,
@@ -115,27 +144,90 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                 let delay = next_poll(&cfg.source, &cfg.apply, transient, &mut failures, fastrand::f64());
                 tracing::debug!(next_in = ?delay, "next poll");
                 next = Instant::now() + delay;
+                let _ = status_tx.send(status_now(&agent, suspended).await);
             }
             Some((req, reply)) = rx.recv() => {
                 let resp = tokio::select! {
-                    r = handle(&agent, req) => r,
+                    r = handle(&agent, req, &conn_rx, suspended) => r,
                     _ = &mut shutdown => {
                         let _ = reply.send(Response::err("tend is stopping", 1));
                         break;
                     }
                 };
                 let _ = reply.send(resp);
+                let _ = status_tx.send(status_now(&agent, suspended).await);
+            }
+            Some(cmd) = cmd_rx.recv() => {
+                let resumed = tokio::select! {
+                    r = fleet_command(&agent, cmd, &mut suspended) => r,
+                    _ = &mut shutdown => break,
+                };
+                if resumed {
+                    next = Instant::now();
+                }
+                let _ = status_tx.send(status_now(&agent, suspended).await);
             }
         }
     }
     tracing::info!("stopping");
     accept.abort();
+    if let Some(r) = reporter {
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), r).await;
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
 
+async fn read_suspended(agent: &Arc<Agent>) -> bool {
+    let a = agent.clone();
+    tokio::task::spawn_blocking(move || a.store.pointers().map(|p| p.suspended).unwrap_or(false)).await.unwrap_or(false)
+}
+
+async fn status_now(agent: &Arc<Agent>, suspended: bool) -> serde_json::Value {
+    let a = agent.clone();
+    tokio::task::spawn_blocking(move || mqtt::status_payload(&a, suspended)).await.unwrap_or_default()
+}
+
+/// A command from the fleet: carry it out and answer with a `command` event
+/// echoing its id. Returns true when the daemon was resumed.
+async fn fleet_command(agent: &Arc<Agent>, cmd: mqtt::Command, suspended: &mut bool) -> bool {
+    let name = cmd.cmd.as_ref().map(CommandKind::name).unwrap_or("invalid");
+    let (result, resumed): (Result<Option<String>, String>, bool) = match cmd.cmd {
+        Err(e) => (Err(e), false),
+        Ok(CommandKind::Sync) => {
+            (sync::sync(agent, SyncOptions::default()).await.map(|s| s.commit).map_err(|e| e.to_string()), false)
+        }
+        Ok(CommandKind::Rollback { revision }) => {
+            (sync::rollback(agent, revision).await.map(|s| s.commit).map_err(|e| e.to_string()), false)
+        }
+        Ok(k @ (CommandKind::Suspend | CommandKind::Resume)) => {
+            let on = k == CommandKind::Suspend;
+            let a = agent.clone();
+            let r = tokio::task::spawn_blocking(move || a.update_pointers(|p| p.suspended = on).map(|_| ()))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            if r.is_ok() {
+                *suspended = on;
+                tracing::info!(suspended = on, "fleet command");
+            }
+            (r.map(|_| None), !on)
+        }
+    };
+    let mut fields = serde_json::json!({ "cmd": name, "id": cmd.id, "ok": result.is_ok() });
+    match &result {
+        Ok(Some(rev)) => fields["revision"] = rev.clone().into(),
+        Ok(None) => {}
+        Err(e) => fields["error"] = e.clone().into(),
+    }
+    let a = agent.clone();
+    let _ = tokio::task::spawn_blocking(move || a.event(Kind::Command, fields)).await;
+    resumed
+}
+
 /// One control request, answered from the daemon's own store.
-async fn handle(agent: &Arc<Agent>, req: Request) -> Response {
+async fn handle(agent: &Arc<Agent>, req: Request, mqtt: &watch::Receiver<String>, suspended: bool) -> Response {
     let summary = |r: Result<sync::SyncSummary, SyncError>| match r {
         Ok(s) => Response::ok(serde_json::to_value(s).expect("summary serialises")),
         Err(e) => Response::err(e, 1),
@@ -146,12 +238,12 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Response {
         }
         Request::Rollback { revision } => summary(sync::rollback(agent, revision).await),
         Request::Status => {
-            let a = agent.clone();
-            match tokio::task::spawn_blocking(move || a.status()).await {
-                Ok(Ok(s)) => Response::ok(serde_json::to_value(s).expect("status serialises")),
-                Ok(Err(e)) => Response::err(e, 1),
-                Err(e) => Response::err(e, 1),
+            let mut v = status_now(agent, suspended).await;
+            if v.is_null() {
+                return Response::err("cannot read the status", 1);
             }
+            v["mqtt"] = mqtt.borrow().clone().into();
+            Response::ok(v)
         }
         Request::History => {
             let a = agent.clone();

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod hash;
 pub mod health;
 pub mod reconcile;
+pub mod report;
 pub mod source;
 pub mod store;
 pub mod sync;

@@ -29,6 +29,7 @@ use crate::hash::ContentHash;
 use crate::health::{self, Health};
 use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRunner, Runner};
 use crate::reconcile::plan::{Live, Plan, plan};
+use crate::report::{Events, Kind};
 use crate::source::{Fetched, GitSource, SourceError};
 use crate::store::{Outcome, Pointers, Resources, RevRef, RevisionRecord, SledStore, Status, Store, StoreError};
 
@@ -141,6 +142,8 @@ pub struct Prepared {
 /// One gateway's agent: its config, store, source and destination tree.
 pub struct Agent {
     pub cfg: Config,
+    /// Raises events into the store's outbox (published by the reporter).
+    pub events: Events,
     pub store: SledStore,
     pub source: GitSource,
     pub root: FileRoot,
@@ -172,6 +175,7 @@ impl Agent {
     pub fn open(cfg: Config) -> Result<Agent, StoreError> {
         let store = SledStore::open(&cfg.state_dir.join("store"))?;
         Ok(Agent {
+            events: Events::new(&cfg.device_id, &cfg.fleet),
             source: GitSource::new(&cfg),
             root: FileRoot::new(cfg.files.root.clone()),
             runner: Box::new(ProcessRunner { timeout: Duration::from_secs(300) }),
@@ -448,6 +452,27 @@ impl Agent {
             .collect())
     }
 
+    /// Raise an event (blocking: it is written to the store first). A failure to
+    /// queue it is logged, never fatal to the sync.
+    pub fn event(&self, kind: Kind, fields: serde_json::Value) {
+        if let Err(e) = self.events.raise(&self.store, kind, fields) {
+            tracing::warn!(error = %e, kind = kind.as_str(), "could not queue an event");
+        }
+    }
+
+    /// Record whether the source answered, raising `source_unreachable` or
+    /// `source_restored` when that changes.
+    fn note_source(&self, reachable: bool, error: Option<&str>) {
+        let was = self.status().map(|s| s.source).unwrap_or_default();
+        match (was.as_str(), reachable) {
+            ("unreachable", true) => self.event(Kind::SourceRestored, serde_json::json!({})),
+            (w, false) if w != "unreachable" => {
+                self.event(Kind::SourceUnreachable, serde_json::json!({ "error": error }))
+            }
+            _ => {}
+        }
+    }
+
     /// Trim history per `[apply].history`, then make the store durable (called
     /// when a revision's fate is decided).
     fn gc(&self) -> Result<(), StoreError> {
@@ -480,6 +505,7 @@ pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, 
         s.action = if plan.ops.iter().any(|o| o.changes_disk()) { "repaired" } else { "unchanged" }.into();
         if s.action == "repaired" {
             tracing::info!(revision = short(&cur.commit), "drift repaired");
+            a.event(Kind::DriftRepaired, serde_json::json!({ "revision": cur.commit, "operations": s.operations }));
         }
         Ok(Some(s))
     })
@@ -535,7 +561,9 @@ pub async fn sync(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, 
             let healed = if opts.no_heal { Ok(None) } else { enforce_current(agent).await };
             let msg = format!("source: {e}");
             let heal_err = healed.as_ref().err().map(ToString::to_string);
+            let shown = e.to_string();
             blocking(agent, move |a| {
+                a.note_source(false, Some(&shown));
                 let resources = a.resources();
                 a.set_status(|s| {
                     s.source = "unreachable".into();
@@ -570,6 +598,7 @@ async fn sync_fetched(
     let c = commit.clone();
     let retry = opts.retry;
     let ptr = blocking(agent, move |a| {
+        a.note_source(true, None);
         a.update_pointers(|p| {
             if !p.quarantine.contains_key(&c) {
                 p.quarantine.clear();
@@ -692,6 +721,7 @@ async fn sync_fetched(
     let t = Instant::now();
     let p = prepared.clone();
     let applied = blocking(agent, move |a| -> Result<(Plan, ApplyReport, u64), SyncError> {
+        a.event(Kind::SyncStarted, serde_json::json!({ "revision": p.commit }));
         let prune = a.cfg.apply.prune;
         let result = a.enforce(&p.commit, &p.desired, &p.blobs, prune);
         match result {
@@ -702,6 +732,11 @@ async fn sync_fetched(
                     ptr.current_gated = false;
                     ptr.transient = None;
                 })?;
+                let (created, updated, deleted, hooks) = plan.counts();
+                a.event(
+                    Kind::Applied,
+                    serde_json::json!({ "revision": p.commit, "created": created, "updated": updated, "deleted": deleted, "hooks": hooks }),
+                );
                 a.store.flush()?;
                 Ok((plan, report, seq))
             }
@@ -741,6 +776,7 @@ async fn sync_fetched(
         let c = commit.clone();
         blocking(agent, move |a| -> Result<(), StoreError> {
             a.set_outcome(seq, Outcome::Healthy, None)?;
+            a.event(Kind::Healthy, serde_json::json!({ "revision": c }));
             a.update_pointers(|p| {
                 p.last_good = p.current.clone();
                 p.current_gated = true;
@@ -808,6 +844,7 @@ async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> Result<(), S
             })?;
             a.gc()?;
         }
+        a.event(Kind::Failed, serde_json::json!({ "revision": c, "error": msg }));
         a.set_status(|s| {
             s.phase = "failed".into();
             s.source = "ok".into();
@@ -894,6 +931,16 @@ async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, 
                 ptr.transient = None;
             })?;
         }
+        let kind = if phase == "rolled_back" { Kind::RolledBack } else { Kind::Failed };
+        a.event(
+            kind,
+            serde_json::json!({
+                "revision": p.commit,
+                "error": msg,
+                "to": a.store.pointers()?.current.map(|c| c.commit),
+                "after": after,
+            }),
+        );
         a.gc()?;
         Ok((after, phase))
     })
@@ -991,6 +1038,7 @@ async fn rollback_to(agent: &Arc<Agent>, target: RevisionRecord) -> Result<SyncS
         if healthy {
             a.set_outcome(t3.seq, Outcome::Healthy, None)?;
         }
+        a.event(Kind::RolledBack, serde_json::json!({ "to": t3.commit, "by": "operator", "healthy": healthy }));
         let resources = a.resources();
         a.set_status(|s| {
             s.phase = if !healthy {

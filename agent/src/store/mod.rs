@@ -151,6 +151,9 @@ pub struct Pointers {
     pub quarantine: BTreeMap<String, String>,
     /// Consecutive transient failures applying one commit: (commit, count).
     pub transient: Option<(String, u32)>,
+    /// Suspended by a fleet command: no automatic sync until resumed.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// The resources summary of SPEC §4.
@@ -203,6 +206,16 @@ pub trait Store {
     fn gc(&self, keep: usize) -> Result<GcReport, StoreError>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Append an event to the outbox with the next per-device sequence number
+    /// (increasing across restarts); when the outbox holds `limit` events the
+    /// oldest is dropped and counted. Returns the event's sequence number.
+    fn push_event(&self, event: &mut serde_json::Value, limit: usize) -> Result<u64, StoreError>;
+    /// Up to `max` queued events with a sequence number greater than `after`, oldest first.
+    fn events_after(&self, after: u64, max: usize) -> Result<Vec<(u64, serde_json::Value)>, StoreError>;
+    /// Remove an event the broker acknowledged.
+    fn remove_event(&self, seq: u64) -> Result<(), StoreError>;
+    /// Events dropped because the outbox was full, since the store was created.
+    fn dropped_events(&self) -> Result<u64, StoreError>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

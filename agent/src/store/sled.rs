@@ -18,6 +18,9 @@ pub struct SledStore {
     blobs: sled::Tree,
     revisions: sled::Tree,
     meta: sled::Tree,
+    outbox: sled::Tree,
+    /// Serialises outbox appends (sequence numbers must not repeat).
+    outbox_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -49,7 +52,15 @@ impl SledStore {
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| StoreError::Backend { path: shown.clone(), reason: e.to_string() })
         };
-        Ok(SledStore { blobs: tree("blobs")?, revisions: tree("revisions")?, meta: tree("meta")?, db, path })
+        Ok(SledStore {
+            blobs: tree("blobs")?,
+            revisions: tree("revisions")?,
+            meta: tree("meta")?,
+            outbox: tree("outbox")?,
+            outbox_lock: std::sync::Mutex::new(()),
+            db,
+            path,
+        })
     }
 
     fn err(&self, e: sled::Error) -> StoreError {
@@ -172,6 +183,40 @@ impl Store for SledStore {
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
     }
+
+    fn push_event(&self, event: &mut serde_json::Value, limit: usize) -> Result<u64, StoreError> {
+        let _guard = self.outbox_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let last: u64 = self.get_meta("event_seq")?.unwrap_or(0);
+        let seq = last + 1;
+        self.meta.insert("event_seq", encode(&seq)).map_err(|e| self.err(e))?;
+        event["seq"] = seq.into();
+        self.outbox.insert(seq.to_be_bytes(), encode(event)).map_err(|e| self.err(e))?;
+        while self.outbox.len() > limit.max(1) {
+            let Some((k, _)) = self.outbox.pop_min().map_err(|e| self.err(e))? else { break };
+            let dropped: u64 = self.get_meta("events_dropped")?.unwrap_or(0);
+            self.meta.insert("events_dropped", encode(&(dropped + 1))).map_err(|e| self.err(e))?;
+            tracing::debug!(seq = seq_of(&k), "outbox full: oldest event dropped");
+        }
+        Ok(seq)
+    }
+
+    fn events_after(&self, after: u64, max: usize) -> Result<Vec<(u64, serde_json::Value)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.outbox.range((after + 1).to_be_bytes()..).take(max) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.push((seq_of(&k), decode(&format!("event {}", seq_of(&k)), &v)?));
+        }
+        Ok(out)
+    }
+
+    fn remove_event(&self, seq: u64) -> Result<(), StoreError> {
+        self.outbox.remove(seq.to_be_bytes()).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn dropped_events(&self) -> Result<u64, StoreError> {
+        Ok(self.get_meta("events_dropped")?.unwrap_or(0))
+    }
 }
 
 fn seq_of(k: &[u8]) -> u64 {
@@ -244,6 +289,33 @@ mod tests {
         assert!(!s.has_blob(&ContentHash::of(b"one")).unwrap());
         assert_eq!(s.get_blob(&ContentHash::of(b"three")).unwrap().unwrap(), b"three");
         assert_eq!(s.next_seq().unwrap(), 4);
+    }
+
+    #[test]
+    fn the_outbox_keeps_order_across_reopen_and_drops_the_oldest_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for i in 0..3 {
+                let mut e = serde_json::json!({ "kind": "applied", "i": i });
+                assert_eq!(s.push_event(&mut e, 10).unwrap(), i + 1);
+                assert_eq!(e["seq"], i + 1);
+            }
+            s.remove_event(1).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let seqs: Vec<u64> = s.events_after(0, 10).unwrap().into_iter().map(|(q, _)| q).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        // The sequence continues after a restart, even past removed events.
+        let mut e = serde_json::json!({ "kind": "healthy" });
+        assert_eq!(s.push_event(&mut e, 3).unwrap(), 4);
+        let mut e = serde_json::json!({ "kind": "healthy" });
+        assert_eq!(s.push_event(&mut e, 3).unwrap(), 5);
+        let seqs: Vec<u64> = s.events_after(0, 10).unwrap().into_iter().map(|(q, _)| q).collect();
+        assert_eq!(seqs, vec![3, 4, 5], "the oldest is dropped when full");
+        assert_eq!(s.dropped_events().unwrap(), 1);
+        assert_eq!(s.events_after(3, 1).unwrap()[0].0, 4);
     }
 
     #[test]

@@ -1,0 +1,493 @@
+//! The MQTT side of reporting, on rumqttc (the only file that imports it, with
+//! `fleet.rs` for the fleet CLI).
+//!
+//! What must always hold:
+//! - `availability` is `online` (retained) while connected; the Last Will makes
+//!   it `offline` when the connection dies, and a clean stop publishes `offline`;
+//! - events leave the outbox in `seq` order and are removed only when the broker
+//!   acknowledged them (QoS 1); after a reconnection every unacknowledged event
+//!   is sent again from the oldest;
+//! - the sync loop never waits on the broker: this task only reads the outbox
+//!   and a status channel, and publishes without blocking;
+//! - a malformed command is answered with a `command` event, never a crash.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS, TlsConfiguration, Transport};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use super::{Host, Topics};
+use crate::config::Mqtt;
+use crate::store::Store;
+use crate::sync::Agent;
+
+/// Events in flight at once (QoS 1 keeps their order on one connection).
+const WINDOW: usize = 16;
+/// The longest command payload read.
+const MAX_COMMAND: usize = 4096;
+
+/// Connection settings: the URL, TLS and credentials, for the agent and the fleet CLI.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub url: String,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl Settings {
+    pub fn from_config(m: &Mqtt) -> Option<Settings> {
+        Some(Settings {
+            url: m.url.clone()?,
+            ca_file: m.ca_file.clone(),
+            cert_file: m.cert_file.clone(),
+            key_file: m.key_file.clone(),
+            username: m.username.clone(),
+            password_file: m.password_file.clone(),
+        })
+    }
+
+    /// rumqttc options for `client_id`, with `will` as the Last Will.
+    pub fn options(&self, client_id: &str, will: Option<(String, &str)>) -> Result<MqttOptions, String> {
+        let (tls, rest) = if let Some(r) = self.url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = self.url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!("[mqtt].url {:?}: must start with mqtt:// or mqtts://", self.url));
+        };
+        let hostport = rest.trim_end_matches('/');
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("[mqtt].url {:?}: bad port", self.url))?),
+            None => (hostport, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            return Err(format!("[mqtt].url {:?}: no host", self.url));
+        }
+        let mut o = MqttOptions::new(client_id, host, port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_clean_session(true);
+        o.set_max_packet_size(256 * 1024, 256 * 1024);
+        if let Some((topic, payload)) = will {
+            o.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
+        }
+        if let Some(user) = &self.username {
+            let password = match &self.password_file {
+                Some(p) => std::fs::read_to_string(p)
+                    .map_err(|e| format!("[mqtt].password_file {}: cannot read: {e}", p.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+                None => String::new(),
+            };
+            o.set_credentials(user.clone(), password);
+        }
+        if tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(self.tls_config()?))));
+        }
+        Ok(o)
+    }
+
+    fn tls_config(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        let (ca, what) = match &self.ca_file {
+            Some(p) => (p.clone(), "[mqtt].ca_file"),
+            None => (std::path::PathBuf::from("/etc/ssl/certs/ca-certificates.crt"), "system CA bundle"),
+        };
+        let certs = CertificateDer::pem_file_iter(&ca)
+            .map_err(|e| format!("{what} {}: {e}", ca.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{what} {}: {e}", ca.display()))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!("{what} {}: no usable certificate", ca.display()));
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => {
+                let chain = CertificateDer::pem_file_iter(c)
+                    .map_err(|e| format!("[mqtt].cert_file {}: {e}", c.display()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("[mqtt].cert_file {}: {e}", c.display()))?;
+                // The key's content is never put in a message.
+                let key = PrivateKeyDer::from_pem_file(k)
+                    .map_err(|e| format!("[mqtt].key_file {}: not a PEM private key ({e})", k.display()))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| format!("[mqtt].cert_file/key_file: {e}"))
+            }
+            (None, None) => Ok(builder.with_no_client_auth()),
+            _ => Err("[mqtt]: cert_file and key_file go together".into()),
+        }
+    }
+}
+
+/// A command from the fleet, parsed or not.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub id: Option<Value>,
+    pub cmd: Result<CommandKind, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandKind {
+    Sync,
+    Rollback { revision: Option<String> },
+    Suspend,
+    Resume,
+}
+
+impl CommandKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandKind::Sync => "sync",
+            CommandKind::Rollback { .. } => "rollback",
+            CommandKind::Suspend => "suspend",
+            CommandKind::Resume => "resume",
+        }
+    }
+}
+
+/// Parse a command payload; never panics on hostile input.
+pub fn parse_command(payload: &[u8]) -> Command {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        cmd: String,
+        // Read above from the raw value; named here so deny_unknown_fields accepts it.
+        #[serde(default)]
+        #[allow(dead_code)]
+        id: Option<Value>,
+        #[serde(default)]
+        revision: Option<String>,
+    }
+    if payload.len() > MAX_COMMAND {
+        return Command { id: None, cmd: Err(format!("command larger than {MAX_COMMAND} bytes")) };
+    }
+    // Recover the id even from a command that is otherwise wrong, so the error
+    // event can echo it.
+    let id = serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .filter(|v| v.is_string() || v.is_number());
+    let raw: Raw = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => return Command { id, cmd: Err(format!("malformed command: {e}")) },
+    };
+    let cmd = match (raw.cmd.as_str(), raw.revision) {
+        ("sync", None) => Ok(CommandKind::Sync),
+        ("rollback", revision) => Ok(CommandKind::Rollback { revision }),
+        ("suspend", None) => Ok(CommandKind::Suspend),
+        ("resume", None) => Ok(CommandKind::Resume),
+        (c @ ("sync" | "suspend" | "resume"), Some(_)) => Err(format!("command {c:?} takes no revision")),
+        (other, _) => Err(format!(
+            "unknown command {:?} (sync, rollback, suspend, resume)",
+            other.chars().take(40).collect::<String>()
+        )),
+    };
+    Command { id, cmd }
+}
+
+/// What is in flight, in the order requests reach the event loop.
+enum Tag {
+    Event(u64),
+    Other,
+}
+
+/// The reporting task: runs until `stop` is set, then publishes `offline`.
+pub struct Reporter {
+    pub agent: Arc<Agent>,
+    pub settings: Settings,
+    pub topics: Topics,
+    pub health_interval: Duration,
+    pub status: watch::Receiver<Value>,
+    pub commands: mpsc::Sender<Command>,
+    pub connection: watch::Sender<String>,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Reporter {
+    pub async fn run(mut self) {
+        let client_id = format!("tend-{}-{}", self.agent.cfg.fleet, self.agent.cfg.device_id);
+        let options = match self.settings.options(&client_id, Some((self.topics.availability(), "offline"))) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "mqtt: not reporting");
+                let _ = self.connection.send(format!("error: {e}"));
+                return;
+            }
+        };
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let wake = self.agent.events.wake();
+        let mut host = Host::new();
+        let mut health_tick = tokio::time::interval(self.health_interval);
+        health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connected = false;
+        let mut fifo: VecDeque<Tag> = VecDeque::new();
+        let mut acks: HashMap<u16, Tag> = HashMap::new();
+        let mut last_sent = 0u64;
+        let mut in_flight = 0usize;
+        let mut backoff = Duration::from_millis(500);
+        let mut last_error = String::new();
+        let mut last_status = Value::Null;
+        loop {
+            tokio::select! {
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        connected = true;
+                        backoff = Duration::from_millis(500);
+                        tracing::info!(url = %self.settings.url, "mqtt: connected");
+                        last_error.clear();
+                        let _ = self.connection.send("connected".into());
+                        fifo.clear();
+                        acks.clear();
+                        last_sent = 0;
+                        in_flight = 0;
+                        for t in [self.topics.cmd(), self.topics.all_cmd.clone()] {
+                            let _ = client.try_subscribe(t, QoS::AtLeastOnce);
+                        }
+                        publish(&client, &mut fifo, self.topics.availability(), QoS::AtLeastOnce, true, b"online".to_vec());
+                        last_status = self.status.borrow().clone();
+                        if !last_status.is_null() {
+                            publish(&client, &mut fifo, self.topics.status(), QoS::AtLeastOnce, true, last_status.to_string().into_bytes());
+                        }
+                        self.publish_health(&client, &mut fifo, &mut host).await;
+                        self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        let tag = fifo.pop_front().unwrap_or(Tag::Other);
+                        if pkid != 0 {
+                            acks.insert(pkid, tag);
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                        if let Some(Tag::Event(seq)) = acks.remove(&ack.pkid) {
+                            in_flight = in_flight.saturating_sub(1);
+                            let agent = self.agent.clone();
+                            let _ = tokio::task::spawn_blocking(move || agent.store.remove_event(seq)).await;
+                            self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let cmd = parse_command(&p.payload);
+                        tracing::info!(topic = %p.topic, cmd = ?cmd.cmd.as_ref().map(CommandKind::name), "mqtt: command received");
+                        if self.commands.send(cmd).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        connected = false;
+                        let msg = describe(&e, &self.settings.url);
+                        if msg != last_error {
+                            tracing::warn!(error = %msg, "mqtt: disconnected; retrying with backoff");
+                            last_error = msg.clone();
+                        }
+                        let _ = self.connection.send(format!("error: {msg}"));
+                        // Unacknowledged events are re-sent from the outbox on
+                        // reconnection; rumqttc must not re-send them as well.
+                        eventloop.pending.clear();
+                        fifo.clear();
+                        acks.clear();
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = self.stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                },
+                _ = wake.notified(), if connected => {
+                    self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
+                }
+                changed = self.status.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = self.status.borrow().clone();
+                    if connected && differs(&now, &last_status) {
+                        publish(&client, &mut fifo, self.topics.status(), QoS::AtLeastOnce, true, now.to_string().into_bytes());
+                        last_status = now;
+                    }
+                }
+                _ = health_tick.tick(), if connected => {
+                    self.publish_health(&client, &mut fifo, &mut host).await;
+                }
+                _ = self.stop.changed() => {
+                    if connected {
+                        publish(&client, &mut fifo, self.topics.availability(), QoS::AtLeastOnce, true, b"offline".to_vec());
+                        let _ = client.try_disconnect();
+                        // Let the event loop send both before returning.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            loop {
+                                match eventloop.poll().await {
+                                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                                    _ => {}
+                                }
+                            }
+                        })
+                        .await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Send queued events, oldest first, keeping at most WINDOW in flight.
+    async fn pump(&self, client: &AsyncClient, fifo: &mut VecDeque<Tag>, last_sent: &mut u64, in_flight: &mut usize) {
+        if *in_flight >= WINDOW {
+            return;
+        }
+        let agent = self.agent.clone();
+        let (after, room) = (*last_sent, WINDOW - *in_flight);
+        let batch = match tokio::task::spawn_blocking(move || agent.store.events_after(after, room)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "mqtt: cannot read the outbox");
+                return;
+            }
+            Err(_) => return,
+        };
+        for (seq, event) in batch {
+            let payload = event.to_string().into_bytes();
+            if client.try_publish(self.topics.events(), QoS::AtLeastOnce, false, payload).is_err() {
+                break;
+            }
+            fifo.push_back(Tag::Event(seq));
+            *last_sent = seq;
+            *in_flight += 1;
+        }
+    }
+
+    async fn publish_health(&self, client: &AsyncClient, fifo: &mut VecDeque<Tag>, host: &mut Host) {
+        let agent = self.agent.clone();
+        let state_dir = agent.cfg.state_dir.clone();
+        let (checks, queued, dropped) = tokio::task::spawn_blocking(move || {
+            let checks = agent.current().ok().flatten().map(|r| r.desired.checks).unwrap_or_default();
+            let queued = agent.store.events_after(0, usize::MAX).map(|v| v.len()).unwrap_or(0);
+            (checks, queued, agent.store.dropped_events().unwrap_or(0))
+        })
+        .await
+        .unwrap_or_default();
+        let probes = crate::health::probes_for(&checks);
+        let results = crate::health::probe_all(&probes).await;
+        let mut payload = host.sample(Path::new(&state_dir));
+        payload["checks"] = results
+            .results
+            .iter()
+            .map(|(n, r)| (n.clone(), Value::from(if r.is_ok() { "pass" } else { "fail" })))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        payload["events_queued"] = queued.into();
+        payload["events_dropped"] = dropped.into();
+        publish(client, fifo, self.topics.health(), QoS::AtMostOnce, true, payload.to_string().into_bytes());
+    }
+}
+
+fn publish(client: &AsyncClient, fifo: &mut VecDeque<Tag>, topic: String, qos: QoS, retain: bool, payload: Vec<u8>) {
+    if client.try_publish(topic, qos, retain, payload).is_ok() {
+        fifo.push_back(Tag::Other);
+    }
+}
+
+/// Whether a status changed, ignoring `last_sync` (which moves every poll).
+fn differs(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("last_sync");
+        }
+        v
+    };
+    strip(a) != strip(b)
+}
+
+/// One clear line for a connection error (TLS problems named as such).
+fn describe(e: &rumqttc::ConnectionError, url: &str) -> String {
+    let text = e.to_string();
+    let mut msg = format!("{url}: {text}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    if msg.contains("certificate") || msg.contains("Tls") || msg.contains("TLS") || msg.contains("handshake") {
+        if !msg.contains("TLS") {
+            msg = format!("TLS: {msg}");
+        }
+    }
+    msg
+}
+
+/// The status payload: the stored status plus what only the daemon knows.
+pub fn status_payload(agent: &Agent, suspended: bool) -> Value {
+    let mut v = agent.status().ok().and_then(|s| serde_json::to_value(s).ok()).unwrap_or(Value::Null);
+    if suspended {
+        v["phase"] = "suspended".into();
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn commands_parse_and_hostile_payloads_do_not_panic() {
+        let c = parse_command(br#"{"cmd":"sync","id":"abc"}"#);
+        assert_eq!(c.cmd, Ok(CommandKind::Sync));
+        assert_eq!(c.id, Some(json!("abc")));
+        let c = parse_command(br#"{"cmd":"rollback","revision":"1234abcd","id":7}"#);
+        assert_eq!(c.cmd, Ok(CommandKind::Rollback { revision: Some("1234abcd".into()) }));
+        assert_eq!(c.id, Some(json!(7)));
+        for bad in [
+            &b"not json"[..],
+            br#"{"cmd":"format"}"#,
+            br#"{"cmd":"sync","extra":1,"id":"x"}"#,
+            br#"{"cmd":5}"#,
+            br#"[]"#,
+            &[0xff, 0xfe, 0x00][..],
+            br#"{"cmd":"sync","revision":"abc"}"#,
+        ] {
+            assert!(parse_command(bad).cmd.is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(parse_command(br#"{"cmd":"sync","extra":1,"id":"x"}"#).id, Some(json!("x")));
+        assert!(parse_command(&vec![b' '; MAX_COMMAND + 1]).cmd.unwrap_err().contains("larger"));
+    }
+
+    #[test]
+    fn urls_and_settings() {
+        let s = Settings { url: "mqtt://127.0.0.1:1884".into(), ..Default::default() };
+        let o = s.options("c", None).unwrap();
+        assert_eq!(o.broker_address(), ("127.0.0.1".to_string(), 1884));
+        let s = Settings {
+            url: "mqtts://broker".into(),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let e = s.options("c", None).unwrap_err();
+        assert!(e.contains("[mqtt].ca_file /nonexistent/ca.pem"), "{e}");
+        let s = Settings { url: "http://x".into(), ..Default::default() };
+        assert!(s.options("c", None).is_err());
+    }
+
+    #[test]
+    fn status_changes_ignore_last_sync() {
+        assert!(!differs(&json!({"phase":"synced","last_sync":"a"}), &json!({"phase":"synced","last_sync":"b"})));
+        assert!(differs(&json!({"phase":"synced"}), &json!({"phase":"failed"})));
+    }
+}
