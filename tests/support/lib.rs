@@ -649,3 +649,221 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Mosquitto on 127.0.0.1, with its config, persistence and log in a temp dir.
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    /// Plain MQTT, anonymous, with persistence (queued QoS 1 messages survive a
+    /// SIGTERM restart).
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path();
+        let conf = format!(
+            "user root\npid_file {d}/pid\npersistence true\npersistence_location {d}/\nautosave_interval 1\n\
+             log_dest file {d}/log\nper_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\n",
+            d = d.display()
+        );
+        Self::with_conf(dir, port, conf)
+    }
+
+    /// TLS with client certificates (CN = username) and an ACL that lets each
+    /// client write only its own topics; `admin` may read everything.
+    /// Files in `dir`: ca.pem, and `<cn>.pem`/`<cn>.key` made by [`client_cert`].
+    pub fn start_tls(prefix: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path();
+        make_ca_and_server_cert(d);
+        let acl = format!(
+            "user admin\ntopic readwrite #\n\npattern readwrite {prefix}/+/%u/#\npattern read {prefix}/+/_all/cmd\n"
+        );
+        std::fs::write(d.join("acl"), acl).unwrap();
+        let conf = format!(
+            "user root\npid_file {d}/pid\npersistence false\nlog_dest file {d}/log\nper_listener_settings true\n\
+             listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             require_certificate true\nuse_identity_as_username true\nacl_file {d}/acl\n",
+            d = d.display()
+        );
+        Self::with_conf(dir, port, conf)
+    }
+
+    fn with_conf(dir: tempfile::TempDir, port: u16, conf: String) -> Mosquitto {
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut m = Mosquitto { child: None, port, dir, conf: path };
+        m.restart();
+        m
+    }
+
+    /// (Re)start on the same port and config.
+    pub fn restart(&mut self) {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto not installed (tests/run installs it)");
+        let mut child =
+            Command::new(bin).arg("-c").arg(&self.conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        wait_for_port(self.port, &mut child, "mosquitto");
+        self.child = Some(child);
+    }
+
+    /// SIGTERM (mosquitto saves its persistence) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Make a client certificate with CN `cn` signed by this broker's CA (or by
+    /// a fresh unrelated CA when `foreign`). Returns (cert, key) paths.
+    pub fn client_cert(&self, cn: &str, foreign: bool) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        let (ca, ca_key) = if foreign {
+            let other = d.join("other-ca");
+            std::fs::create_dir_all(&other).unwrap();
+            make_ca_and_server_cert(&other);
+            (other.join("ca.pem"), other.join("ca.key"))
+        } else {
+            (d.join("ca.pem"), d.join("ca.key"))
+        };
+        let tag = if foreign { format!("{cn}-foreign") } else { cn.to_owned() };
+        let ossl = |args: &[&str]| {
+            run(Command::new("openssl").current_dir(d).args(args));
+        };
+        ossl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{tag}.key"),
+            "-out",
+            &format!("{tag}.csr"),
+        ]);
+        // An X.509 v3 certificate (extensions make it v3; rustls refuses v1).
+        std::fs::write(d.join("client-ext.cnf"), "basicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n")
+            .unwrap();
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{tag}.csr"),
+            "-CA",
+            ca.to_str().unwrap(),
+            "-CAkey",
+            ca_key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client-ext.cnf",
+            "-out",
+            &format!("{tag}.pem"),
+        ]);
+        (d.join(format!("{tag}.pem")), d.join(format!("{tag}.key")))
+    }
+
+    /// mosquitto_sub/mosquitto_pub arguments for this broker (plain listener).
+    pub fn client_args(&self) -> Vec<String> {
+        vec!["-h".into(), "127.0.0.1".into(), "-p".into(), self.port.to_string()]
+    }
+
+    /// The first message on `topic` (retained ones arrive at once), or None.
+    pub fn read_one(&self, topic: &str, extra: &[&str], timeout_s: u32) -> Option<String> {
+        let out = Command::new("mosquitto_sub")
+            .args(self.client_args())
+            .args(extra)
+            .args(["-t", topic, "-C", "1", "-W", &timeout_s.to_string()])
+            .output()
+            .expect("mosquitto_sub");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    pub fn publish(&self, topic: &str, payload: &str) {
+        run(Command::new("mosquitto_pub").args(self.client_args()).args(["-q", "1", "-t", topic, "-m", payload]));
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A background `mosquitto_sub` collecting messages (one per line: topic payload)
+/// into a file, with a persistent QoS 1 session so nothing is missed across
+/// broker restarts.
+pub struct Subscription {
+    child: Child,
+    pub out: PathBuf,
+}
+
+impl Subscription {
+    pub fn start(broker: &Mosquitto, topic: &str, client_id: &str) -> Subscription {
+        let out = broker.dir.path().join(format!("sub-{client_id}.txt"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&out).unwrap();
+        let child = Command::new("mosquitto_sub")
+            .args(broker.client_args())
+            .args(["-q", "1", "-c", "-i", client_id, "-v", "-t", topic])
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        Subscription { child, out }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
+    /// Wait until `cond` holds on the collected lines.
+    pub fn wait(&self, what: &str, timeout: Duration, cond: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let l = self.lines();
+            if cond(&l) {
+                return l;
+            }
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}; got:\n{}", l.join("\n"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The JSON payloads of `topic payload` lines.
+pub fn payloads(lines: &[String]) -> Vec<serde_json::Value> {
+    lines.iter().filter_map(|l| l.split_once(' ').and_then(|(_, p)| serde_json::from_str(p).ok())).collect()
+}

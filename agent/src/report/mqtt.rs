@@ -312,8 +312,10 @@ impl Reporter {
                     if changed.is_err() {
                         return;
                     }
+                    // Every change is published, `last_sync` included: a fleet
+                    // view tells a stale gateway by it.
                     let now = self.status.borrow().clone();
-                    if connected && differs(&now, &last_status) {
+                    if connected && now != last_status {
                         publish(&client, &mut fifo, self.topics.status(), QoS::AtLeastOnce, true, now.to_string().into_bytes());
                         last_status = now;
                     }
@@ -399,18 +401,6 @@ fn publish(client: &AsyncClient, fifo: &mut VecDeque<Tag>, topic: String, qos: Q
     }
 }
 
-/// Whether a status changed, ignoring `last_sync` (which moves every poll).
-fn differs(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("last_sync");
-        }
-        v
-    };
-    strip(a) != strip(b)
-}
-
 /// One clear line for a connection error (TLS problems named as such).
 fn describe(e: &rumqttc::ConnectionError, url: &str) -> String {
     let text = e.to_string();
@@ -424,10 +414,17 @@ fn describe(e: &rumqttc::ConnectionError, url: &str) -> String {
         }
         src = s.source();
     }
-    if msg.contains("certificate") || msg.contains("Tls") || msg.contains("TLS") || msg.contains("handshake") {
-        if !msg.contains("TLS") {
-            msg = format!("TLS: {msg}");
-        }
+    let tls_words = ["certificate", "Tls", "TLS", "handshake", "alert", "UnknownCA", "CertificateRequired"];
+    if url.starts_with("mqtts://") && tls_words.iter().any(|w| msg.contains(w)) {
+        let hint = if msg.contains("UnknownCA") || msg.contains("BadCertificate") || msg.contains("CertificateRequired")
+        {
+            " (the broker refused this client certificate)"
+        } else if msg.contains("invalid peer certificate") {
+            " (the broker's certificate is not trusted: check [mqtt].ca_file)"
+        } else {
+            ""
+        };
+        msg = format!("TLS: {msg}{hint}");
     }
     msg
 }
@@ -483,11 +480,5 @@ mod tests {
         assert!(e.contains("[mqtt].ca_file /nonexistent/ca.pem"), "{e}");
         let s = Settings { url: "http://x".into(), ..Default::default() };
         assert!(s.options("c", None).is_err());
-    }
-
-    #[test]
-    fn status_changes_ignore_last_sync() {
-        assert!(!differs(&json!({"phase":"synced","last_sync":"a"}), &json!({"phase":"synced","last_sync":"b"})));
-        assert!(differs(&json!({"phase":"synced"}), &json!({"phase":"failed"})));
     }
 }
