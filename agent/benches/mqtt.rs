@@ -3,9 +3,9 @@
 //! A real Mosquitto on loopback, a daemon (in this process) whose poll interval
 //! is hours, so only the command can make it sync. Each round: commit a new
 //! revision, publish `{"cmd":"sync"}` on the device's cmd topic, and time until
-//! the retained status shows the new revision applied (target: p50 <= 1 s over
-//! >= 20 runs). Run with `cargo bench -p tend --bench mqtt` (needs mosquitto and
-//! mosquitto-clients installed; tests/run installs them).
+//! the retained status shows the new revision applied (target: p50 of at most
+//! 1 s over at least 20 runs). Run with `cargo bench -p tend --bench mqtt`
+//! (needs mosquitto and mosquitto-clients installed; tests/run installs them).
 
 use std::io::BufRead;
 use std::path::Path;

@@ -151,6 +151,8 @@ impl Host {
         };
         self.last_cpu = cpu;
         let (mem_total, mem_available) = read_meminfo();
+        // The casts matter on 32-bit ARM, where these are 32-bit integers.
+        #[allow(clippy::unnecessary_cast)]
         let disk_free = nix::sys::statvfs::statvfs(state_dir)
             .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
             .unwrap_or(0);
