@@ -297,6 +297,12 @@ fn fleet_status_lists_every_gateway() {
         std::fs::write(&gw.config, text).unwrap();
         daemons.push(gw.start_daemon());
         gw.wait_status("synced", Duration::from_secs(20), |s| s["phase"] == "synced");
+        // And published: the retained status carries the revision.
+        let start = std::time::Instant::now();
+        while !broker.read_one(&format!("tend/v1/test/{dev}/status"), &[], 2).is_some_and(|s| s.contains(&head)) {
+            assert!(start.elapsed() < Duration::from_secs(20), "{dev} never published its revision");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         gws.push(gw);
     }
     // gw-3 dies: the table must show it offline.
