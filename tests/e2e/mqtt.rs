@@ -326,3 +326,32 @@ fn fleet_status_lists_every_gateway() {
     assert!(table.stdout.lines().any(|l| l.starts_with("! test/gw-3") && l.contains("offline")), "{}", table.stdout);
     assert!(table.stdout.lines().any(|l| l.starts_with("  test/gw-1")), "{}", table.stdout);
 }
+
+#[test]
+fn username_and_password_file_and_no_password_in_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = "mqtt-pa55-9d1c";
+    let broker = Mosquitto::start_with_password("gw-1", secret);
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    bundle(&fleet, "1");
+    let pw = tmp.path().join("mqtt-password");
+    std::fs::write(&pw, format!("{secret}\n")).unwrap();
+    let mqtt = format!("{}username = \"gw-1\"\npassword_file = \"{}\"\n", mqtt_section(&broker.url()), pw.display());
+    let gw = gateway(tmp.path(), &fleet, &mqtt, "5h");
+    let daemon = gw.start_daemon();
+    gw.wait_status("connected", Duration::from_secs(20), |s| s["mqtt"] == "connected");
+    let log = daemon.log_text();
+    let (code, _) = daemon.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    // A wrong password is refused and named, without showing either password.
+    std::fs::write(&pw, "wrong-pa55\n").unwrap();
+    let daemon = gw.start_daemon();
+    let s = gw.wait_status("refused", Duration::from_secs(20), |s| {
+        s["mqtt"].as_str().is_some_and(|m| m.starts_with("error"))
+    });
+    assert!(s["mqtt"].as_str().unwrap().contains("refused"), "{s}");
+    let log2 = daemon.log_text();
+    for text in [&log, &log2, &s.to_string()] {
+        assert!(!text.contains(secret) && !text.contains("wrong-pa55"), "a password leaked: {text}");
+    }
+}

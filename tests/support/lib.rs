@@ -673,6 +673,23 @@ impl Mosquitto {
         Self::with_conf(dir, port, conf)
     }
 
+    /// Plain MQTT requiring a username and password.
+    pub fn start_with_password(user: &str, password: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path();
+        let pw = d.join("passwd");
+        std::fs::write(&pw, "").unwrap();
+        run(Command::new("mosquitto_passwd").args(["-b"]).arg(&pw).args([user, password]));
+        let conf = format!(
+            "user root\npid_file {d}/pid\nper_listener_settings true\nlistener {port} 127.0.0.1\n\
+             allow_anonymous false\npassword_file {}\n",
+            pw.display(),
+            d = d.display()
+        );
+        Self::with_conf(dir, port, conf)
+    }
+
     /// TLS with client certificates (CN = username) and an ACL that lets each
     /// client write only its own topics; `admin` may read everything.
     /// Files in `dir`: ca.pem, and `<cn>.pem`/`<cn>.key` made by [`client_cert`].
