@@ -28,6 +28,10 @@ pub trait Probe: Send + Sync {
     fn interval(&self) -> Duration;
     /// One probe: `Ok` when healthy, `Err(reason)` otherwise.
     fn probe(&self) -> ProbeFuture<'_>;
+    /// How long one probe may take.
+    fn timeout(&self) -> Duration {
+        self.interval().min(PROBE_TIMEOUT)
+    }
 }
 
 /// A bundle `[[check]]` as a probe.
@@ -59,6 +63,57 @@ impl Probe for CheckProbeImpl {
                     .map_err(|e| format!("tcp {addr}: {e}")),
                 CheckProbe::Command(cmd) => run_command(cmd).await,
             }
+        })
+    }
+}
+
+/// A container gates the revision while it is running and, when it declares a
+/// healthcheck, reports healthy.
+pub struct ContainerProbe {
+    /// Shown in results (`container NAME`).
+    pub name: String,
+    /// The container's name in the runtime.
+    pub container: String,
+    /// Its `[health]` command, run in the container by tend.
+    pub command: Option<Vec<String>>,
+    pub runtime: std::sync::Arc<dyn crate::reconcile::containers::Runtime>,
+    pub interval: Duration,
+}
+
+impl Probe for ContainerProbe {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    /// Asking the runtime (and running a command in the container) is slower
+    /// than a local probe: allow the full probe timeout.
+    fn timeout(&self) -> Duration {
+        PROBE_TIMEOUT
+    }
+    fn probe(&self) -> ProbeFuture<'_> {
+        let rt = self.runtime.clone();
+        let name = self.container.clone();
+        let command = self.command.clone();
+        let timeout = PROBE_TIMEOUT;
+        Box::pin(async move {
+            let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                match rt.inspect(&name).map_err(|e| e.to_string())? {
+                    None => return Err("container does not exist".into()),
+                    Some(c) if !c.running => return Err("container is not running".into()),
+                    Some(_) => {}
+                }
+                if let Some(cmd) = command {
+                    let code = rt.exec(&name, &cmd, timeout).map_err(|e| e.to_string())?;
+                    if code != 0 {
+                        return Err(format!("health command exited with {code}"));
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            result.map_err(|e| e.to_string())?
         })
     }
 }
@@ -151,7 +206,7 @@ impl Health {
 pub async fn probe_all(probes: &[Box<dyn Probe>]) -> Health {
     let mut h = Health::default();
     for p in probes {
-        let r = match tokio::time::timeout(p.interval().min(PROBE_TIMEOUT), p.probe()).await {
+        let r = match tokio::time::timeout(p.timeout(), p.probe()).await {
             Ok(r) => r,
             Err(_) => Err("timed out".into()),
         };
@@ -176,10 +231,7 @@ pub async fn window(probes: &[Box<dyn Probe>], timeout: Duration) -> Health {
             // A probe that already passed is probed again at its interval: the
             // revision is healthy when all pass together, not one after another
             // with the first broken again by then.
-            let limit = p
-                .interval()
-                .min(PROBE_TIMEOUT)
-                .min(deadline.saturating_duration_since(now).max(Duration::from_millis(1)));
+            let limit = p.timeout().min(deadline.saturating_duration_since(now).max(Duration::from_millis(1)));
             let r = match tokio::time::timeout(limit, p.probe()).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("timed out after {}", humantime::format_duration(limit))),

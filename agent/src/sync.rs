@@ -27,6 +27,7 @@ use crate::bundle::{self, BundleError, Desired, Limits, Policy, RelPath};
 use crate::config::Config;
 use crate::hash::ContentHash;
 use crate::health::{self, Health};
+use crate::reconcile::containers::{self, ContainerOp, DockerRuntime, Runtime, RuntimeError};
 use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRunner, Runner};
 use crate::reconcile::plan::{Live, Plan, plan};
 use crate::report::{Events, Kind};
@@ -46,6 +47,8 @@ pub enum SyncError {
     Blocked { commit: String, blocked: Vec<String> },
     #[error("apply of {commit} failed: {error}")]
     Apply { commit: String, error: FileError },
+    #[error("containers of {}: {error}", short(.commit))]
+    Container { commit: String, error: RuntimeError },
     #[error("revision {} is unhealthy: {failures}{}", short(.commit), then(.after))]
     Unhealthy { commit: String, failures: String, after: String },
     #[error("revision {} is quarantined ({reason}); it is not applied again until the branch moves or `tend sync --retry`", short(.commit))]
@@ -68,6 +71,7 @@ impl SyncError {
         match self {
             SyncError::Source(e) => e.is_transient(),
             SyncError::Apply { error: FileError::Io { .. }, .. } => true,
+            SyncError::Container { error, .. } => error.is_transient(),
             SyncError::Store(_) => true,
             _ => false,
         }
@@ -108,7 +112,13 @@ impl SyncSummary {
     fn from_plan(plan: &Plan) -> SyncSummary {
         let (created, updated, deleted, hooks) = plan.counts();
         SyncSummary {
-            operations: plan.ops.iter().filter(|o| o.changes_disk()).map(ToString::to_string).collect(),
+            operations: plan
+                .ops
+                .iter()
+                .filter(|o| o.changes_disk())
+                .map(ToString::to_string)
+                .chain(plan.containers.iter().map(ToString::to_string))
+                .collect(),
             created,
             updated,
             deleted,
@@ -149,6 +159,9 @@ pub struct Agent {
     pub root: FileRoot,
     pub limits: Limits,
     pub runner: Box<dyn Runner + Send + Sync>,
+    /// The container runtime, connected on first use (a gateway without
+    /// containers never needs one).
+    pub runtime: std::sync::OnceLock<Arc<dyn Runtime>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -180,6 +193,7 @@ impl Agent {
             root: FileRoot::new(cfg.files.root.clone()),
             runner: Box::new(ProcessRunner { timeout: Duration::from_secs(300) }),
             limits: Limits::default(),
+            runtime: std::sync::OnceLock::new(),
             store,
             cfg,
         })
@@ -203,7 +217,7 @@ impl Agent {
     pub fn render_commit(&self, commit: &str) -> Result<bundle::Rendered, SyncError> {
         let tree = self.source.tree(commit)?;
         let identity = self.cfg.identity();
-        let policy = Policy::from_config(&self.cfg.files);
+        let policy = Policy::from_agent_config(&self.cfg);
         let ctx = bundle::Context { identity: &identity, policy: &policy, limits: &self.limits };
         let rendered = bundle::render(&tree, &self.bundle_path(), &ctx)
             .map_err(|error| SyncError::Bundle { commit: commit.to_owned(), error })?;
@@ -245,6 +259,46 @@ impl Agent {
         Ok(Prepared { commit: commit.into(), render_key, desired: r.desired, blobs: r.blobs, rendered: true })
     }
 
+    /// The container runtime: `[containers].socket`, or the first of Podman's and
+    /// Docker's usual sockets.
+    pub fn runtime(&self, commit: &str) -> Result<Arc<dyn Runtime>, SyncError> {
+        if let Some(rt) = self.runtime.get() {
+            return Ok(rt.clone());
+        }
+        let socket = self.cfg.containers.socket.clone().or_else(containers::default_socket).ok_or_else(|| {
+            SyncError::Container {
+                commit: commit.to_owned(),
+                error: RuntimeError::Unavailable {
+                    socket: "/run/podman/podman.sock or /var/run/docker.sock".into(),
+                    reason: "no container runtime socket found; set [containers].socket".into(),
+                },
+            }
+        })?;
+        let rt: Arc<dyn Runtime> = Arc::new(DockerRuntime::new(&socket));
+        Ok(self.runtime.get_or_init(|| rt).clone())
+    }
+
+    /// Plan the containers: pure diff after one labelled list call; an
+    /// unlabelled container holding a declared name is a conflict.
+    fn plan_containers(&self, commit: &str, desired: &Desired, prune: bool) -> Result<Vec<ContainerOp>, SyncError> {
+        let inv = self.store.inventory()?;
+        if desired.containers.is_empty() && inv.containers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let err = |error| SyncError::Container { commit: commit.to_owned(), error };
+        let rt = self.runtime(commit)?;
+        let live = rt.list_managed().map_err(err)?;
+        for name in desired.containers.keys() {
+            if !live.iter().any(|c| &c.name == name)
+                && let Some(other) = rt.find_by_name(name).map_err(err)?
+                && !other.managed
+            {
+                return Err(err(RuntimeError::Conflict { name: name.clone() }));
+            }
+        }
+        Ok(containers::plan(&desired.containers, &live, prune))
+    }
+
     /// The plan that takes the gateway to `desired`.
     pub fn plan(&self, commit: &str, desired: &Desired, prune: bool) -> Result<Plan, SyncError> {
         let targets =
@@ -271,11 +325,20 @@ impl Agent {
             let paths: BTreeSet<&RelPath> = desired.files.keys().chain(inv.files.keys()).collect();
             self.root.clean_temporaries(paths);
         }
-        let plan = self.plan(commit, desired, prune)?;
+        let mut plan = self.plan(commit, desired, prune)?;
         if !plan.blocked.is_empty() {
             let blocked =
                 plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
             return Err(SyncError::Blocked { commit: commit.to_owned(), blocked });
+        }
+        // Containers are planned, and their images pulled, before anything
+        // changes: an unreachable runtime or a failed pull leaves files alone.
+        plan.containers = self.plan_containers(commit, desired, prune)?;
+        if !plan.containers.is_empty() {
+            let rt = self.runtime(commit)?;
+            rt.ping().map_err(|error| SyncError::Container { commit: commit.to_owned(), error })?;
+            containers::ensure_images(rt.as_ref(), &desired.containers, &plan.containers)
+                .map_err(|error| SyncError::Container { commit: commit.to_owned(), error })?;
         }
         for (h, data) in blobs {
             self.store.put_blob(h, data)?;
@@ -288,6 +351,9 @@ impl Agent {
                 tracing::info!("{op}");
             }
         }
+        for op in &plan.containers {
+            tracing::info!("{op}");
+        }
         let content = |h: &ContentHash| -> Result<Vec<u8>, String> {
             match blobs.get(h) {
                 Some(b) => Ok(b.clone()),
@@ -298,11 +364,47 @@ impl Agent {
                     .ok_or_else(|| format!("content {} missing from the store", h.short())),
             }
         };
-        let report = self
-            .root
-            .apply(&plan, &content, &self.store, &mut inv, self.runner.as_ref())
-            .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?;
+        let report = if plan.ops.is_empty() {
+            ApplyReport::default()
+        } else {
+            self.root
+                .apply(&plan, &content, &self.store, &mut inv, self.runner.as_ref())
+                .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?
+        };
+        if !plan.containers.is_empty() {
+            self.apply_containers(commit, desired, &plan.containers)?;
+        }
         Ok((plan, report))
+    }
+
+    fn apply_containers(&self, commit: &str, desired: &Desired, ops: &[ContainerOp]) -> Result<(), SyncError> {
+        let rt = self.runtime(commit)?;
+        let err = |error| SyncError::Container { commit: commit.to_owned(), error };
+        let mut inv = self.store.inventory()?;
+        let mut result = Ok(());
+        for op in ops {
+            let r = match op {
+                ContainerOp::Create { name } => {
+                    inv.containers.insert(name.clone());
+                    rt.create_and_start(name, &desired.containers[name], commit).map(|_| ())
+                }
+                ContainerOp::Replace { name, old_id } => rt
+                    .remove(old_id)
+                    .and_then(|_| rt.create_and_start(name, &desired.containers[name], commit))
+                    .map(|_| ()),
+                ContainerOp::Start { id, .. } => rt.start(id),
+                ContainerOp::Remove { name, id } => rt.remove(id).map(|_| {
+                    inv.containers.remove(name);
+                }),
+            };
+            if let Err(e) = r {
+                result = Err(err(e));
+                break;
+            }
+        }
+        self.store.set_inventory(&inv)?;
+        self.store.flush()?;
+        result
     }
 
     /// Add a revision record; returns its sequence number.
@@ -502,7 +604,8 @@ pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, 
         let mut s = SyncSummary::from_plan(&plan);
         s.commit = Some(cur.commit.clone());
         s.files = cur.desired.files.len();
-        s.action = if plan.ops.iter().any(|o| o.changes_disk()) { "repaired" } else { "unchanged" }.into();
+        let changed = plan.ops.iter().any(|o| o.changes_disk()) || !plan.containers.is_empty();
+        s.action = if changed { "repaired" } else { "unchanged" }.into();
         if s.action == "repaired" {
             tracing::info!(revision = short(&cur.commit), "drift repaired");
             a.event(Kind::DriftRepaired, serde_json::json!({ "revision": cur.commit, "operations": s.operations }));
@@ -690,7 +793,12 @@ async fn sync_fetched(
     if opts.dry_run {
         let t = Instant::now();
         let p = prepared.clone();
-        let plan = blocking(agent, move |a| a.plan(&p.commit, &p.desired, a.cfg.apply.prune)).await?;
+        let plan = blocking(agent, move |a| -> Result<Plan, SyncError> {
+            let mut plan = a.plan(&p.commit, &p.desired, a.cfg.apply.prune)?;
+            plan.containers = a.plan_containers(&p.commit, &p.desired, a.cfg.apply.prune)?;
+            Ok(plan)
+        })
+        .await?;
         timings.plan_ms = ms(t.elapsed());
         let mut s = SyncSummary::from_plan(&plan);
         if !plan.blocked.is_empty() {
@@ -762,7 +870,7 @@ async fn sync_fetched(
 
     // Health gate.
     let t = Instant::now();
-    let probes = health::probes_for(&prepared.desired.checks);
+    let probes = probes_for(agent, &commit, &prepared.desired)?;
     let health = if probes.is_empty() {
         Health::default()
     } else {
@@ -801,6 +909,26 @@ async fn sync_fetched(
         let e = SyncError::Unhealthy { commit: commit.clone(), failures, after: String::new() };
         Err(fail_and_roll_back(agent, &prepared, Some(seq), e).await)
     }
+}
+
+/// The bundle's checks, and one probe per container.
+fn probes_for(agent: &Agent, commit: &str, desired: &Desired) -> Result<Vec<Box<dyn health::Probe>>, SyncError> {
+    let mut probes = health::probes_for(&desired.checks);
+    if !desired.containers.is_empty() {
+        let rt = agent.runtime(commit)?;
+        for (name, spec) in &desired.containers {
+            let interval =
+                spec.health.as_ref().map_or(Duration::from_secs(1), |h| h.interval.min(Duration::from_secs(2)));
+            probes.push(Box::new(health::ContainerProbe {
+                name: format!("container {name}"),
+                container: name.clone(),
+                command: spec.health.as_ref().map(|h| h.command.clone()),
+                runtime: rt.clone(),
+                interval,
+            }));
+        }
+    }
+    Ok(probes)
 }
 
 fn checks_json(h: &Health) -> BTreeMap<String, String> {
@@ -1011,7 +1139,7 @@ pub async fn rollback(agent: &Arc<Agent>, revision: Option<String>) -> Result<Sy
 async fn rollback_to(agent: &Arc<Agent>, target: RevisionRecord) -> Result<SyncSummary, SyncError> {
     let t2 = target.clone();
     let (plan, _) = blocking(agent, move |a| a.enforce(&t2.commit, &t2.desired, &HashMap::new(), true)).await?;
-    let probes = health::probes_for(&target.desired.checks);
+    let probes = probes_for(agent, &target.commit, &target.desired)?;
     let health = health::window(&probes, agent.cfg.apply.health_timeout).await;
     let mut summary = SyncSummary::from_plan(&plan);
     summary.commit = Some(target.commit.clone());

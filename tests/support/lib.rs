@@ -884,3 +884,105 @@ impl Drop for Subscription {
 pub fn payloads(lines: &[String]) -> Vec<serde_json::Value> {
     lines.iter().filter_map(|l| l.split_once(' ').and_then(|(_, p)| serde_json::from_str(p).ok())).collect()
 }
+
+/// Podman's Docker-compatible API service, with its own storage and config in
+/// a temp dir (runc, cgroupfs, host network: the settings that work in this
+/// sandbox), and a test image `localhost/tend-test:1` built from busybox-static.
+pub struct Podman {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+pub const TEST_IMAGE: &str = "localhost/tend-test:1";
+
+impl Podman {
+    pub fn start() -> Podman {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("containers.conf"),
+            "[containers]\nnetns = \"host\"\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let socket = d.join("podman.sock");
+        let mut p = Podman { child: None, dir, socket };
+        // The test image: busybox-static and a few applets.
+        let rootfs = p.dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        let busybox =
+            ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|b| Path::new(b).exists()).expect("busybox-static");
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "sleep", "httpd", "wget", "true", "false", "test", "cat"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let tar = p.dir.path().join("rootfs.tar");
+        run(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."));
+        run(p.podman().args(["import", "-q"]).arg(&tar).arg(TEST_IMAGE));
+        p.start_service();
+        p
+    }
+
+    /// The podman CLI, pointed at this instance.
+    pub fn podman(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf"));
+        c
+    }
+
+    pub fn start_service(&mut self) {
+        let child = self
+            .podman()
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", self.socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podman system service");
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "podman service did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+    }
+
+    pub fn stop_service(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// `podman inspect` of one container, or None.
+    pub fn inspect(&self, name: &str) -> Option<serde_json::Value> {
+        let out = self.podman().args(["inspect", "--type", "container", name]).output().unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array().and_then(|a| a.first().cloned())
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman().args(["rm", "-a", "-f", "-t", "0"]).output();
+        self.stop_service();
+    }
+}

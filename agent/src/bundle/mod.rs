@@ -6,6 +6,7 @@
 //! accepted whole or rejected whole with one [`BundleError`] naming the file and the
 //! reason; nothing here writes anywhere.
 
+mod container;
 mod path;
 mod template;
 mod tree;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use container::{ContainerSpec, HealthSpec, Pull, Restart, is_name as is_container_name, parse_port};
 pub use path::RelPath;
 pub use template::render as render_template;
 pub use tree::{DirTree, EntryKind, Tree, TreeError, enclosing_repo_root};
@@ -108,12 +110,15 @@ pub struct Desired {
     pub bundles: Vec<String>,
     pub files: BTreeMap<RelPath, DesiredFile>,
     pub checks: Vec<Check>,
+    /// Containers by name.
+    #[serde(default)]
+    pub containers: BTreeMap<String, ContainerSpec>,
 }
 
 impl Desired {
     /// True when the bundle declares nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.checks.is_empty()
+        self.files.is_empty() && self.checks.is_empty() && self.containers.is_empty()
     }
 }
 
@@ -130,6 +135,8 @@ pub struct Policy {
     /// Destinations tend may write, relative to `[files].root`. `None`: not checked
     /// (offline validation without a local config).
     pub allow: Option<Vec<RelPath>>,
+    /// `[containers].allow_privileged`; `None`: not checked (offline validation).
+    pub allow_privileged: Option<bool>,
 }
 
 impl Policy {
@@ -139,7 +146,12 @@ impl Policy {
             .iter()
             .filter_map(|p| RelPath::parse(p.to_string_lossy().trim_start_matches('/')).ok())
             .collect();
-        Policy { allow: Some(allow) }
+        Policy { allow: Some(allow), allow_privileged: None }
+    }
+
+    /// The whole local policy of a configuration.
+    pub fn from_agent_config(cfg: &crate::config::Config) -> Policy {
+        Policy { allow_privileged: Some(cfg.containers.allow_privileged), ..Policy::from_config(&cfg.files) }
     }
 
     fn allows(&self, dest: &RelPath) -> bool {
@@ -206,6 +218,7 @@ struct Loader<'t, 'c> {
     files: BTreeMap<RelPath, Staged>,
     meta: BTreeMap<RelPath, (FileMeta, RelPath)>,
     checks: Vec<Check>,
+    containers: BTreeMap<String, ContainerSpec>,
     bundles: Vec<String>,
     loads: usize,
 }
@@ -218,6 +231,7 @@ pub fn render(tree: &dyn Tree, bundle: &RelPath, ctx: &Context<'_>) -> Result<Re
         files: BTreeMap::new(),
         meta: BTreeMap::new(),
         checks: Vec::new(),
+        containers: BTreeMap::new(),
         bundles: Vec::new(),
         loads: 0,
     };
@@ -283,10 +297,11 @@ impl Loader<'_, '_> {
             match (name.as_str(), kind) {
                 ("files", EntryKind::Dir) => {}
                 (MANIFEST, _) => {}
-                ("containers" | "k3s", _) => {
+                ("containers", EntryKind::Dir) => self.load_containers(&bundle.join("containers").expect("name"))?,
+                ("k3s", _) => {
                     return Err(BundleError::new(
                         bundle.join(&name).expect("listed name"),
-                        "containers and K3s manifests are not supported by this version of tend",
+                        "K3s manifests are not supported by this version of tend",
                     ));
                 }
                 (_, EntryKind::Dir) => {
@@ -325,6 +340,34 @@ impl Loader<'_, '_> {
         }
         stack.pop();
         self.bundles.push(bundle.to_string());
+        Ok(())
+    }
+
+    /// `containers/NAME.toml`, one container each; the including bundle wins on a name.
+    fn load_containers(&mut self, dir: &RelPath) -> Result<(), BundleError> {
+        for (file, kind) in self.tree.list(dir)? {
+            let path = dir.join(&file).map_err(|e| BundleError::new(dir, e))?;
+            let Some(name) = file.strip_suffix(".toml") else {
+                return Err(BundleError::new(&path, "only NAME.toml files belong in containers/"));
+            };
+            if kind != (EntryKind::File { executable: false }) && kind != (EntryKind::File { executable: true }) {
+                return Err(BundleError::new(&path, "must be a regular file"));
+            }
+            if !container::is_name(name) {
+                return Err(BundleError::new(
+                    &path,
+                    format!("{name:?} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 63)"),
+                ));
+            }
+            let bytes = self.tree.read(&path, 64 * 1024)?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| BundleError::new(&path, "not valid UTF-8"))?;
+            let spec =
+                ContainerSpec::parse(text, self.ctx.policy.allow_privileged).map_err(|e| BundleError::new(&path, e))?;
+            if !self.containers.contains_key(name) && self.containers.len() >= 256 {
+                return Err(BundleError::new(&path, "more than 256 containers"));
+            }
+            self.containers.insert(name.to_owned(), spec);
+        }
         Ok(())
     }
 
@@ -400,7 +443,7 @@ impl Loader<'_, '_> {
     }
 
     fn finish(self) -> Result<Rendered, BundleError> {
-        let Loader { files, meta, checks, bundles, ctx, .. } = self;
+        let Loader { files, meta, checks, bundles, ctx, containers, .. } = self;
         for (dest, (_, manifest)) in &meta {
             if !files.contains_key(dest) {
                 return Err(BundleError::new(
@@ -487,6 +530,7 @@ impl Loader<'_, '_> {
             rendered.desired.files.insert(dest, file);
         }
         rendered.desired.checks = checks;
+        rendered.desired.containers = containers;
         rendered.desired.bundles = bundles;
         Ok(rendered)
     }

@@ -3,6 +3,7 @@
 //! `plan` is pure (desired × live × inventory → operations); `files` observes
 //! destinations and carries out operations on them.
 
+pub mod containers;
 pub mod files;
 pub mod plan;
 

@@ -87,11 +87,13 @@ pub struct Blocked {
 pub struct Plan {
     pub ops: Vec<Op>,
     pub blocked: Vec<Blocked>,
+    /// Container operations (planned by `containers::plan`, applied after files).
+    pub containers: Vec<super::containers::ContainerOp>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.blocked.is_empty()
+        self.ops.is_empty() && self.blocked.is_empty() && self.containers.is_empty()
     }
     /// Counts for a one-line summary: (created, updated, deleted, hooks).
     pub fn counts(&self) -> (usize, usize, usize, usize) {

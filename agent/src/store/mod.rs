@@ -119,6 +119,10 @@ pub struct Inventory {
     /// Set while an apply is in flight: a crash leaves it set, and the next sync
     /// cleans temporary files before planning.
     pub dirty: bool,
+    /// Names of the containers tend created (so a gateway without containers
+    /// never needs a container runtime).
+    #[serde(default)]
+    pub containers: BTreeSet<String>,
 }
 
 /// A reference to a revision record, with what is needed to decide without

@@ -1,0 +1,243 @@
+//! `containers/NAME.toml`: one container per file (SPEC §2), parsed and
+//! checked. What must hold: a spec that parses here can be created as written;
+//! everything a container could use to reach outside what the local config
+//! allows (privileges) is refused before anything is applied.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::ContentHash;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    No,
+    Always,
+    OnFailure,
+    UnlessStopped,
+}
+
+impl Restart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restart::No => "no",
+            Restart::Always => "always",
+            Restart::OnFailure => "on-failure",
+            Restart::UnlessStopped => "unless-stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pull {
+    Always,
+    Never,
+    IfNotPresent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    pub command: Vec<String>,
+    #[serde(default = "default_health_interval", with = "humantime_serde_str")]
+    pub interval: Duration,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retries() -> u32 {
+    3
+}
+
+/// A duration as a humantime string, both ways (the spec hash must be stable).
+mod humantime_serde_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+/// One container as the bundle declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// host | bridge | none | a named network.
+    #[serde(default = "default_network")]
+    pub network: String,
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default = "default_restart")]
+    pub restart: Restart,
+    #[serde(default = "default_pull")]
+    pub pull: Pull,
+    #[serde(default)]
+    pub privileged: bool,
+    pub health: Option<HealthSpec>,
+}
+
+fn default_network() -> String {
+    "bridge".into()
+}
+fn default_restart() -> Restart {
+    Restart::Always
+}
+fn default_pull() -> Pull {
+    Pull::IfNotPresent
+}
+
+impl ContainerSpec {
+    /// The hash that identifies this spec on the running container (label
+    /// `io.tend.spec`): a change of any field replaces the container.
+    pub fn hash(&self) -> String {
+        ContentHash::of(serde_json::to_string(self).expect("specs serialise").as_bytes()).short()
+    }
+
+    /// Parse and check a spec; errors name the field.
+    pub fn parse(text: &str, allow_privileged: Option<bool>) -> Result<ContainerSpec, String> {
+        let spec: ContainerSpec = toml::from_str(text).map_err(|e| format!("invalid: {}", e.message().trim()))?;
+        spec.check(allow_privileged)?;
+        Ok(spec)
+    }
+
+    fn check(&self, allow_privileged: Option<bool>) -> Result<(), String> {
+        let bad = |c: char| c.is_whitespace() || c.is_control();
+        if self.image.is_empty() || self.image.len() > 255 || self.image.chars().any(bad) {
+            return Err(format!("image {:?} is not an image reference", self.image));
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return Err("command: NUL in an argument".into());
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.chars().any(bad) || v.contains('\0') {
+                return Err(format!("env: {k:?} is not a valid variable name"));
+            }
+        }
+        if !is_name(&self.network) {
+            return Err(format!("network {:?}: expected host, bridge, none or a network name", self.network));
+        }
+        for p in &self.ports {
+            parse_port(p).map_err(|e| format!("ports: {p:?}: {e}"))?;
+        }
+        for v in &self.volumes {
+            parse_volume(v).map_err(|e| format!("volumes: {v:?}: {e}"))?;
+        }
+        if let Some(h) = &self.health
+            && (h.command.is_empty() || h.command[0].is_empty() || h.interval.is_zero())
+        {
+            return Err("[health]: command must not be empty and interval must be > 0".into());
+        }
+        if self.privileged && allow_privileged == Some(false) {
+            return Err(
+                "privileged = true, but the local config does not allow it ([containers].allow_privileged)".into()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A valid container or network name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 63.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// `HOST:CONTAINER[/tcp|udp]` → (host port, container port, protocol).
+pub fn parse_port(p: &str) -> Result<(u16, u16, &str), String> {
+    let (ports, proto) = match p.split_once('/') {
+        Some((x, proto @ ("tcp" | "udp"))) => (x, proto),
+        Some((_, other)) => return Err(format!("protocol {other:?} (tcp or udp)")),
+        None => (p, "tcp"),
+    };
+    let (h, c) = ports.split_once(':').ok_or("expected HOST:CONTAINER")?;
+    let h: u16 = h.parse().map_err(|_| "host port is not a number")?;
+    let c: u16 = c.parse().map_err(|_| "container port is not a number")?;
+    Ok((h, c, proto))
+}
+
+/// `SOURCE:DEST[:ro|rw]` with an absolute DEST.
+pub fn parse_volume(v: &str) -> Result<(), String> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (src, dst) = match parts[..] {
+        [s, d] | [s, d, "ro" | "rw"] => (s, d),
+        _ => return Err("expected SOURCE:DEST or SOURCE:DEST:ro".into()),
+    };
+    if src.is_empty() || !dst.starts_with('/') || v.split('/').any(|s| s == "..") {
+        return Err("SOURCE must be set and DEST absolute, without '..'".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_example_parses_with_defaults() {
+        let s = ContainerSpec::parse(
+            r#"image = "localhost/modbus-bridge:1.4.2"
+command = ["/bin/bridge", "--port", "502"]
+env = { MODE = "prod" }
+network = "host"
+ports = ["502:502/tcp"]
+volumes = ["/srv/bridge:/data:ro"]
+restart = "always"
+pull = "if-not-present"
+privileged = false
+[health]
+command = ["wget", "-q", "-O-", "http://127.0.0.1:8080/"]
+interval = "10s"
+retries = 3
+"#,
+            Some(false),
+        )
+        .unwrap();
+        assert_eq!(s.restart, Restart::Always);
+        assert_eq!(s.health.as_ref().unwrap().interval, Duration::from_secs(10));
+        let minimal = ContainerSpec::parse("image = \"busybox\"\n", None).unwrap();
+        assert_eq!((minimal.network.as_str(), minimal.pull), ("bridge", Pull::IfNotPresent));
+        assert_ne!(s.hash(), minimal.hash());
+        assert_eq!(s.hash(), s.clone().hash());
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        for (text, needle) in [
+            ("image = \"a b\"\n", "image"),
+            ("image = \"x\"\nports = [\"80\"]\n", "ports"),
+            ("image = \"x\"\nports = [\"80:80/sctp\"]\n", "ports"),
+            ("image = \"x\"\nvolumes = [\"/a:relative\"]\n", "volumes"),
+            ("image = \"x\"\nvolumes = [\"/a/../b:/c\"]\n", "volumes"),
+            ("image = \"x\"\nnetwork = \"bad net\"\n", "network"),
+            ("image = \"x\"\nenv = { \"A=B\" = \"c\" }\n", "env"),
+            ("image = \"x\"\nrestart = \"sometimes\"\n", "invalid"),
+            ("image = \"x\"\nprivileged = true\n", "allow_privileged"),
+            ("image = \"x\"\nbogus = 1\n", "unknown field"),
+            ("image = \"x\"\n[health]\ncommand = []\n", "[health]"),
+        ] {
+            let e = ContainerSpec::parse(text, Some(false)).unwrap_err();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+        assert!(ContainerSpec::parse("image = \"x\"\nprivileged = true\n", Some(true)).is_ok());
+        assert!(is_name("modbus-bridge") && !is_name("-x") && !is_name("a/b") && !is_name(&"a".repeat(64)));
+    }
+}
