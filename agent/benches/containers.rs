@@ -120,11 +120,20 @@ fn main() {
     for i in 0..CONTAINERS {
         let p = fleet.join(format!("devices/gw-1/containers/c{i:02}.toml"));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, "image = \"localhost/tend-bench:1\"\ncommand = [\"sleep\", \"3600\"]\nnetwork = \"host\"\n").unwrap();
+        std::fs::write(&p, "image = \"localhost/tend-bench:1\"\ncommand = [\"sleep\", \"3600\"]\nnetwork = \"host\"\n")
+            .unwrap();
     }
     run(Command::new("git").arg("init").arg("-q").arg("-b").arg("main").arg(&fleet));
     run(Command::new("git").arg("-C").arg(&fleet).args(["add", "-A"]));
-    run(Command::new("git").arg("-C").arg(&fleet).args(["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "c"]));
+    run(Command::new("git").arg("-C").arg(&fleet).args([
+        "-c",
+        "user.name=b",
+        "-c",
+        "user.email=b@b",
+        "commit",
+        "-qm",
+        "c",
+    ]));
     std::fs::create_dir_all(d.join("root")).unwrap();
     let text = format!(
         "device_id = \"gw-1\"\nstate_dir = \"{}\"\n[source]\nurl = \"file://{}\"\n[files]\nroot = \"{}\"\n[containers]\nsocket = \"unix://{}\"\n",
@@ -160,7 +169,11 @@ fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("tend containers benchmark: {CONTAINERS} managed containers, real Podman 4 API, {ROUNDS} rounds");
     println!("  first sync (create and start all):        {:.0} ms", ms(first_time));
-    println!("  no-op sync:                               p50 {:.1} ms, p90 {:.1} ms", ms(samples[ROUNDS / 2]), ms(samples[ROUNDS * 9 / 10]));
+    println!(
+        "  no-op sync:                               p50 {:.1} ms, p90 {:.1} ms",
+        ms(samples[ROUNDS / 2]),
+        ms(samples[ROUNDS * 9 / 10])
+    );
     println!("  runtime calls per no-op sync:             {lists} labelled list, {others} other");
     let _ = podman().args(["rm", "-a", "-f", "-t", "0"]).output();
     let _ = service.kill();
