@@ -45,6 +45,9 @@ allow = ["/etc/myapp", "/opt/myapp"]
 
 [apply]
 health_timeout = "3s"
+
+[k3s]
+manifests_dir = "$work/k3s-manifests"   # K3s's auto-deploy directory on a real gateway
 TOML
 export TEND_CONFIG="$work/agent.toml"
 echo "config: $TEND_CONFIG"
@@ -58,8 +61,9 @@ step "tend sync --dry-run (the plan; nothing changes)"
 step "tend sync"
 "$tend" sync
 
-step "the files under the demo root"
+step "the files under the demo root, and the manifest for K3s"
 (cd "$work/root" && find . -type f -exec ls -l {} + | awk '{print $1, $NF}')
+ls "$work/k3s-manifests"
 echo; cat "$work/root/etc/myapp/app.conf"
 
 step "a new commit: change app.conf and drop region.conf"

@@ -118,6 +118,63 @@ impl Probe for ContainerProbe {
     }
 }
 
+/// A Deployment, DaemonSet or StatefulSet gates the revision until
+/// `kubectl rollout status` says it rolled out. When kubectl cannot be run the
+/// probe fails and says so: never a silent pass.
+pub struct RolloutProbe {
+    name: String,
+    object: crate::bundle::manifest::ObjectRef,
+    kubectl: Vec<String>,
+}
+
+impl RolloutProbe {
+    pub fn new(object: crate::bundle::manifest::ObjectRef, kubectl: Vec<String>) -> RolloutProbe {
+        RolloutProbe { name: format!("rollout {}/{}", object.kind.to_lowercase(), object.name), object, kubectl }
+    }
+}
+
+impl Probe for RolloutProbe {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn interval(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    fn timeout(&self) -> Duration {
+        PROBE_TIMEOUT
+    }
+    fn probe(&self) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            let (prog, args) = self.kubectl.split_first().ok_or("[k3s].kubectl is empty")?;
+            let mut cmd = tokio::process::Command::new(prog);
+            cmd.args(args)
+                .arg("rollout")
+                .arg("status")
+                .arg(format!("{}/{}", self.object.kind.to_lowercase(), self.object.name))
+                .arg("--timeout=5s");
+            if let Some(ns) = &self.object.namespace {
+                cmd.arg("-n").arg(ns);
+            }
+            let out = cmd
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|e| format!("kubectl ({}) cannot be run: {e}", self.kubectl.join(" ")))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                let text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+                Err(format!(
+                    "not rolled out ({}){}",
+                    out.status,
+                    if text.is_empty() { String::new() } else { format!(": {}", truncate(&text, 200)) }
+                ))
+            }
+        })
+    }
+}
+
 /// The probes for a list of bundle checks.
 pub fn probes_for(checks: &[Check]) -> Vec<Box<dyn Probe>> {
     checks.iter().cloned().map(|c| Box::new(CheckProbeImpl::new(c)) as Box<dyn Probe>).collect()

@@ -29,6 +29,7 @@ use crate::hash::ContentHash;
 use crate::health::{self, Health};
 use crate::reconcile::containers::{self, ContainerOp, DockerRuntime, Runtime, RuntimeError};
 use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRunner, Runner};
+use crate::reconcile::k3s;
 use crate::reconcile::plan::{Live, Plan, plan};
 use crate::report::{Events, Kind};
 use crate::source::{Fetched, GitSource, SourceError};
@@ -49,6 +50,8 @@ pub enum SyncError {
     Apply { commit: String, error: FileError },
     #[error("containers of {}: {error}", short(.commit))]
     Container { commit: String, error: RuntimeError },
+    #[error("manifests of {}: {error}", short(.commit))]
+    K3s { commit: String, error: k3s::K3sError },
     #[error("revision {} is unhealthy: {failures}{}", short(.commit), then(.after))]
     Unhealthy { commit: String, failures: String, after: String },
     #[error("revision {} is quarantined ({reason}); it is not applied again until the branch moves or `tend sync --retry`", short(.commit))]
@@ -72,6 +75,7 @@ impl SyncError {
             SyncError::Source(e) => e.is_transient(),
             SyncError::Apply { error: FileError::Io { .. }, .. } => true,
             SyncError::Container { error, .. } => error.is_transient(),
+            SyncError::K3s { .. } => true,
             SyncError::Store(_) => true,
             _ => false,
         }
@@ -118,6 +122,7 @@ impl SyncSummary {
                 .filter(|o| o.changes_disk())
                 .map(ToString::to_string)
                 .chain(plan.containers.iter().map(ToString::to_string))
+                .chain(plan.manifests.iter().map(ToString::to_string))
                 .collect(),
             created,
             updated,
@@ -299,6 +304,17 @@ impl Agent {
         Ok(containers::plan(&desired.containers, &live, prune))
     }
 
+    /// Plan the K3s manifests (reads only tend's files in the directory).
+    fn plan_manifests(&self, desired: &Desired, prune: bool) -> Result<Vec<k3s::ManifestOp>, SyncError> {
+        let inv = self.store.inventory()?;
+        if desired.manifests.is_empty() && inv.manifests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let files = desired.manifests.keys().map(|r| k3s::file_name(r)).chain(inv.manifests.keys().cloned());
+        let live = k3s::observe(&self.cfg.k3s.manifests_dir, files);
+        Ok(k3s::plan(&desired.manifests, &live, &inv.manifests, prune))
+    }
+
     /// The plan that takes the gateway to `desired`.
     pub fn plan(&self, commit: &str, desired: &Desired, prune: bool) -> Result<Plan, SyncError> {
         let targets =
@@ -334,6 +350,7 @@ impl Agent {
         // Containers are planned, and their images pulled, before anything
         // changes: an unreachable runtime or a failed pull leaves files alone.
         plan.containers = self.plan_containers(commit, desired, prune)?;
+        plan.manifests = self.plan_manifests(desired, prune)?;
         if !plan.containers.is_empty() {
             let rt = self.runtime(commit)?;
             rt.ping().map_err(|error| SyncError::Container { commit: commit.to_owned(), error })?;
@@ -352,6 +369,9 @@ impl Agent {
             }
         }
         for op in &plan.containers {
+            tracing::info!("{op}");
+        }
+        for op in &plan.manifests {
             tracing::info!("{op}");
         }
         let content = |h: &ContentHash| -> Result<Vec<u8>, String> {
@@ -373,6 +393,19 @@ impl Agent {
         };
         if !plan.containers.is_empty() {
             self.apply_containers(commit, desired, &plan.containers)?;
+        }
+        if !plan.manifests.is_empty() {
+            let mut inv = self.store.inventory()?;
+            let result = k3s::apply(
+                &self.cfg.k3s.manifests_dir,
+                &plan.manifests,
+                &content,
+                &self.cfg.k3s.kubectl,
+                &mut inv.manifests,
+            );
+            self.store.set_inventory(&inv)?;
+            self.store.flush()?;
+            result.map_err(|error| SyncError::K3s { commit: commit.to_owned(), error })?;
         }
         Ok((plan, report))
     }
@@ -604,7 +637,8 @@ pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, 
         let mut s = SyncSummary::from_plan(&plan);
         s.commit = Some(cur.commit.clone());
         s.files = cur.desired.files.len();
-        let changed = plan.ops.iter().any(|o| o.changes_disk()) || !plan.containers.is_empty();
+        let changed =
+            plan.ops.iter().any(|o| o.changes_disk()) || !plan.containers.is_empty() || !plan.manifests.is_empty();
         s.action = if changed { "repaired" } else { "unchanged" }.into();
         if s.action == "repaired" {
             tracing::info!(revision = short(&cur.commit), "drift repaired");
@@ -796,6 +830,7 @@ async fn sync_fetched(
         let plan = blocking(agent, move |a| -> Result<Plan, SyncError> {
             let mut plan = a.plan(&p.commit, &p.desired, a.cfg.apply.prune)?;
             plan.containers = a.plan_containers(&p.commit, &p.desired, a.cfg.apply.prune)?;
+            plan.manifests = a.plan_manifests(&p.desired, a.cfg.apply.prune)?;
             Ok(plan)
         })
         .await?;
@@ -914,6 +949,9 @@ async fn sync_fetched(
 /// The bundle's checks, and one probe per container.
 fn probes_for(agent: &Agent, commit: &str, desired: &Desired) -> Result<Vec<Box<dyn health::Probe>>, SyncError> {
     let mut probes = health::probes_for(&desired.checks);
+    for o in k3s::rollouts(&desired.manifests) {
+        probes.push(Box::new(health::RolloutProbe::new(o, agent.cfg.k3s.kubectl.clone())));
+    }
     if !desired.containers.is_empty() {
         let rt = agent.runtime(commit)?;
         for (name, spec) in &desired.containers {

@@ -7,6 +7,7 @@
 //! reason; nothing here writes anywhere.
 
 mod container;
+pub mod manifest;
 mod path;
 mod template;
 mod tree;
@@ -113,12 +114,23 @@ pub struct Desired {
     /// Containers by name.
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerSpec>,
+    /// K3s manifests by their path under `k3s/`.
+    #[serde(default)]
+    pub manifests: BTreeMap<String, DesiredManifest>,
+}
+
+/// A manifest the bundle wants in K3s's auto-deploy directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredManifest {
+    pub hash: ContentHash,
+    pub objects: Vec<manifest::ObjectRef>,
+    pub from: String,
 }
 
 impl Desired {
     /// True when the bundle declares nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.checks.is_empty() && self.containers.is_empty()
+        self.files.is_empty() && self.checks.is_empty() && self.containers.is_empty() && self.manifests.is_empty()
     }
 }
 
@@ -219,6 +231,7 @@ struct Loader<'t, 'c> {
     meta: BTreeMap<RelPath, (FileMeta, RelPath)>,
     checks: Vec<Check>,
     containers: BTreeMap<String, ContainerSpec>,
+    manifests: BTreeMap<String, (Vec<u8>, Vec<manifest::ObjectRef>, RelPath)>,
     bundles: Vec<String>,
     loads: usize,
 }
@@ -232,6 +245,7 @@ pub fn render(tree: &dyn Tree, bundle: &RelPath, ctx: &Context<'_>) -> Result<Re
         meta: BTreeMap::new(),
         checks: Vec::new(),
         containers: BTreeMap::new(),
+        manifests: BTreeMap::new(),
         bundles: Vec::new(),
         loads: 0,
     };
@@ -298,11 +312,9 @@ impl Loader<'_, '_> {
                 ("files", EntryKind::Dir) => {}
                 (MANIFEST, _) => {}
                 ("containers", EntryKind::Dir) => self.load_containers(&bundle.join("containers").expect("name"))?,
-                ("k3s", _) => {
-                    return Err(BundleError::new(
-                        bundle.join(&name).expect("listed name"),
-                        "K3s manifests are not supported by this version of tend",
-                    ));
+                ("k3s", EntryKind::Dir) => {
+                    let root = bundle.join("k3s").expect("name");
+                    self.load_manifests(&root, &root)?;
                 }
                 (_, EntryKind::Dir) => {
                     return Err(BundleError::new(
@@ -340,6 +352,31 @@ impl Loader<'_, '_> {
         }
         stack.pop();
         self.bundles.push(bundle.to_string());
+        Ok(())
+    }
+
+    /// `k3s/**.yaml`: every document checked; the including bundle wins on a path.
+    fn load_manifests(&mut self, root: &RelPath, dir: &RelPath) -> Result<(), BundleError> {
+        for (file, kind) in self.tree.list(dir)? {
+            let path = dir.join(&file).map_err(|e| BundleError::new(dir, e))?;
+            match kind {
+                EntryKind::Dir => self.load_manifests(root, &path)?,
+                EntryKind::File { .. } if file.ends_with(".yaml") || file.ends_with(".yml") => {
+                    let bytes = self.read_limited(&path)?;
+                    let text = std::str::from_utf8(&bytes).map_err(|_| BundleError::new(&path, "not valid UTF-8"))?;
+                    let objects = manifest::parse(text).map_err(|e| BundleError::new(&path, e))?;
+                    let rel = path.strip_prefix(root).expect("under k3s/").to_string();
+                    if !self.manifests.contains_key(&rel) && self.manifests.len() >= 1000 {
+                        return Err(BundleError::new(&path, "more than 1000 manifests"));
+                    }
+                    self.manifests.insert(rel, (bytes, objects, path));
+                }
+                EntryKind::File { .. } => {
+                    return Err(BundleError::new(&path, "only .yaml and .yml files belong in k3s/"));
+                }
+                _ => return Err(BundleError::new(&path, "symlinks and special files are not allowed in k3s/")),
+            }
+        }
         Ok(())
     }
 
@@ -443,7 +480,7 @@ impl Loader<'_, '_> {
     }
 
     fn finish(self) -> Result<Rendered, BundleError> {
-        let Loader { files, meta, checks, bundles, ctx, containers, .. } = self;
+        let Loader { files, meta, checks, bundles, ctx, containers, manifests, .. } = self;
         for (dest, (_, manifest)) in &meta {
             if !files.contains_key(dest) {
                 return Err(BundleError::new(
@@ -531,6 +568,20 @@ impl Loader<'_, '_> {
         }
         rendered.desired.checks = checks;
         rendered.desired.containers = containers;
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        for (rel, (bytes, objects, from)) in manifests {
+            // Two paths must not land on the same file name in the flat directory.
+            let flat = crate::reconcile::k3s::file_name(&rel);
+            if let Some(other) = names.insert(flat.clone(), rel.clone()) {
+                return Err(BundleError::new(
+                    &from,
+                    format!("k3s/{rel} and k3s/{other} would both be written as {flat}"),
+                ));
+            }
+            let hash = ContentHash::of(&bytes);
+            rendered.blobs.entry(hash).or_insert(bytes);
+            rendered.desired.manifests.insert(rel, DesiredManifest { hash, objects, from: from.to_string() });
+        }
         rendered.desired.bundles = bundles;
         Ok(rendered)
     }

@@ -5,6 +5,7 @@
 
 pub mod containers;
 pub mod files;
+pub mod k3s;
 pub mod plan;
 
 pub use files::{ApplyReport, FileError, FileRoot, ProcessRunner, Runner};

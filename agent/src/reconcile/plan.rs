@@ -89,11 +89,13 @@ pub struct Plan {
     pub blocked: Vec<Blocked>,
     /// Container operations (planned by `containers::plan`, applied after files).
     pub containers: Vec<super::containers::ContainerOp>,
+    /// K3s manifest operations (planned by `k3s::plan`, applied last).
+    pub manifests: Vec<super::k3s::ManifestOp>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.blocked.is_empty() && self.containers.is_empty()
+        self.ops.is_empty() && self.blocked.is_empty() && self.containers.is_empty() && self.manifests.is_empty()
     }
     /// Counts for a one-line summary: (created, updated, deleted, hooks).
     pub fn counts(&self) -> (usize, usize, usize, usize) {

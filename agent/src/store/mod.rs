@@ -123,6 +123,9 @@ pub struct Inventory {
     /// never needs a container runtime).
     #[serde(default)]
     pub containers: BTreeSet<String>,
+    /// Manifest files tend wrote in `[k3s].manifests_dir`, with their objects.
+    #[serde(default)]
+    pub manifests: BTreeMap<String, crate::reconcile::k3s::OwnedManifest>,
 }
 
 /// A reference to a revision record, with what is needed to decide without
@@ -236,6 +239,7 @@ pub(crate) fn referenced_blobs<'a>(
     let mut keep = BTreeSet::new();
     for r in revisions {
         keep.extend(r.desired.files.values().map(|f| f.hash));
+        keep.extend(r.desired.manifests.values().map(|m| m.hash));
     }
     keep.extend(inv.files.values().filter_map(|o| o.original.as_ref().map(|x| x.hash)));
     keep
