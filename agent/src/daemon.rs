@@ -121,11 +121,28 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
         )
     });
 
+    // systemd: ready once last-known-good is enforced and the socket is up;
+    // the watchdog is fed from this loop, so a stuck loop gets restarted.
+    let notifier = crate::notify::Notifier::from_env();
+    let status_line = |v: &serde_json::Value| {
+        format!(
+            "STATUS={} {}",
+            v["phase"].as_str().unwrap_or("unknown"),
+            v["revision"].as_str().map(sync::short).unwrap_or("(no revision)")
+        )
+    };
+    notifier.send(&format!("READY=1\n{}", status_line(&status_tx.borrow())));
+    let mut watchdog = tokio::time::interval(notifier.watchdog.unwrap_or(Duration::from_secs(3600)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let mut next = Instant::now();
     let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = watchdog.tick(), if notifier.watchdog.is_some() => {
+                notifier.send("WATCHDOG=1");
+            }
             _ = tokio::time::sleep_until(next), if suspended => {
                 next = Instant::now() + cfg.source.interval;
             }
@@ -144,7 +161,9 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                 let delay = next_poll(&cfg.source, &cfg.apply, transient, &mut failures, fastrand::f64());
                 tracing::debug!(next_in = ?delay, "next poll");
                 next = Instant::now() + delay;
-                let _ = status_tx.send(status_now(&agent, suspended).await);
+                let now = status_now(&agent, suspended).await;
+                notifier.send(&status_line(&now));
+                let _ = status_tx.send(now);
             }
             Some((req, reply)) = rx.recv() => {
                 let resp = tokio::select! {
@@ -170,6 +189,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
         }
     }
     tracing::info!("stopping");
+    notifier.send("STOPPING=1");
     accept.abort();
     if let Some(r) = reporter {
         let _ = stop_tx.send(true);

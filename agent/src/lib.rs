@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod hash;
 pub mod health;
+pub mod notify;
 pub mod reconcile;
 pub mod report;
 pub mod source;

@@ -255,3 +255,40 @@ fn killed_during_a_health_window_the_restart_returns_to_last_known_good() {
     let (code, _) = daemon.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn sd_notify_ready_then_watchdog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    two_files(&fleet, "1");
+    fleet.commit("v1");
+    let gw = fast_gateway(tmp.path(), &fleet.url());
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut child = gw
+        .command()
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let start = Instant::now();
+    while got.iter().filter(|m: &&String| m.as_str() == "WATCHDOG=1").count() < 3
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        let n = sock.recv(&mut buf).expect("a notification");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(got[0].starts_with("READY=1\nSTATUS="), "{got:?}");
+    let first_watchdog = got.iter().position(|m| m == "WATCHDOG=1").expect("WATCHDOG=1");
+    assert!(first_watchdog > 0, "WATCHDOG before READY: {got:?}");
+    assert!(got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3, "{got:?}");
+    assert!(got.iter().any(|m| m.starts_with("STATUS=synced ")), "{got:?}");
+}
