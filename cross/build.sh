@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Build tend for the gateways' architectures from this (x86_64 Debian) machine,
+# reproducibly (locked dependencies, no embedded paths, fixed timestamps), and
+# print the stripped sizes. Targets:
+#   x86_64-unknown-linux-gnu          (this machine)
+#   aarch64-unknown-linux-gnu         (Raspberry Pi 3/4/5 with 64-bit OS, most ARM64 gateways)
+#   armv7-unknown-linux-gnueabihf     (32-bit Raspberry Pi OS, older gateways)
+#   aarch64-unknown-linux-musl        (static: any aarch64 Linux)
+#   armv7-unknown-linux-musleabihf    (static, built with cargo-zigbuild and build-std)
+# Usage: cross/build.sh [TARGET...]   (default: all five). Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+all=(x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
+targets=("${@:-${all[@]}}")
+
+need_apt=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
+command -v arm-linux-gnueabihf-gcc >/dev/null || need_apt+=(gcc-arm-linux-gnueabihf)
+if ((${#need_apt[@]})); then
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+for t in "${targets[@]}"; do
+  [ "$t" = armv7-unknown-linux-musleabihf ] && continue   # not downloadable: built with build-std
+  rustup target list --installed | grep -qx "$t" || rustup target add "$t" >/dev/null
+done
+
+# Reproducible: no local paths in the binary, a fixed build time.
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
+export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=. --remap-path-prefix=$HOME/.cargo=~/.cargo"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
+export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
+
+for t in "${targets[@]}"; do
+  echo "== $t" >&2
+  if [ "$t" = armv7-unknown-linux-musleabihf ]; then
+    command -v cargo-zigbuild >/dev/null || pip install -q ziglang cargo-zigbuild
+    rustup component list --installed | grep -q rust-src || rustup component add rust-src >/dev/null
+    RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS -C link-self-contained=no" \
+      cargo zigbuild --locked --release -p tend --bin tend --target "$t" -Zbuild-std=std,panic_abort
+  else
+    cargo build --locked --release -p tend --bin tend --target "$t"
+  fi
+done
+
+echo
+printf '%-34s %10s %8s\n' target bytes MiB
+for t in "${targets[@]}"; do
+  f="target/$t/release/tend"
+  [ -f "$f" ] || { echo "$t: missing" >&2; exit 1; }
+  b=$(stat -c %s "$f")
+  printf '%-34s %10d %8.2f\n' "$t" "$b" "$(echo "$b / 1048576" | bc -l)"
+done
