@@ -506,13 +506,17 @@ fn cmd_validate(
                         "sha256": f.hash.to_string(), "from": f.from,
                     })).collect::<Vec<_>>(),
                     "checks": d.checks.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                    "containers": d.containers.keys().collect::<Vec<_>>(),
+                    "manifests": d.manifests.keys().collect::<Vec<_>>(),
                 }));
             } else {
                 let per = files_by_bundle(d);
                 println!(
-                    "ok: {}: {} files, {} checks (from {})",
+                    "ok: {}: {} files, {} containers, {} manifests, {} checks (from {})",
                     bundle_path,
                     d.files.len(),
+                    d.containers.len(),
+                    d.manifests.len(),
                     d.checks.len(),
                     d.bundles
                         .iter()
