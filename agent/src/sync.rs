@@ -33,7 +33,9 @@ use crate::reconcile::k3s;
 use crate::reconcile::plan::{Live, Plan, plan};
 use crate::report::{Events, Kind};
 use crate::source::{Fetched, GitSource, SourceError};
-use crate::store::{Outcome, Pointers, Resources, RevRef, RevisionRecord, SledStore, Status, Store, StoreError};
+use crate::store::{
+    Inventory, Outcome, Pointers, Resources, RevRef, RevisionRecord, SledStore, Status, Store, StoreError,
+};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -285,8 +287,13 @@ impl Agent {
 
     /// Plan the containers: pure diff after one labelled list call; an
     /// unlabelled container holding a declared name is a conflict.
-    fn plan_containers(&self, commit: &str, desired: &Desired, prune: bool) -> Result<Vec<ContainerOp>, SyncError> {
-        let inv = self.store.inventory()?;
+    fn plan_containers(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        inv: &Inventory,
+        prune: bool,
+    ) -> Result<Vec<ContainerOp>, SyncError> {
         if desired.containers.is_empty() && inv.containers.is_empty() {
             return Ok(Vec::new());
         }
@@ -305,8 +312,12 @@ impl Agent {
     }
 
     /// Plan the K3s manifests (reads only tend's files in the directory).
-    fn plan_manifests(&self, desired: &Desired, prune: bool) -> Result<Vec<k3s::ManifestOp>, SyncError> {
-        let inv = self.store.inventory()?;
+    fn plan_manifests(
+        &self,
+        desired: &Desired,
+        inv: &Inventory,
+        prune: bool,
+    ) -> Result<Vec<k3s::ManifestOp>, SyncError> {
         if desired.manifests.is_empty() && inv.manifests.is_empty() {
             return Ok(Vec::new());
         }
@@ -315,17 +326,22 @@ impl Agent {
         Ok(k3s::plan(&desired.manifests, &live, &inv.manifests, prune))
     }
 
-    /// The plan that takes the gateway to `desired`.
-    pub fn plan(&self, commit: &str, desired: &Desired, prune: bool) -> Result<Plan, SyncError> {
+    /// The plan that takes the gateway to `desired`: files, containers and
+    /// manifests, against the inventory `inv` (read once per sync).
+    pub fn plan(&self, commit: &str, desired: &Desired, inv: &Inventory, prune: bool) -> Result<Plan, SyncError> {
         let targets =
             files::targets(desired).map_err(|error| SyncError::Bundle { commit: commit.to_owned(), error })?;
-        let inv = self.store.inventory()?;
         let paths: BTreeSet<&RelPath> = targets.keys().chain(inv.files.keys()).collect();
         let live = self
             .root
-            .observe(paths.iter().copied(), &inv)
+            .observe(paths.iter().copied(), inv)
             .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?;
-        Ok(plan(&targets, &live, &inv, prune))
+        let mut plan = plan(&targets, &live, inv, prune);
+        if plan.blocked.is_empty() {
+            plan.containers = self.plan_containers(commit, desired, inv, prune)?;
+            plan.manifests = self.plan_manifests(desired, inv, prune)?;
+        }
+        Ok(plan)
     }
 
     /// Make the gateway match `desired` (contents from `blobs` or the store).
@@ -341,16 +357,14 @@ impl Agent {
             let paths: BTreeSet<&RelPath> = desired.files.keys().chain(inv.files.keys()).collect();
             self.root.clean_temporaries(paths);
         }
-        let mut plan = self.plan(commit, desired, prune)?;
+        // Containers are planned, and their images pulled, before anything
+        // changes: an unreachable runtime or a failed pull leaves files alone.
+        let plan = self.plan(commit, desired, &inv, prune)?;
         if !plan.blocked.is_empty() {
             let blocked =
                 plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
             return Err(SyncError::Blocked { commit: commit.to_owned(), blocked });
         }
-        // Containers are planned, and their images pulled, before anything
-        // changes: an unreachable runtime or a failed pull leaves files alone.
-        plan.containers = self.plan_containers(commit, desired, prune)?;
-        plan.manifests = self.plan_manifests(desired, prune)?;
         if !plan.containers.is_empty() {
             let rt = self.runtime(commit)?;
             rt.ping().map_err(|error| SyncError::Container { commit: commit.to_owned(), error })?;
@@ -392,10 +406,9 @@ impl Agent {
                 .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?
         };
         if !plan.containers.is_empty() {
-            self.apply_containers(commit, desired, &plan.containers)?;
+            self.apply_containers(commit, desired, &plan.containers, &mut inv)?;
         }
         if !plan.manifests.is_empty() {
-            let mut inv = self.store.inventory()?;
             let result = k3s::apply(
                 &self.cfg.k3s.manifests_dir,
                 &plan.manifests,
@@ -410,10 +423,15 @@ impl Agent {
         Ok((plan, report))
     }
 
-    fn apply_containers(&self, commit: &str, desired: &Desired, ops: &[ContainerOp]) -> Result<(), SyncError> {
+    fn apply_containers(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        ops: &[ContainerOp],
+        inv: &mut Inventory,
+    ) -> Result<(), SyncError> {
         let rt = self.runtime(commit)?;
         let err = |error| SyncError::Container { commit: commit.to_owned(), error };
-        let mut inv = self.store.inventory()?;
         let mut result = Ok(());
         for op in ops {
             let r = match op {
@@ -435,7 +453,7 @@ impl Agent {
                 break;
             }
         }
-        self.store.set_inventory(&inv)?;
+        self.store.set_inventory(inv)?;
         self.store.flush()?;
         result
     }
@@ -828,10 +846,8 @@ async fn sync_fetched(
         let t = Instant::now();
         let p = prepared.clone();
         let plan = blocking(agent, move |a| -> Result<Plan, SyncError> {
-            let mut plan = a.plan(&p.commit, &p.desired, a.cfg.apply.prune)?;
-            plan.containers = a.plan_containers(&p.commit, &p.desired, a.cfg.apply.prune)?;
-            plan.manifests = a.plan_manifests(&p.desired, a.cfg.apply.prune)?;
-            Ok(plan)
+            let inv = a.store.inventory()?;
+            a.plan(&p.commit, &p.desired, &inv, a.cfg.apply.prune)
         })
         .await?;
         timings.plan_ms = ms(t.elapsed());

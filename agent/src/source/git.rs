@@ -108,9 +108,7 @@ impl GitSource {
     /// Start over when shallow fetches have piled up packs.
     fn maintain(&self) {
         self.clear_stale_locks();
-        let packs = std::fs::read_dir(self.dir.join("objects/pack"))
-            .map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count())
-            .unwrap_or(0);
+        let packs = self.pack_count();
         if packs > MAX_PACKS {
             tracing::info!(packs, "compacting the fetched repository by fetching afresh");
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -244,15 +242,11 @@ impl GitSource {
         Ok(GitTree { repo, root: tree_id, cache: RefCell::new(HashMap::new()) })
     }
 
-    /// The pack files in the local repository (for tests and benchmarks).
-    pub fn pack_count(&self) -> usize {
+    /// The pack files in the local repository.
+    fn pack_count(&self) -> usize {
         std::fs::read_dir(self.dir.join("objects/pack"))
             .map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count())
             .unwrap_or(0)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
