@@ -13,13 +13,15 @@ cd "$(dirname "$0")/.."
 all=(x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
 targets=("${@:-${all[@]}}")
 
+apt_install() {
+  local sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 need_apt=()
-command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
-command -v arm-linux-gnueabihf-gcc >/dev/null || need_apt+=(gcc-arm-linux-gnueabihf)
-if ((${#need_apt[@]})); then
-  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
-  $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v arm-linux-gnueabihf-gcc >/dev/null || need_apt+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+command -v bc >/dev/null || need_apt+=(bc)
+if ((${#need_apt[@]})); then apt_install "${need_apt[@]}"; fi
 for t in "${targets[@]}"; do
   [ "$t" = armv7-unknown-linux-musleabihf ] && continue   # not downloadable: built with build-std
   rustup target list --installed | grep -qx "$t" || rustup target add "$t" >/dev/null
@@ -38,7 +40,14 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 for t in "${targets[@]}"; do
   echo "== $t" >&2
   if [ "$t" = armv7-unknown-linux-musleabihf ]; then
-    command -v cargo-zigbuild >/dev/null || pip install -q ziglang cargo-zigbuild
+    # zig links armv7 musl (no musl cross gcc in Debian); both come from PyPI
+    # into a venv under target/, so the system Python is left alone.
+    venv=target/tools/zig-venv
+    if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
+      python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+      "$venv/bin/pip" install -q --disable-pip-version-check ziglang==0.15.2 cargo-zigbuild==0.24.1
+    fi
+    export PATH="$PWD/$venv/bin:$PATH"
     rustup component list --installed | grep -q rust-src || rustup component add rust-src >/dev/null
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS -C link-self-contained=no" \
       cargo zigbuild --locked --release -p tend --bin tend --target "$t" -Zbuild-std=std,panic_abort

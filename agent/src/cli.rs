@@ -68,11 +68,13 @@ pub enum Command {
     },
     /// Show this gateway's status (the same fields as the MQTT status).
     Status {
+        /// Print the result as one JSON document.
         #[arg(long)]
         json: bool,
     },
     /// List applied revisions, newest first, with their outcome.
     History {
+        /// Print the result as one JSON document.
         #[arg(long)]
         json: bool,
     },
@@ -80,7 +82,9 @@ pub enum Command {
     /// `tend history`). The branch's tip is held until the branch moves or
     /// `tend sync --retry`.
     Rollback {
+        /// The revision to return to (default: last-known-good).
         revision: Option<String>,
+        /// Print the result as one JSON document.
         #[arg(long)]
         json: bool,
     },
@@ -108,6 +112,7 @@ pub enum Command {
         /// The repository root includes must stay in (default: the enclosing Git work tree).
         #[arg(long)]
         repo_root: Option<PathBuf>,
+        /// Print the result as one JSON document.
         #[arg(long)]
         json: bool,
     },
@@ -126,6 +131,7 @@ pub enum FleetCommand {
         /// A gateway whose last sync is older than this is stale.
         #[arg(long, default_value = "15m")]
         stale: humantime::Duration,
+        /// Print the result as one JSON document.
         #[arg(long)]
         json: bool,
     },

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::Targets;
     // One-shot commands print their result on stdout and keep stderr for
     // warnings; -v shows each step.
     let default = match cli.verbose {
@@ -29,10 +29,20 @@ fn init_logging(cli: &Cli) {
         _ => "trace",
     };
     // The one place the environment shapes logging.
-    let filter = EnvFilter::try_from_env("TEND_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `Targets` takes the same `tend=debug,warn` syntax as RUST_LOG without
+    // pulling a regex engine into the binary.
+    let filter: Targets = std::env::var("TEND_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| default.parse().expect("a level parses"));
+    use tracing_subscriber::prelude::*;
+    let registry = tracing_subscriber::registry().with(filter);
     match cli.log_format {
-        LogFormat::Json => builder.json().with_current_span(true).init(),
-        LogFormat::Human => builder.with_target(false).init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Human => {
+            registry.with(tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr)).init()
+        }
     }
 }
