@@ -10,7 +10,8 @@
 # Usage: cross/build.sh [TARGET...]   (default: all five). Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
+# The longest build (armv7 musl, which also builds std) first, so two lanes end together.
+all=(armv7-unknown-linux-musleabihf x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 targets=("${@:-${all[@]}}")
 
 apt_install() {
@@ -37,24 +38,45 @@ export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
 export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 
-for t in "${targets[@]}"; do
-  echo "== $t" >&2
+# One target's release build. Each target gets its own target directory so
+# two can build at once: the fat-LTO link of one keeps a core busy while the
+# other compiles, which takes the five builds from ~13 to ~9 minutes on 2 cores.
+# The binary is then copied to target/<triple>/release/tend as usual.
+build_one() {
+  local t="$1" dir="target/cross/$1"
   if [ "$t" = armv7-unknown-linux-musleabihf ]; then
-    # zig links armv7 musl (no musl cross gcc in Debian); both come from PyPI
-    # into a venv under target/, so the system Python is left alone.
-    venv=target/tools/zig-venv
-    if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
-      python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
-      "$venv/bin/pip" install -q --disable-pip-version-check ziglang==0.15.2 cargo-zigbuild==0.24.1
-    fi
-    export PATH="$PWD/$venv/bin:$PATH"
-    rustup component list --installed | grep -q rust-src || rustup component add rust-src >/dev/null
-    RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS -C link-self-contained=no" \
+    RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS -C link-self-contained=no" CARGO_TARGET_DIR="$dir" \
       cargo zigbuild --locked --release -p tend --bin tend --target "$t" -Zbuild-std=std,panic_abort
   else
-    cargo build --locked --release -p tend --bin tend --target "$t"
+    CARGO_TARGET_DIR="$dir" cargo build --locked --release -p tend --bin tend --target "$t"
   fi
+  mkdir -p "target/$t/release"
+  cp "$dir/$t/release/tend" "target/$t/release/tend.tmp" && mv "target/$t/release/tend.tmp" "target/$t/release/tend"
+}
+
+if [[ " ${targets[*]} " == *" armv7-unknown-linux-musleabihf "* ]]; then
+  # zig links armv7 musl (no musl cross gcc in Debian); both come from PyPI
+  # into a venv under target/, so the system Python is left alone.
+  venv=target/tools/zig-venv
+  if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q --disable-pip-version-check ziglang==0.15.2 cargo-zigbuild==0.24.1
+  fi
+  export PATH="$PWD/$venv/bin:$PATH"
+  rustup component list --installed | grep -q rust-src || rustup component add rust-src >/dev/null
+fi
+
+mkdir -p target
+jobs="${CROSS_JOBS:-2}"
+pids=()
+for t in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || exit 1; done
+  echo "== $t" >&2
+  build_one "$t" > "target/cross-$t.log" 2>&1 || { cat "target/cross-$t.log" >&2; echo "build of $t failed" >&2; exit 1; } &
+  pids+=($!)
 done
+for p in "${pids[@]}"; do wait "$p" || exit 1; done
+grep -h 'Finished' target/cross-*.log >&2 || true
 
 echo
 printf '%-34s %10s %8s\n' target bytes MiB

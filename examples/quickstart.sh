@@ -42,6 +42,7 @@ path = "devices/{device_id}"
 [files]
 root = "$work/root"
 allow = ["/etc/myapp", "/opt/myapp"]
+allow_hooks = true   # the example bundle runs an on_change command
 
 [apply]
 health_timeout = "3s"

@@ -94,28 +94,36 @@ pub enum Command {
         command: FleetCommand,
     },
     /// Check a bundle offline (for a fleet repository's CI); exit 1 if it is rejected.
-    Validate {
-        /// The bundle directory, inside a checkout of the fleet repository.
-        dir: PathBuf,
-        /// Device id for placeholders and templates (default: the bundle directory's name).
-        #[arg(long)]
-        device_id: Option<String>,
-        /// Fleet name for templates.
-        #[arg(long, default_value = "default")]
-        fleet: String,
-        /// A label for templates, KEY=VALUE (repeatable).
-        #[arg(long = "label", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        /// Also check destinations against this [files].allow entry (repeatable).
-        #[arg(long = "allow")]
-        allow: Vec<PathBuf>,
-        /// The repository root includes must stay in (default: the enclosing Git work tree).
-        #[arg(long)]
-        repo_root: Option<PathBuf>,
-        /// Print the result as one JSON document.
-        #[arg(long)]
-        json: bool,
-    },
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The bundle directory, inside a checkout of the fleet repository.
+    pub dir: PathBuf,
+    /// Device id for placeholders and templates (default: the bundle directory's name).
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// Fleet name for templates.
+    #[arg(long, default_value = "default")]
+    pub fleet: String,
+    /// A label for templates, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Also check destinations against this [files].allow entry (repeatable).
+    #[arg(long = "allow")]
+    pub allow: Vec<PathBuf>,
+    /// The repository root includes must stay in (default: the enclosing Git work tree).
+    #[arg(long)]
+    pub repo_root: Option<PathBuf>,
+    /// Decrypt the bundle's secrets (files/**.age) with this age identity, to
+    /// check they are encrypted to it; without it they are checked to be age
+    /// files only. Their content is never shown, only the ciphertext's hash.
+    #[arg(long)]
+    pub age_identity: Option<PathBuf>,
+    /// Print the result as one JSON document.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,9 +262,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             print_history(&v, *json);
             Ok(())
         }
-        Command::Validate { dir, device_id, fleet, labels, allow, repo_root, json } => {
-            cmd_validate(dir, device_id.as_deref(), fleet, labels, allow, repo_root.as_deref(), *json)
-        }
+        Command::Validate(args) => cmd_validate(args),
         Command::Fleet { command } => cmd_fleet(command),
     }
 }
@@ -461,15 +467,9 @@ fn print_history(v: &serde_json::Value, json: bool) {
     );
 }
 
-fn cmd_validate(
-    dir: &std::path::Path,
-    device_id: Option<&str>,
-    fleet: &str,
-    labels: &[(String, String)],
-    allow: &[PathBuf],
-    repo_root: Option<&std::path::Path>,
-    json: bool,
-) -> Result<(), Failure> {
+fn cmd_validate(args: &ValidateArgs) -> Result<(), Failure> {
+    let ValidateArgs { dir, device_id, fleet, labels, allow, repo_root, age_identity, json } = args;
+    let (device_id, repo_root, json) = (device_id.as_deref(), repo_root.as_deref(), *json);
     let usage = |m: String| Failure::Usage(anyhow::anyhow!(m));
     let abs = dir.canonicalize().map_err(|e| usage(format!("{}: {e}", dir.display())))?;
     if !abs.is_dir() {
@@ -497,7 +497,12 @@ fn cmd_validate(
         Policy::from_config(&crate::config::Files { allow: allow.to_vec(), ..Default::default() })
     };
     let limits = Limits::default();
-    let ctx = bundle::Context { identity: &identity, policy: &policy, limits: &limits };
+    let keys = match age_identity {
+        Some(path) => Some(crate::secrets::AgeKeys::load(path).map_err(usage)?),
+        None => None,
+    };
+    let secrets = keys.as_ref().map_or(bundle::Secrets::Opaque, bundle::Secrets::Keys);
+    let ctx = bundle::Context { identity: &identity, policy: &policy, limits: &limits, secrets };
     let tree = DirTree::new(&root);
     match bundle::render(&tree, &bundle_path, &ctx) {
         Ok(r) => {
@@ -507,10 +512,17 @@ fn cmd_validate(
                     "ok": true,
                     "bundle": bundle_path.to_string(),
                     "bundles": d.bundles,
-                    "files": d.files.values().map(|f| json!({
-                        "path": f.path.to_absolute_string(), "mode": format!("{:04o}", f.mode),
-                        "sha256": f.hash.to_string(), "from": f.from,
-                    })).collect::<Vec<_>>(),
+                    "files": d.files.values().map(|f| match f.sealed {
+                        // A secret: the ciphertext's hash, never the plaintext's.
+                        Some(cipher) => json!({
+                            "path": f.path.to_absolute_string(), "mode": format!("{:04o}", f.mode),
+                            "sha256": cipher.to_string(), "secret": true, "from": f.from,
+                        }),
+                        None => json!({
+                            "path": f.path.to_absolute_string(), "mode": format!("{:04o}", f.mode),
+                            "sha256": f.hash.to_string(), "from": f.from,
+                        }),
+                    }).collect::<Vec<_>>(),
                     "checks": d.checks.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
                     "containers": d.containers.keys().collect::<Vec<_>>(),
                     "manifests": d.manifests.keys().collect::<Vec<_>>(),

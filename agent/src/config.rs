@@ -186,6 +186,10 @@ pub struct Files {
     #[serde(default)]
     pub allow: Vec<PathBuf>,
     pub age_identity: Option<PathBuf>,
+    /// Whether a bundle may run commands (`on_change`). Off by default: with
+    /// hooks on, whoever can push to the repository runs commands as tend.
+    #[serde(default)]
+    pub allow_hooks: bool,
 }
 
 impl Files {
@@ -196,7 +200,7 @@ impl Files {
 
 impl Default for Files {
     fn default() -> Self {
-        Files { root: Self::default_root(), allow: Vec::new(), age_identity: None }
+        Files { root: Self::default_root(), allow: Vec::new(), age_identity: None, allow_hooks: false }
     }
 }
 
@@ -352,7 +356,21 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError { file: path.to_path_buf(), problems: vec![format!("cannot read: {e}")] })?;
-        Self::from_str(&text, path)
+        let cfg = Self::from_str(&text, path)?;
+        // The files the config trusts must be usable now, not at the first
+        // commit: a broken allowed-signers file or key is a config error.
+        let mut problems = Vec::new();
+        if let Some(p) = &cfg.source.allowed_signers
+            && let Err(e) = crate::source::AllowedSigners::load(p)
+        {
+            problems.push(e);
+        }
+        if let Some(p) = &cfg.files.age_identity
+            && let Err(e) = crate::secrets::AgeKeys::load(p)
+        {
+            problems.push(e);
+        }
+        if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { file: path.to_path_buf(), problems }) }
     }
 
     /// Parse and validate configuration text; `file` names it in errors.
@@ -498,6 +516,16 @@ impl Config {
         }
         if k3s.as_ref().is_some_and(|k| k.kubectl.is_empty()) {
             problems.push("[k3s].kubectl: must name a command".into());
+        }
+        if let Some(prefix) = mqtt.as_ref().map(|m| &m.topic_prefix)
+            && (prefix.is_empty()
+                || prefix.starts_with('/')
+                || prefix.ends_with('/')
+                || prefix.chars().any(|c| c == '+' || c == '#' || c.is_control()))
+        {
+            problems.push(format!(
+                "[mqtt].topic_prefix: {prefix:?} must be a topic without wildcards (+, #), control characters or a leading or trailing '/'"
+            ));
         }
         if let Some(url) = mqtt.as_ref().and_then(|m| m.url.as_ref())
             && !(url.starts_with("mqtt://") || url.starts_with("mqtts://"))

@@ -15,6 +15,7 @@ pub mod health;
 pub mod notify;
 pub mod reconcile;
 pub mod report;
+pub mod secrets;
 pub mod source;
 pub mod store;
 pub mod sync;

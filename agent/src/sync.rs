@@ -32,7 +32,8 @@ use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRun
 use crate::reconcile::k3s;
 use crate::reconcile::plan::{Live, Plan, plan};
 use crate::report::{Events, Kind};
-use crate::source::{Fetched, GitSource, SourceError};
+use crate::secrets::AgeKeys;
+use crate::source::{AllowedSigners, Fetched, GitSource, SourceError};
 use crate::store::{
     Inventory, Outcome, Pointers, Resources, RevRef, RevisionRecord, SledStore, Status, Store, StoreError,
 };
@@ -46,6 +47,12 @@ pub enum SyncError {
     Source(#[from] SourceError),
     #[error("bundle rejected at {commit}: {error}")]
     Bundle { commit: String, error: BundleError },
+    /// The commit's signature is missing or not trusted (`allowed_signers`).
+    #[error("refused: commit {commit} {reason}")]
+    Untrusted { commit: String, reason: String },
+    /// A local trust file (allowed signers, age identity) cannot be used.
+    #[error("{0}")]
+    Trust(String),
     #[error("cannot apply {commit}: {}", .blocked.join("; "))]
     Blocked { commit: String, blocked: Vec<String> },
     #[error("apply of {commit} failed: {error}")]
@@ -79,6 +86,7 @@ impl SyncError {
             SyncError::Container { error, .. } => error.is_transient(),
             SyncError::K3s { .. } => true,
             SyncError::Store(_) => true,
+            SyncError::Trust(_) => true,
             _ => false,
         }
     }
@@ -209,9 +217,23 @@ impl Agent {
     /// Everything besides the commit that shapes the rendered bundle.
     pub fn render_key(&self) -> String {
         let c = &self.cfg;
+        // Trust settings too: a new allowed-signers file re-verifies, a new
+        // key re-decrypts, hooks switched off re-checks the bundle.
+        let signers = c.source.allowed_signers.as_ref().map(|p| match std::fs::read(p) {
+            Ok(b) => ContentHash::of(&b).short(),
+            Err(_) => "unreadable".into(),
+        });
         let text = format!(
-            "{}\0{}\0{:?}\0{}\0{:?}\0{:?}",
-            c.device_id, c.fleet, c.labels, c.source.path, c.files.allow, self.limits
+            "{}\0{}\0{:?}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{}",
+            c.device_id,
+            c.fleet,
+            c.labels,
+            c.source.path,
+            c.files.allow,
+            self.limits,
+            signers,
+            c.files.age_identity,
+            c.files.allow_hooks
         );
         ContentHash::of(text.as_bytes()).short()
     }
@@ -222,10 +244,13 @@ impl Agent {
 
     /// Render the bundle of `commit` from the fetched repository.
     pub fn render_commit(&self, commit: &str) -> Result<bundle::Rendered, SyncError> {
+        self.verify_signature(commit)?;
         let tree = self.source.tree(commit)?;
         let identity = self.cfg.identity();
         let policy = Policy::from_agent_config(&self.cfg);
-        let ctx = bundle::Context { identity: &identity, policy: &policy, limits: &self.limits };
+        let keys = self.age_keys()?;
+        let secrets = keys.as_ref().map_or(bundle::Secrets::Missing, bundle::Secrets::Keys);
+        let ctx = bundle::Context { identity: &identity, policy: &policy, limits: &self.limits, secrets };
         let rendered = bundle::render(&tree, &self.bundle_path(), &ctx)
             .map_err(|error| SyncError::Bundle { commit: commit.to_owned(), error })?;
         if rendered.desired.is_empty() && !self.cfg.apply.allow_empty {
@@ -238,6 +263,26 @@ impl Agent {
             });
         }
         Ok(rendered)
+    }
+
+    /// SPEC §3 step 2: with `allowed_signers` set, `commit` must carry a valid
+    /// SSH signature by a listed key, or nothing of it is applied.
+    pub fn verify_signature(&self, commit: &str) -> Result<(), SyncError> {
+        let Some(path) = &self.cfg.source.allowed_signers else { return Ok(()) };
+        let signers = AllowedSigners::load(path).map_err(SyncError::Trust)?;
+        let raw = self.source.commit_object(commit)?;
+        let signer =
+            signers.verify_commit(&raw).map_err(|reason| SyncError::Untrusted { commit: commit.to_owned(), reason })?;
+        tracing::info!(signer = %signer, "commit signature verified");
+        Ok(())
+    }
+
+    /// The gateway's age keys, when `[files].age_identity` is set.
+    fn age_keys(&self) -> Result<Option<AgeKeys>, SyncError> {
+        match &self.cfg.files.age_identity {
+            Some(path) => AgeKeys::load(path).map(Some).map_err(SyncError::Trust),
+            None => Ok(None),
+        }
     }
 
     /// The desired state of `commit`: from the store when this commit was
@@ -388,7 +433,7 @@ impl Agent {
         for op in &plan.manifests {
             tracing::info!("{op}");
         }
-        let content = |h: &ContentHash| -> Result<Vec<u8>, String> {
+        let stored = |h: &ContentHash| -> Result<Vec<u8>, String> {
             match blobs.get(h) {
                 Some(b) => Ok(b.clone()),
                 None => self
@@ -397,6 +442,20 @@ impl Agent {
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("content {} missing from the store", h.short())),
             }
+        };
+        // Secrets are stored as ciphertext and decrypted only on the way to
+        // their destination.
+        let sealed: HashMap<ContentHash, ContentHash> =
+            desired.files.values().filter_map(|f| f.sealed.map(|c| (f.hash, c))).collect();
+        let keys = if sealed.is_empty() { None } else { self.age_keys()? };
+        let content = |h: &ContentHash| -> Result<Vec<u8>, String> {
+            let Some(cipher) = sealed.get(h) else { return stored(h) };
+            let keys = keys.as_ref().ok_or("secrets need [files].age_identity")?;
+            let plain = keys.decrypt(&stored(cipher)?, self.limits.max_file_size).map_err(|e| format!("secret {e}"))?;
+            if ContentHash::of(&plain) != *h {
+                return Err(format!("secret {} decrypts to other content than when it was rendered", cipher.short()));
+            }
+            Ok(plain)
         };
         let report = if plan.ops.is_empty() {
             ApplyReport::default()
@@ -1006,7 +1065,11 @@ async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> Result<(), S
     let transient = e.is_transient();
     let msg = e.to_string();
     let c = commit.to_owned();
-    let e_kind = if matches!(e, SyncError::Blocked { .. }) { "blocked" } else { "bundle" };
+    let e_kind = match e {
+        SyncError::Blocked { .. } => "blocked",
+        SyncError::Untrusted { .. } => "untrusted",
+        _ => "bundle",
+    };
     blocking(agent, move |a| -> Result<(), StoreError> {
         let p = Prepared {
             commit: c.clone(),
@@ -1019,6 +1082,7 @@ async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> Result<(), S
             a.record(&p, Outcome::Failed, Some(msg.clone()))?;
             let why = match e_kind {
                 "blocked" => "rejected: something on the gateway is in the way",
+                "untrusted" => "refused: the commit's signature is not trusted",
                 _ => "rejected: the bundle is invalid",
             };
             a.update_pointers(|ptr| {

@@ -7,7 +7,8 @@ use tend_e2e::{Fleet, Gateway};
 fn setup() -> (tempfile::TempDir, Fleet, Gateway) {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path(), "fleet");
-    let gw = Gateway::new(tmp.path(), &fleet.url(), "");
+    // Hooks are off unless the gateway allows them; these tests exercise them.
+    let gw = Gateway::new(tmp.path(), &fleet.url(), "allow_hooks = true");
     (tmp, fleet, gw)
 }
 

@@ -141,7 +141,7 @@ fn a_store_in_use_is_a_clear_error() {
         .write("devices/gw-1/tend.toml", format!("[[file]]\npath = \"/etc/myapp/a\"\non_change = [\"sh\", \"-c\", \"while [ ! -e {} ]; do sleep 0.05; done\"]\n", gate.display()))
         .write("devices/gw-1/files/etc/myapp/a", "a\n");
     fleet.commit("c1");
-    let gw = Gateway::new(tmp.path(), &fleet.url(), "");
+    let gw = Gateway::new(tmp.path(), &fleet.url(), "allow_hooks = true");
     let mut first = gw.command().arg("sync").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let start = std::time::Instant::now();
     while !gw.path("/etc/myapp/a").exists() {

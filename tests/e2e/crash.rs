@@ -28,7 +28,7 @@ fn name(i: usize) -> String {
 fn sigkill_never_tears_a_file_and_the_next_sync_converges() {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path(), "fleet");
-    let gw = Gateway::new(tmp.path(), &fleet.url(), "");
+    let gw = Gateway::new(tmp.path(), &fleet.url(), "allow_hooks = true");
     let hook_log = tmp.path().join("hooks.log");
     fleet.write(
         "devices/gw-1/tend.toml",

@@ -346,3 +346,530 @@ fn a_symlink_at_the_destination_is_not_followed() {
         &["/etc/myapp/link.conf", "a symlink is in the way"],
     );
 }
+
+// ---- Issue 8: the rest of the hostile corpus. Each case's doc names its threat.
+
+/// Threat: whoever can push runs commands on every gateway through `on_change`.
+#[test]
+fn on_change_hook_when_hooks_are_off() {
+    rejected_with(
+        |f, _| {
+            f.write(
+                &format!("{B}/tend.toml"),
+                "[[file]]\npath = \"/etc/myapp/app.conf\"\non_change = [\"sh\", \"-c\", \"id > /tmp/pwned\"]\n",
+            );
+        },
+        &["devices/gw-1/tend.toml", "hooks are off"],
+        "allow_hooks = false",
+    );
+}
+
+/// Threat: the same, through a health check's `command`.
+#[test]
+fn command_check_when_hooks_are_off() {
+    rejected_with(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[[check]]\nname = \"x\"\ncommand = [\"sh\", \"-c\", \"id\"]\n");
+        },
+        &["devices/gw-1/tend.toml", "hooks are off"],
+        "allow_hooks = false",
+    );
+}
+
+/// Threat: a setuid-root program planted through a file's mode.
+#[test]
+fn setuid_mode() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/opt/myapp/run.sh\"\nmode = \"4755\"\n");
+        },
+        &["devices/gw-1/tend.toml", "setuid"],
+    );
+}
+
+/// Threat: a name that is not UTF-8 confuses every tool that prints or compares it.
+#[test]
+fn invalid_utf8_in_a_file_name() {
+    use std::os::unix::ffi::OsStrExt;
+    rejected(
+        |f, _| {
+            let dir = f.dir.join(B).join("files/etc/myapp");
+            std::fs::write(dir.join(std::ffi::OsStr::from_bytes(b"bad-\xff.conf")), "x\n").unwrap();
+        },
+        &["devices/gw-1/files/etc/myapp", "UTF-8"],
+    );
+}
+
+/// Threat: terminal escape sequences in a name rewrite an operator's screen.
+#[test]
+fn escape_sequence_in_a_file_name() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/files/etc/myapp/evil\u{1b}[2J.conf"), "x\n");
+        },
+        &["control character"],
+    );
+}
+
+/// Threat: a newline in a name forges extra lines in logs and plans.
+#[test]
+fn newline_in_a_file_name() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/files/etc/myapp/a\nforged.conf"), "x\n");
+        },
+        &["control character"],
+    );
+}
+
+/// Threat: a NUL in a metadata path, cutting it short where the OS reads it.
+#[test]
+fn nul_in_a_metadata_path() {
+    rejected(
+        |f, _| {
+            f.write(
+                &format!("{B}/tend.toml"),
+                "[[file]]\npath = \"/etc/myapp/app.conf\\u0000/../../x\"\nmode = \"0600\"\n",
+            );
+        },
+        &["devices/gw-1/tend.toml", "control character"],
+    );
+}
+
+/// Threat: directories nested thousands deep exhaust the stack or the path length.
+#[test]
+fn directory_depth_bomb() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/files/etc/myapp/{}x", "d/".repeat(60)), "x\n");
+        },
+        &["nested deeper than"],
+    );
+}
+
+/// Threat: YAML aliases expanding to billions of nodes ("billion laughs").
+#[test]
+fn yaml_alias_bomb() {
+    rejected(
+        |f, _| {
+            let mut y = String::from(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\ndata:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+            );
+            for i in 1..9u8 {
+                let (me, prev) = ((b'a' + i) as char, (b'a' + i - 1) as char);
+                y.push_str(&format!("  {me}: &{me} [{}]\n", vec![format!("*{prev}"); 9].join(", ")));
+            }
+            f.write(&format!("{B}/k3s/lol.yaml"), y);
+        },
+        &["devices/gw-1/k3s/lol.yaml", "anchors and aliases"],
+    );
+}
+
+/// Threat: YAML nested deeper than the parser's stack.
+#[test]
+fn yaml_nesting_bomb() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/k3s/deep.yaml"), format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)));
+        },
+        &["devices/gw-1/k3s/deep.yaml", "recursion limit"],
+    );
+}
+
+/// Threat: TOML nested deeper than the parser's stack, in tend.toml.
+#[test]
+fn toml_nesting_bomb_in_tend_toml() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), format!("x = {}{}\n", "[".repeat(100_000), "]".repeat(100_000)));
+        },
+        &["devices/gw-1/tend.toml", "recursion"],
+    );
+}
+
+/// Threat: the same, in a container file.
+#[test]
+fn toml_nesting_bomb_in_a_container_file() {
+    rejected(
+        |f, _| {
+            f.write(
+                &format!("{B}/containers/web.toml"),
+                format!("image = \"x\"\nenv = {}1{}\n", "{a=".repeat(50_000), "}".repeat(50_000)),
+            );
+        },
+        &["devices/gw-1/containers/web.toml"],
+    );
+}
+
+/// Threat: a key given twice, where tools disagree on which one wins.
+#[test]
+fn duplicate_key_in_a_container_file() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/containers/web.toml"), "image = \"localhost/a:1\"\nimage = \"evil.example/b:1\"\n");
+        },
+        &["devices/gw-1/containers/web.toml", "duplicate key"],
+    );
+}
+
+/// Threat: control characters in a container's name reach the runtime's API and logs.
+#[test]
+fn control_character_in_a_container_name() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/containers/we\u{7}b.toml"), "image = \"x\"\n");
+        },
+        &["control character"],
+    );
+}
+
+/// Threat: a container name the runtime would read as an option or a path.
+#[test]
+fn invalid_container_name() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/containers/-rm.toml"), "image = \"x\"\n");
+        },
+        &["devices/gw-1/containers/-rm.toml", "not a valid container name"],
+    );
+}
+
+/// Threat: a privileged container is root on the host.
+#[test]
+fn privileged_container_without_local_permission() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/containers/web.toml"), "image = \"x\"\nprivileged = true\n");
+        },
+        &["devices/gw-1/containers/web.toml", "allow_privileged"],
+    );
+}
+
+/// Threat: mounting the host's root into a container is root on the host.
+#[test]
+fn container_mounting_the_host_root() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/containers/web.toml"), "image = \"x\"\nvolumes = [\"/:/host\"]\n");
+        },
+        &["devices/gw-1/containers/web.toml", "as good as privileged"],
+    );
+}
+
+/// Threat: the container runtime's socket in a container is root on the host.
+#[test]
+fn container_mounting_the_runtime_socket() {
+    rejected(
+        |f, _| {
+            f.write(
+                &format!("{B}/containers/web.toml"),
+                "image = \"x\"\nvolumes = [\"/run/podman/podman.sock:/sock\"]\n",
+            );
+        },
+        &["devices/gw-1/containers/web.toml", "as good as privileged"],
+    );
+}
+
+/// Threat: a manifest K3s would apply without a name tend can track and prune.
+#[test]
+fn manifest_object_without_a_valid_name() {
+    rejected(
+        |f, _| {
+            f.write(
+                &format!("{B}/k3s/x.yaml"),
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"../../kube-system\"\n",
+            );
+        },
+        &["devices/gw-1/k3s/x.yaml", "is not valid"],
+    );
+}
+
+/// Threat: something other than YAML handed to K3s's auto-deploy directory.
+#[test]
+fn non_yaml_file_in_k3s() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/k3s/payload.sh"), "#!/bin/sh\n");
+        },
+        &["devices/gw-1/k3s/payload.sh", "only .yaml"],
+    );
+}
+
+/// Threat: a secret reaching a gateway that cannot decrypt it (half a config).
+#[test]
+fn secret_without_a_gateway_key() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/files/etc/myapp/db.conf.age"), "age-encryption.org/v1\n-> X25519 x\ny\n--- z\n");
+        },
+        &["devices/gw-1/files/etc/myapp/db.conf.age", "[files].age_identity is not set"],
+    );
+}
+
+/// Threat: a secret and a plain file fighting over one destination.
+#[test]
+fn file_and_secret_on_one_destination() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/files/etc/myapp/app.conf.age"), "x\n");
+        },
+        &["both app.conf and app.conf.age"],
+    );
+}
+
+/// Threat: a broad allow list lets the repository rewrite the gateway's own
+/// trust settings (here its age key, placed under an allowed directory).
+#[test]
+fn bundle_writing_tends_own_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let gw = Gateway::new(tmp.path(), &fleet.url(), "");
+    let key = gw.path("/etc/myapp/keys/age.key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let out = std::process::Command::new("age-keygen").arg("-o").arg(&key).output().expect("age-keygen");
+    assert!(out.status.success(), "{out:?}");
+    gw.write_config(&fleet.url(), "", &format!("age_identity = \"{}\"", key.display()));
+    good_bundle(&fleet);
+    fleet.commit("good");
+    gw.sync_ok();
+    let key_before = std::fs::read(&key).unwrap();
+    fleet.write(&format!("{B}/files/etc/myapp/keys/age.key"), "AGE-SECRET-KEY-1ATTACKERSKEY\n");
+    fleet.commit("replace the gateway's key");
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("/etc/myapp/keys/age.key") && r.stderr.contains("tend's own configuration, key or state"),
+        "{r:?}"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), key_before);
+}
+
+/// Threat: a template that is not text corrupts the rendered file.
+#[test]
+fn template_that_is_not_utf8() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/files/etc/myapp/app.conf"), b"\xff\xfe{{ device_id }}".as_slice())
+                .write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/etc/myapp/app.conf\"\ntemplate = true\n");
+        },
+        &["devices/gw-1/files/etc/myapp/app.conf", "not valid UTF-8"],
+    );
+}
+
+/// Threat: an include that names a URL, to pull a bundle from elsewhere.
+#[test]
+fn include_of_a_url() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "include = [\"https://evil.example/bundle\"]\n");
+        },
+        &["not found"],
+    );
+}
+
+/// Threat: a NUL in a hook's argument truncates it where the OS reads it.
+#[test]
+fn nul_in_a_hook_argument() {
+    rejected(
+        |f, _| {
+            f.write(
+                &format!("{B}/tend.toml"),
+                "[[file]]\npath = \"/etc/myapp/app.conf\"\non_change = [\"rm\", \"-rf\\u0000 /\"]\n",
+            );
+        },
+        &["devices/gw-1/tend.toml", "on_change must be a non-empty command"],
+    );
+}
+
+/// Threat: an owner string that chown would read as user:group.
+#[test]
+fn owner_with_a_colon() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[[file]]\npath = \"/etc/myapp/app.conf\"\nowner = \"root:root\"\n");
+        },
+        &["devices/gw-1/tend.toml", "not a valid name"],
+    );
+}
+
+/// Threat: a symlink to a block device copies the disk into a config file.
+#[test]
+fn symlink_to_a_device() {
+    rejected(
+        |f, _| {
+            f.symlink(&format!("{B}/files/etc/myapp/disk"), "/dev/sda");
+        },
+        &["devices/gw-1/files/etc/myapp/disk", "outside"],
+    );
+}
+
+/// Threat: tend.toml that is not text.
+#[test]
+fn tend_toml_that_is_not_utf8() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), b"include = [\"\xff\"]\n".as_slice());
+        },
+        &["devices/gw-1/tend.toml", "not valid UTF-8"],
+    );
+}
+
+/// Threat: a health check that reads local files or other schemes.
+#[test]
+fn check_with_a_file_url() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[[check]]\nname = \"x\"\nhttp = \"file:///etc/shadow\"\n");
+        },
+        &["devices/gw-1/tend.toml", "http"],
+    );
+}
+
+// ---- hostile configurations: exit 2 naming the file and field; nothing changes.
+
+/// Apply a good revision, replace the config with `hostile(original)`, and
+/// check `tend sync` exits 2 with one error naming the config file and every
+/// `expect`, with the root and the state directory byte-identical.
+fn config_rejected(hostile: impl FnOnce(&str, &Gateway) -> Vec<u8>, expect: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let gw = Gateway::new(tmp.path(), &fleet.url(), "");
+    good_bundle(&fleet);
+    fleet.commit("good");
+    gw.sync_ok();
+    fleet.write(&format!("{B}/files/etc/myapp/app.conf"), "port = 9\n");
+    fleet.commit("next");
+    let (root, state) = (gw.snapshot(), tend_e2e::snapshot(&gw.state));
+    let original = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, hostile(&original, &gw)).unwrap();
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 2, "hostile config was not refused as a config error: {r:?}");
+    let err = r.stderr.trim();
+    assert!(err.contains(&gw.config.display().to_string()), "the error does not name the file: {err}");
+    for e in expect {
+        assert!(err.contains(e), "error does not contain {e:?}: {err}");
+    }
+    assert_eq!(gw.snapshot(), root, "files changed");
+    assert_eq!(tend_e2e::snapshot(&gw.state), state, "the state directory changed");
+}
+
+fn replace(from: &'static str, to: &'static str) -> impl FnOnce(&str, &Gateway) -> Vec<u8> {
+    move |c: &str, _: &Gateway| {
+        assert!(c.contains(from), "{from:?} not in the config");
+        c.replacen(from, to, 1).into_bytes()
+    }
+}
+
+/// Threat: the bundle path climbs out of the repository.
+#[test]
+fn config_source_path_traversal() {
+    config_rejected(
+        replace("path = \"devices/{device_id}\"", "path = \"../../{device_id}\""),
+        &["[source].path", "'..'"],
+    );
+}
+
+/// Threat: a device id that is a path, walking into another device's bundle.
+#[test]
+fn config_device_id_traversal() {
+    config_rejected(replace("device_id = \"gw-1\"", "device_id = \"../gw-2\""), &["device_id"]);
+}
+
+/// Threat: a NUL in the device id truncates paths and topics.
+#[test]
+fn config_nul_in_device_id() {
+    config_rejected(replace("device_id = \"gw-1\"", "device_id = \"gw\\u0000-1\""), &["device_id"]);
+}
+
+/// Threat: a relative root writes wherever the service happens to start.
+#[test]
+fn config_relative_files_root() {
+    config_rejected(
+        |c, gw| c.replacen(&format!("root = \"{}\"", gw.root.display()), "root = \"relative/root\"", 1).into_bytes(),
+        &["[files].root"],
+    );
+}
+
+/// Threat: an allow entry that climbs out with '..'.
+#[test]
+fn config_allow_with_dotdot() {
+    config_rejected(
+        replace("allow = [\"/etc/myapp\", \"/opt/myapp\"]", "allow = [\"/etc/myapp/../../root\"]"),
+        &["[files].allow", "'..'"],
+    );
+}
+
+/// Threat: a relative state directory puts the store (and its history) anywhere.
+#[test]
+fn config_relative_state_dir() {
+    config_rejected(
+        |c, gw| c.replacen(&format!("state_dir = \"{}\"", gw.state.display()), "state_dir = \"state\"", 1).into_bytes(),
+        &["state_dir"],
+    );
+}
+
+/// Threat: TOML nested past the parser's stack.
+#[test]
+fn config_toml_nesting_bomb() {
+    config_rejected(
+        |c, _| format!("{c}\nbomb = {}{}\n", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+        &["invalid TOML"],
+    );
+}
+
+/// Threat: a config that is not text.
+#[test]
+fn config_not_utf8() {
+    config_rejected(|c, _| [c.as_bytes(), b"\n# \xff\xfe\n"].concat(), &["UTF-8"]);
+}
+
+/// Threat: an MQTT prefix with wildcards reads or writes every gateway's topics.
+#[test]
+fn config_mqtt_topic_prefix_with_wildcards() {
+    config_rejected(
+        |c, _| format!("{c}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\ntopic_prefix = \"tend/#\"\n").into_bytes(),
+        &["[mqtt].topic_prefix"],
+    );
+}
+
+/// Threat: an MQTT URL of another scheme sends reports somewhere unexpected.
+#[test]
+fn config_mqtt_url_with_another_scheme() {
+    config_rejected(|c, _| format!("{c}\n[mqtt]\nurl = \"http://127.0.0.1:1\"\n").into_bytes(), &["[mqtt].url"]);
+}
+
+/// Threat: a typo silently turns a safety setting off.
+#[test]
+fn config_unknown_key() {
+    config_rejected(
+        |c, _| c.replacen("[files]\n", "[files]\nalow_privileged = true\n", 1).into_bytes(),
+        &["unknown field `alow_privileged`"],
+    );
+}
+
+/// Threat: an allowed-signers file that does not parse turns verification off.
+#[test]
+fn config_malformed_allowed_signers() {
+    config_rejected(
+        |c, gw| {
+            let f = gw.dir.join("allowed_signers");
+            std::fs::write(&f, "ops@example.com ssh-ed25519\n").unwrap();
+            c.replacen("timeout = \"10s\"", &format!("timeout = \"10s\"\nallowed_signers = \"{}\"", f.display()), 1)
+                .into_bytes()
+        },
+        &["[source].allowed_signers", "allowed_signers:1"],
+    );
+}
+
+/// Threat: an age identity that does not parse (and must not be echoed).
+#[test]
+fn config_malformed_age_identity() {
+    config_rejected(
+        |c, gw| {
+            let f = gw.dir.join("age.key");
+            std::fs::write(&f, "AGE-SECRET-KEY-1SHOULDNOTBEECHOED\n").unwrap();
+            c.replacen("[files]\n", &format!("[files]\nage_identity = \"{}\"\n", f.display()), 1).into_bytes()
+        },
+        &["[files].age_identity", "age.key:1"],
+    );
+}

@@ -349,10 +349,13 @@ timeout = "10s"
 [files]
 root = "{root}"
 allow = ["/etc/myapp", "/opt/myapp"]
-{extra}
+{hooks}{extra}
 "#,
             state = self.state.display(),
             root = self.root.display(),
+            // Most suites use command checks and hooks; the ones about hooks
+            // being off say `allow_hooks = false` in `extra`.
+            hooks = if extra.contains("allow_hooks") { "" } else { "allow_hooks = true\n" },
         );
         std::fs::write(&self.config, text).unwrap();
     }

@@ -138,6 +138,16 @@ impl ContainerSpec {
         }
         for v in &self.volumes {
             parse_volume(v).map_err(|e| format!("volumes: {v:?}: {e}"))?;
+            // Mounting the host's system directories or a container runtime's
+            // socket into a container is root on the host: privileged.
+            if let Some(src) = v.split(':').next().filter(|s| s.starts_with('/'))
+                && is_sensitive_host_path(src)
+                && allow_privileged == Some(false)
+            {
+                return Err(format!(
+                    "volumes: {v:?} mounts the host's {src}, which is as good as privileged, and the local config does not allow it ([containers].allow_privileged)"
+                ));
+            }
         }
         if let Some(h) = &self.health
             && (h.command.is_empty() || h.command[0].is_empty() || h.interval.is_zero())
@@ -151,6 +161,32 @@ impl ContainerSpec {
         }
         Ok(())
     }
+}
+
+/// Host paths a container must not mount unless privileged containers are
+/// allowed: the root, system directories, runtime sockets and tend's own state.
+fn is_sensitive_host_path(src: &str) -> bool {
+    const SENSITIVE: &[&str] = &[
+        "/etc",
+        "/root",
+        "/boot",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/run",
+        "/var/run",
+        "/usr",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib64",
+        "/var/lib/tend",
+        "/var/lib/rancher",
+        "/var/lib/containers",
+        "/var/lib/docker",
+    ];
+    let src = src.trim_end_matches('/');
+    src.is_empty() || SENSITIVE.iter().any(|p| src == *p || src.starts_with(&format!("{p}/")))
 }
 
 /// A valid container or network name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 63.

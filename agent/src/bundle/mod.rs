@@ -24,6 +24,7 @@ pub use tree::{DirTree, EntryKind, Tree, TreeError, enclosing_repo_root};
 
 use crate::config::Identity;
 use crate::hash::ContentHash;
+use crate::secrets::{self, AgeKeys};
 
 /// Bounds on what one bundle may hold, so a hostile commit cannot exhaust a gateway.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +86,10 @@ pub struct DesiredFile {
     pub on_change: Option<Vec<String>>,
     /// Where it came from in the repository, for messages.
     pub from: String,
+    /// A secret (`files/**.age`): the hash of its ciphertext, which is what
+    /// the store keeps; `hash` is then the plaintext's, for drift only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<ContentHash>,
 }
 
 /// How a health check probes.
@@ -149,6 +154,13 @@ pub struct Policy {
     pub allow: Option<Vec<RelPath>>,
     /// `[containers].allow_privileged`; `None`: not checked (offline validation).
     pub allow_privileged: Option<bool>,
+    /// `[files].allow_hooks`; `None`: not checked (offline validation).
+    pub allow_hooks: Option<bool>,
+    /// Destinations no bundle may write whatever `allow` says: tend's own
+    /// configuration directory, keys, credentials and state (relative to
+    /// `[files].root`), so a broad allow list cannot hand the repository the
+    /// gateway's trust settings.
+    pub protected: Vec<RelPath>,
 }
 
 impl Policy {
@@ -158,12 +170,41 @@ impl Policy {
             .iter()
             .filter_map(|p| RelPath::parse(p.to_string_lossy().trim_start_matches('/')).ok())
             .collect();
-        Policy { allow: Some(allow), allow_privileged: None }
+        Policy {
+            allow: Some(allow),
+            allow_privileged: None,
+            allow_hooks: Some(files.allow_hooks),
+            protected: Vec::new(),
+        }
     }
 
     /// The whole local policy of a configuration.
     pub fn from_agent_config(cfg: &crate::config::Config) -> Policy {
-        Policy { allow_privileged: Some(cfg.containers.allow_privileged), ..Policy::from_config(&cfg.files) }
+        let own: Vec<&std::path::Path> = [
+            cfg.file.parent(),
+            Some(cfg.file.as_path()),
+            Some(cfg.state_dir.as_path()),
+            cfg.source.allowed_signers.as_deref(),
+            cfg.source.token_file.as_deref(),
+            cfg.source.ssh_key.as_deref(),
+            cfg.source.ca_file.as_deref(),
+            cfg.files.age_identity.as_deref(),
+            cfg.mqtt.ca_file.as_deref(),
+            cfg.mqtt.cert_file.as_deref(),
+            cfg.mqtt.key_file.as_deref(),
+            cfg.mqtt.password_file.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|p| p.is_absolute() && *p != std::path::Path::new("/"))
+        .collect();
+        let protected = own
+            .iter()
+            .filter_map(|p| p.strip_prefix(&cfg.files.root).ok())
+            .filter_map(|rel| RelPath::parse(&rel.to_string_lossy()).ok())
+            .filter(|rel| !rel.is_root())
+            .collect();
+        Policy { allow_privileged: Some(cfg.containers.allow_privileged), protected, ..Policy::from_config(&cfg.files) }
     }
 
     fn allows(&self, dest: &RelPath) -> bool {
@@ -174,15 +215,29 @@ impl Policy {
     }
 }
 
+/// How a render treats secrets (`files/**.age`).
+#[derive(Debug, Clone, Copy)]
+pub enum Secrets<'a> {
+    /// Decrypt them with the gateway's keys.
+    Keys(&'a AgeKeys),
+    /// No `[files].age_identity`: a bundle with secrets is rejected.
+    Missing,
+    /// Offline validation without keys: checked to be age files, not decrypted.
+    Opaque,
+}
+
 /// Everything a render needs besides the tree.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
     pub identity: &'a Identity,
     pub policy: &'a Policy,
     pub limits: &'a Limits,
+    pub secrets: Secrets<'a>,
 }
 
 const MANIFEST: &str = "tend.toml";
+/// How deep directories in a repository may nest (a depth bomb otherwise).
+const MAX_DEPTH: usize = 48;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +277,8 @@ struct Staged {
     content: Vec<u8>,
     executable: bool,
     from: RelPath,
+    /// An age-encrypted secret: `content` is the ciphertext.
+    sealed: bool,
 }
 
 struct Loader<'t, 'c> {
@@ -346,6 +403,15 @@ impl Loader<'_, '_> {
             }
             for raw in m.checks {
                 let check = parse_check(raw).map_err(|e| BundleError::new(&manifest_path, e))?;
+                if matches!(check.probe, Probe::Command(_)) && self.ctx.policy.allow_hooks == Some(false) {
+                    return Err(BundleError::new(
+                        &manifest_path,
+                        format!(
+                            "[[check]] {}: a command check runs a command, and hooks are off on this gateway ([files].allow_hooks = false)",
+                            check.name
+                        ),
+                    ));
+                }
                 self.checks.retain(|c| c.name != check.name);
                 self.checks.push(check);
             }
@@ -357,6 +423,9 @@ impl Loader<'_, '_> {
 
     /// `k3s/**.yaml`: every document checked; the including bundle wins on a path.
     fn load_manifests(&mut self, root: &RelPath, dir: &RelPath) -> Result<(), BundleError> {
+        if dir.segments().len() > MAX_DEPTH {
+            return Err(BundleError::new(dir, format!("directories nested deeper than {MAX_DEPTH} levels")));
+        }
         for (file, kind) in self.tree.list(dir)? {
             let path = dir.join(&file).map_err(|e| BundleError::new(dir, e))?;
             match kind {
@@ -409,18 +478,38 @@ impl Loader<'_, '_> {
     }
 
     fn walk(&mut self, files_root: &RelPath, dir: &RelPath) -> Result<(), BundleError> {
-        for (name, kind) in self.tree.list(dir)? {
-            let path = dir.join(&name).map_err(|e| BundleError::new(dir, e))?;
-            let dest = path.strip_prefix(files_root).expect("walk stays under files/");
-            match kind {
+        if dir.segments().len() > MAX_DEPTH {
+            return Err(BundleError::new(dir, format!("directories nested deeper than {MAX_DEPTH} levels")));
+        }
+        let entries = self.tree.list(dir)?;
+        for (name, kind) in &entries {
+            let path = dir.join(name).map_err(|e| BundleError::new(dir, e))?;
+            // `x.age` is written as `x`: both in one directory is ambiguous.
+            let sealed = kind != &EntryKind::Dir && secrets::plain_name(name).is_some();
+            let dest = match secrets::plain_name(name).filter(|_| sealed) {
+                Some(plain) => {
+                    if entries.iter().any(|(n, _)| n == plain) {
+                        return Err(BundleError::new(
+                            &path,
+                            format!("both {plain} and {name} would be written as {plain}"),
+                        ));
+                    }
+                    dir.join(plain)
+                        .map_err(|e| BundleError::new(dir, e))?
+                        .strip_prefix(files_root)
+                        .expect("under files/")
+                }
+                None => path.strip_prefix(files_root).expect("walk stays under files/"),
+            };
+            match *kind {
                 EntryKind::Dir => self.walk(files_root, &path)?,
                 EntryKind::File { executable } => {
                     let content = self.read_limited(&path)?;
-                    self.stage(dest, Staged { content, executable, from: path })?;
+                    self.stage(dest, Staged { content, executable, from: path, sealed })?;
                 }
                 EntryKind::Symlink => {
                     let (content, executable) = self.follow(files_root, &path)?;
-                    self.stage(dest, Staged { content, executable, from: path })?;
+                    self.stage(dest, Staged { content, executable, from: path, sealed })?;
                 }
                 EntryKind::Other => {
                     return Err(BundleError::new(&path, "not a regular file, directory or symlink"));
@@ -499,7 +588,17 @@ impl Loader<'_, '_> {
                     format!("destination {} is outside [files].allow", dest.to_absolute_string()),
                 ));
             }
+            if ctx.policy.protected.iter().any(|p| dest.starts_with(p)) {
+                return Err(BundleError::new(
+                    &from,
+                    format!(
+                        "destination {} is tend's own configuration, key or state, which no bundle may write",
+                        dest.to_absolute_string()
+                    ),
+                ));
+            }
             let m = meta.get(&dest);
+            let sealed = staged.sealed;
             let mut content = staged.content;
             let (mode, owner, group, on_change) = match m {
                 Some((fm, manifest)) => {
@@ -510,6 +609,7 @@ impl Loader<'_, '_> {
                                 format!("[[file]] {}: mode {s:?}: {e}", dest.to_absolute_string()),
                             )
                         })?,
+                        None if sealed => 0o600,
                         None => default_mode(staged.executable),
                     };
                     for (what, name) in [("owner", &fm.owner), ("group", &fm.group)] {
@@ -532,6 +632,21 @@ impl Loader<'_, '_> {
                             format!("[[file]] {}: on_change must be a non-empty command", dest.to_absolute_string()),
                         ));
                     }
+                    if fm.on_change.is_some() && ctx.policy.allow_hooks == Some(false) {
+                        return Err(BundleError::new(
+                            manifest,
+                            format!(
+                                "[[file]] {}: on_change runs a command, and hooks are off on this gateway ([files].allow_hooks = false)",
+                                dest.to_absolute_string()
+                            ),
+                        ));
+                    }
+                    if fm.template && sealed {
+                        return Err(BundleError::new(
+                            manifest,
+                            format!("[[file]] {}: a secret (.age) cannot be a template", dest.to_absolute_string()),
+                        ));
+                    }
                     if fm.template {
                         let text = String::from_utf8(content)
                             .map_err(|_| BundleError::new(&from, "template is not valid UTF-8"))?;
@@ -543,8 +658,57 @@ impl Loader<'_, '_> {
                     }
                     (mode, fm.owner.clone(), fm.group.clone(), fm.on_change.clone())
                 }
+                None if sealed => (0o600, None, None, None),
                 None => (default_mode(staged.executable), None, None, None),
             };
+            // A secret: the store and every message get the ciphertext; the
+            // plaintext exists here only to be hashed (and checked to decrypt).
+            let mut cipher = None;
+            if sealed {
+                let plain = match ctx.secrets {
+                    Secrets::Keys(keys) => Some(
+                        keys.decrypt(&content, ctx.limits.max_file_size)
+                            .map_err(|e| BundleError::new(&from, format!("secret {e}")))?,
+                    ),
+                    Secrets::Missing => {
+                        return Err(BundleError::new(
+                            &from,
+                            "is an age-encrypted secret, but [files].age_identity is not set on this gateway",
+                        ));
+                    }
+                    Secrets::Opaque if secrets::looks_like_age(&content) => None,
+                    Secrets::Opaque => return Err(BundleError::new(&from, "ends in .age but is not an age file")),
+                };
+                let cipher_hash = ContentHash::of(&content);
+                let (plain_hash, plain_len) = match &plain {
+                    Some(p) => (ContentHash::of(p), p.len() as u64),
+                    None => (cipher_hash, content.len() as u64),
+                };
+                total += plain_len;
+                if total > ctx.limits.max_total_size {
+                    return Err(BundleError::new(
+                        &from,
+                        format!("bundle is larger than the limit of {} bytes", ctx.limits.max_total_size),
+                    ));
+                }
+                cipher = Some((plain_hash, plain_len, cipher_hash));
+            }
+            if let Some((hash, size, cipher_hash)) = cipher {
+                let file = DesiredFile {
+                    path: dest.clone(),
+                    hash,
+                    size,
+                    mode,
+                    owner,
+                    group,
+                    on_change,
+                    from,
+                    sealed: Some(cipher_hash),
+                };
+                rendered.blobs.entry(cipher_hash).or_insert(content);
+                rendered.desired.files.insert(dest, file);
+                continue;
+            }
             total += content.len() as u64;
             if total > ctx.limits.max_total_size {
                 return Err(BundleError::new(
@@ -562,6 +726,7 @@ impl Loader<'_, '_> {
                 group,
                 on_change,
                 from,
+                sealed: None,
             };
             rendered.blobs.entry(hash).or_insert(content);
             rendered.desired.files.insert(dest, file);
@@ -606,7 +771,12 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     if digits.is_empty() || digits.len() > 4 || !digits.chars().all(|c| ('0'..='7').contains(&c)) {
         return Err("must be an octal string like \"0640\"".into());
     }
-    u32::from_str_radix(digits, 8).map_err(|e| e.to_string())
+    let mode = u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?;
+    // A repository that could set these could plant a setuid-root program.
+    if mode & 0o7000 != 0 {
+        return Err("setuid, setgid and sticky bits are not allowed".into());
+    }
+    Ok(mode)
 }
 
 fn parse_check(raw: RawCheck) -> Result<Check, String> {

@@ -525,7 +525,10 @@ pub fn targets(desired: &crate::bundle::Desired) -> Result<BTreeMap<RelPath, Tar
     for (path, f) in &desired.files {
         let (uid, gid) = resolve_ids(f.owner.as_deref(), f.group.as_deref(), &mut cache)
             .map_err(|reason| crate::bundle::BundleError { file: f.from.clone(), reason })?;
-        out.insert(path.clone(), Target { hash: f.hash, mode: f.mode, uid, gid, on_change: f.on_change.clone() });
+        out.insert(
+            path.clone(),
+            Target { hash: f.hash, mode: f.mode, uid, gid, on_change: f.on_change.clone(), sealed: f.sealed },
+        );
     }
     Ok(out)
 }

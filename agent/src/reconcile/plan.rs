@@ -29,6 +29,18 @@ pub struct Target {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub on_change: Option<Vec<String>>,
+    /// A secret: the hash of its ciphertext, the only hash shown for it.
+    pub sealed: Option<ContentHash>,
+}
+
+impl Target {
+    /// The content as messages may show it.
+    fn shown(&self) -> String {
+        match &self.sealed {
+            Some(c) => format!("secret {}", c.short()),
+            None => self.hash.short(),
+        }
+    }
 }
 
 /// What is at a destination now.
@@ -210,14 +222,14 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::Write { path, why: Why::Create, target, .. } => {
-                write!(f, "create  {} (mode {:04o}, {})", path.to_absolute_string(), target.mode, target.hash.short())
+                write!(f, "create  {} (mode {:04o}, {})", path.to_absolute_string(), target.mode, target.shown())
             }
             Op::Write { path, why: Why::Update, target, adopt } => write!(
                 f,
                 "update  {} (mode {:04o}, {}){}",
                 path.to_absolute_string(),
                 target.mode,
-                target.hash.short(),
+                target.shown(),
                 if adopt.is_some() { ", taking over an existing file" } else { "" }
             ),
             Op::SetMeta { path, target, .. } => {
@@ -274,7 +286,7 @@ mod tests {
         ContentHash::of(s.as_bytes())
     }
     fn target(c: &str, mode: u32) -> Target {
-        Target { hash: h(c), mode, uid: None, gid: None, on_change: None }
+        Target { hash: h(c), mode, uid: None, gid: None, on_change: None, sealed: None }
     }
     fn file(c: &str, mode: u32) -> Live {
         Live::File { hash: h(c), mode, uid: 0, gid: 0 }
@@ -487,6 +499,7 @@ mod tests {
                 uid,
                 gid: None,
                 on_change: hook.then(|| vec!["hook".to_string()]),
+                sealed: None,
             },
         )
     }

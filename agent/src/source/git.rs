@@ -242,6 +242,18 @@ impl GitSource {
         Ok(GitTree { repo, root: tree_id, cache: RefCell::new(HashMap::new()) })
     }
 
+    /// The raw commit object of `commit` (headers, signature and message), as
+    /// signed; it must have been fetched.
+    pub fn commit_object(&self, commit: &str) -> Result<Vec<u8>, SourceError> {
+        let repo = self.open()?;
+        let id = ObjectId::from_hex(commit.as_bytes())
+            .map_err(|e| SourceError::permanent(format!("commit {commit}: {e}")))?;
+        let obj = repo.find_commit(id).map_err(|e| {
+            SourceError::transient(format!("commit {commit}: not in the local repository: {}", error_chain(&e)))
+        })?;
+        Ok(obj.data.clone())
+    }
+
     /// The pack files in the local repository.
     fn pack_count(&self) -> usize {
         std::fs::read_dir(self.dir.join("objects/pack"))

@@ -238,7 +238,8 @@ pub(crate) fn referenced_blobs<'a>(
 ) -> BTreeSet<ContentHash> {
     let mut keep = BTreeSet::new();
     for r in revisions {
-        keep.extend(r.desired.files.values().map(|f| f.hash));
+        // A secret is kept as its ciphertext, under the ciphertext's hash.
+        keep.extend(r.desired.files.values().map(|f| f.sealed.unwrap_or(f.hash)));
         keep.extend(r.desired.manifests.values().map(|m| m.hash));
     }
     keep.extend(inv.files.values().filter_map(|o| o.original.as_ref().map(|x| x.hash)));

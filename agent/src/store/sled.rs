@@ -243,6 +243,7 @@ mod tests {
                 group: None,
                 on_change: None,
                 from: "x/files/etc/a".into(),
+                sealed: None,
             },
         );
         RevisionRecord {
