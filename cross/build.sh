@@ -30,7 +30,10 @@ done
 
 # Reproducible: no local paths in the binary, a fixed build time.
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=. --remap-path-prefix=$HOME/.cargo=~/.cargo"
+# (Workspace sources are passed to rustc as relative paths already; the test
+# suite checks no build path is in the binaries. RUSTFLAGS stay the same in
+# every checkout, so cached dependencies stay valid.)
+export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$HOME/.cargo=~/.cargo"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
@@ -38,12 +41,15 @@ export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
 export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 
-# One target's release build. Each target gets its own target directory so
-# two can build at once: the fat-LTO link of one keeps a core busy while the
-# other compiles, which takes the five builds from ~13 to ~9 minutes on 2 cores.
-# The binary is then copied to target/<triple>/release/tend as usual.
+# One target's release build. Each target has its own target directory, so two
+# can build at once (one's single-threaded fat-LTO link overlaps the other's
+# compile), kept outside the checkout in a build cache ($TEND_BUILD_CACHE,
+# default ~/.cache/tend-build) like cargo's registry: the dependencies, fixed
+# by Cargo.lock, compile once per machine, and each build after that compiles
+# tend itself and links. The binary is copied to target/<triple>/release/tend.
+cache="${TEND_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tend-build}"
 build_one() {
-  local t="$1" dir="target/cross/$1"
+  local t="$1" dir="$cache/cross/$1"
   if [ "$t" = armv7-unknown-linux-musleabihf ]; then
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS -C link-self-contained=no" CARGO_TARGET_DIR="$dir" \
       cargo zigbuild --locked --release -p tend --bin tend --target "$t" -Zbuild-std=std,panic_abort
@@ -56,13 +62,13 @@ build_one() {
 
 if [[ " ${targets[*]} " == *" armv7-unknown-linux-musleabihf "* ]]; then
   # zig links armv7 musl (no musl cross gcc in Debian); both come from PyPI
-  # into a venv under target/, so the system Python is left alone.
-  venv=target/tools/zig-venv
+  # into a venv in the build cache, so the system Python is left alone.
+  venv="$cache/zig-venv"
   if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
     python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
     "$venv/bin/pip" install -q --disable-pip-version-check ziglang==0.15.2 cargo-zigbuild==0.24.1
   fi
-  export PATH="$PWD/$venv/bin:$PATH"
+  export PATH="$venv/bin:$PATH"
   rustup component list --installed | grep -q rust-src || rustup component add rust-src >/dev/null
 fi
 

@@ -6,8 +6,9 @@
 //!
 //! These need the release builds, which take minutes per target, so they are
 //! `#[ignore]`d for a plain `cargo test`; `tests/run` builds every target once
-//! and runs them with `--include-ignored`.
+//! and runs them with `--ignored` once they are built.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -54,6 +55,10 @@ const EM_AARCH64: u16 = 183;
 fn check_binary_under_qemu(triple: &str, machine: u16) {
     let bin = std::fs::read(release_bin(triple)).unwrap();
     assert_eq!(elf_machine(&bin), machine, "{triple} binary is for the wrong machine");
+    // Reproducible: the checkout's location is nowhere in the binary.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().canonicalize().unwrap();
+    let ws = workspace.to_string_lossy();
+    assert!(!bin.windows(ws.len()).any(|w| w == ws.as_bytes()), "{triple} binary holds the build path {ws}");
 
     // --version
     let r: Run = under_qemu(triple).arg("--version").output().unwrap().into();
@@ -237,4 +242,51 @@ fn amd64_deb_installs_runs_and_purges_clean() {
     for gone in ["/usr/bin/tend", "/etc/tend", "/var/lib/tend", unit[0], unit[1]] {
         assert!(!Path::new(gone).exists(), "{gone} is left after purge");
     }
+}
+
+// ---- packaging/install.sh (gateways without dpkg) ---------------------------
+
+/// Into a temporary prefix: installs binary, unit and sample config; a second
+/// run upgrades the binary but keeps an edited config; --uninstall removes the
+/// binary and unit and keeps config and store; --purge removes those too.
+#[test]
+fn install_script_is_idempotent_and_uninstalls() {
+    let prefix = tempfile::tempdir().unwrap();
+    let p = |rel: &str| prefix.path().join(rel);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
+    let install = || {
+        tend_e2e::run(
+            Command::new("sh")
+                .arg(&script)
+                .arg("--binary")
+                .arg(tend_e2e::tend_bin())
+                .arg("--prefix")
+                .arg(prefix.path()),
+        )
+    };
+    let out = install();
+    assert!(out.contains("installed") && out.contains("edit /etc/tend/agent.toml"), "{out}");
+    let r: Run = Command::new(p("usr/local/bin/tend")).arg("--version").output().unwrap().into();
+    assert_eq!(r.stdout.trim(), format!("tend {}", env!("CARGO_PKG_VERSION")));
+    let unit = std::fs::read_to_string(p("etc/systemd/system/tend.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/tend run"), "{unit}");
+    assert_eq!(std::fs::metadata(p("var/lib/tend")).unwrap().permissions().mode() & 0o777, 0o700);
+    // An operator's config survives a re-install; the binary is replaced.
+    std::fs::write(p("etc/tend/agent.toml"), "device_id = \"gw-1\"\n").unwrap();
+    std::fs::write(p("var/lib/tend/history"), "kept").unwrap();
+    std::fs::write(p("usr/local/bin/tend"), "old").unwrap();
+    install();
+    assert_eq!(std::fs::read_to_string(p("etc/tend/agent.toml")).unwrap(), "device_id = \"gw-1\"\n");
+    assert_eq!(std::fs::read(p("usr/local/bin/tend")).unwrap(), std::fs::read(tend_e2e::tend_bin()).unwrap());
+    let uninstall = |extra: &[&str]| {
+        tend_e2e::run(Command::new("sh").arg(&script).arg("--uninstall").args(extra).arg("--prefix").arg(prefix.path()))
+    };
+    uninstall(&[]);
+    assert!(!p("usr/local/bin/tend").exists() && !p("etc/systemd/system/tend.service").exists());
+    assert!(
+        p("etc/tend/agent.toml").exists() && p("var/lib/tend/history").exists(),
+        "uninstall must keep config and store"
+    );
+    uninstall(&["--purge"]);
+    assert!(!p("etc/tend").exists() && !p("var/lib/tend").exists());
 }
