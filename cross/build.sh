@@ -73,15 +73,18 @@ if [[ " ${targets[*]} " == *" armv7-unknown-linux-musleabihf "* ]]; then
 fi
 
 mkdir -p target
+rm -f target/cross-*.failed
 jobs="${CROSS_JOBS:-2}"
-pids=()
 for t in "${targets[@]}"; do
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || exit 1; done
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
   echo "== $t" >&2
-  build_one "$t" > "target/cross-$t.log" 2>&1 || { cat "target/cross-$t.log" >&2; echo "build of $t failed" >&2; exit 1; } &
-  pids+=($!)
+  { build_one "$t" > "target/cross-$t.log" 2>&1 || { touch "target/cross-$t.failed"; cat "target/cross-$t.log" >&2; }; } &
 done
-for p in "${pids[@]}"; do wait "$p" || exit 1; done
+wait
+if ls target/cross-*.failed >/dev/null 2>&1; then
+  echo "failed: $(ls target/cross-*.failed | sed 's|target/cross-||; s|.failed||' | tr '\n' ' ')" >&2
+  exit 1
+fi
 grep -h 'Finished' target/cross-*.log >&2 || true
 
 echo
