@@ -238,7 +238,17 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Run => {
             let cfg = load_config(cli)?;
-            let agent = Agent::open(cfg).map_err(|e| Failure::Failed(e.into()))?;
+            // A one-shot command (`tend status` while the daemon starts) holds
+            // the store for a moment: wait for it rather than fail the start.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            let agent = loop {
+                match Agent::open(cfg.clone()) {
+                    Err(crate::store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    other => break other.map_err(|e| Failure::Failed(e.into()))?,
+                }
+            };
             daemon::run(agent).map_err(|e| Failure::Failed(e.into()))
         }
         Command::Sync { dry_run, retry, json } => {

@@ -403,6 +403,12 @@ fn no_token_password_key_or_secret_appears_in_logs_status_events_or_mqtt() {
         .spawn()
         .unwrap();
     let mut daemon = scopeguard(child);
+    let socket = gw.state.join("control.sock");
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the daemon never opened its control socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Generous: a debug build logging at trace level, on a loaded CI machine.
     let start = std::time::Instant::now();
     loop {
