@@ -393,22 +393,8 @@ fn no_token_password_key_or_secret_appears_in_logs_status_events_or_mqtt() {
     };
     std::thread::sleep(Duration::from_millis(300));
 
-    let mut daemon_cmd = gw.command();
-    daemon_cmd.env("TEND_LOG", "trace");
-    let log = tmp.path().join("daemon.log");
-    let child = daemon_cmd
-        .arg("run")
-        .stdout(std::fs::File::create(tmp.path().join("daemon.out")).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut daemon = scopeguard(child);
-    let socket = gw.state.join("control.sock");
-    let start = std::time::Instant::now();
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(60), "the daemon never opened its control socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let daemon = gw.start_daemon_logging("trace");
+    let log = daemon.log.clone();
     // Generous: a debug build logging at trace level, on a loaded CI machine.
     let start = std::time::Instant::now();
     loop {
@@ -436,12 +422,10 @@ fn no_token_password_key_or_secret_appears_in_logs_status_events_or_mqtt() {
     std::thread::sleep(Duration::from_secs(2));
     let status = gw.tend(&["status", "--json"]);
     let history = gw.tend(&["history", "--json"]);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.0.id() as i32), nix::sys::signal::SIGTERM);
-    let _ = daemon.0.wait();
+    daemon.terminate(Duration::from_secs(10));
     let (mut sub_child, sub_out) = sub;
     let _ = sub_child.kill();
     let _ = sub_child.wait();
-    daemon.1 = true;
 
     let mqtt = std::fs::read_to_string(&sub_out).unwrap();
     assert!(mqtt.contains("tend/v1/test/gw-1/status"), "the watcher saw no status: {mqtt}");
@@ -469,19 +453,5 @@ fn no_token_password_key_or_secret_appears_in_logs_status_events_or_mqtt() {
     let store = all_bytes(&gw.state);
     for secret in [token, password, key_secret.as_str(), "hunter2"] {
         assert!(!contains(&store, secret), "the state directory holds a secret");
-    }
-}
-
-/// Kill the daemon if the test fails before it is stopped.
-struct Guard(std::process::Child, bool);
-fn scopeguard(c: std::process::Child) -> Guard {
-    Guard(c, false)
-}
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if !self.1 {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
     }
 }

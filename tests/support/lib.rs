@@ -560,10 +560,15 @@ pub struct Daemon {
 impl Gateway {
     /// Start `tend run` and wait until its control socket answers.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_logging("debug")
+    }
+
+    /// [`Gateway::start_daemon`] with `TEND_LOG` set to `filter`.
+    pub fn start_daemon_logging(&self, filter: &str) -> Daemon {
         let log = self.dir.join(format!("daemon-{}.log", fastrand::u32(..)));
         let err = std::fs::File::create(&log).unwrap();
         let child =
-            self.command().arg("run").env("TEND_LOG", "debug").stdout(Stdio::null()).stderr(err).spawn().unwrap();
+            self.command().arg("run").env("TEND_LOG", filter).stdout(Stdio::null()).stderr(err).spawn().unwrap();
         let d = Daemon { child, log };
         let socket = self.state.join("control.sock");
         let start = Instant::now();
