@@ -381,7 +381,7 @@ fn print_summary(v: &serde_json::Value, json: bool) {
     if s.dry_run {
         let _ = writeln!(out, "plan for {commit} (dry run: nothing changed)");
         if s.operations.is_empty() {
-            let _ = writeln!(out, "  nothing to do: {} files as desired", s.files);
+            let _ = writeln!(out, "  nothing to do: {} as desired", resources(s.files, s.containers, s.manifests));
         }
     }
     for op in &s.operations {
@@ -399,10 +399,27 @@ fn print_summary(v: &serde_json::Value, json: bool) {
         };
         let _ = writeln!(
             out,
-            "{what} {commit}: {} files; {} created, {} updated, {} deleted, {} hooks run",
-            s.files, s.created, s.updated, s.deleted, s.hooks
+            "{what} {commit}: {}; {} created, {} updated, {} deleted{}, {} hooks run",
+            resources(s.files, s.containers, s.manifests),
+            s.created,
+            s.updated,
+            s.deleted,
+            if s.pruned > 0 { format!(", {} objects pruned", s.pruned) } else { String::new() },
+            s.hooks
         );
     }
+}
+
+/// "12 files, 2 containers, 44 manifests", leaving out kinds the revision has none of.
+fn resources(files: usize, containers: usize, manifests: usize) -> String {
+    let mut parts = vec![format!("{files} files")];
+    if containers > 0 {
+        parts.push(format!("{containers} containers"));
+    }
+    if manifests > 0 {
+        parts.push(format!("{manifests} manifests"));
+    }
+    parts.join(", ")
 }
 
 fn print_status(v: &serde_json::Value, json: bool) {
@@ -516,6 +533,9 @@ fn cmd_validate(args: &ValidateArgs) -> Result<(), Failure> {
     let tree = DirTree::new(&root);
     match bundle::render(&tree, &bundle_path, &ctx) {
         Ok(r) => {
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
             let d = &r.desired;
             if json {
                 print_json(&json!({
@@ -535,7 +555,12 @@ fn cmd_validate(args: &ValidateArgs) -> Result<(), Failure> {
                     }).collect::<Vec<_>>(),
                     "checks": d.checks.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
                     "containers": d.containers.keys().collect::<Vec<_>>(),
-                    "manifests": d.manifests.keys().collect::<Vec<_>>(),
+                    "manifests": d.manifests.iter().map(|(rel, m)| json!({
+                        "path": rel,
+                        "file": crate::reconcile::k3s::file_name(rel),
+                        "objects": m.objects.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                    "warnings": r.warnings,
                 }));
             } else {
                 let per = files_by_bundle(d);
@@ -552,14 +577,36 @@ fn cmd_validate(args: &ValidateArgs) -> Result<(), Failure> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
+                for (rel, m) in &d.manifests {
+                    let n = m.objects.len();
+                    println!(
+                        "  manifest k3s/{rel} -> {} ({n} object{})",
+                        crate::reconcile::k3s::file_name(rel),
+                        if n == 1 { "" } else { "s" }
+                    );
+                }
             }
             Ok(())
         }
         Err(e) => {
+            let problems: Vec<(&str, &str)> = e.problems().collect();
             if json {
-                print_json(&json!({ "ok": false, "file": e.file, "error": e.reason }));
+                print_json(&json!({
+                    "ok": false,
+                    "file": e.file,
+                    "error": e.reason,
+                    "problems": problems.iter().map(|(f, r)| json!({ "file": f, "error": r })).collect::<Vec<_>>(),
+                }));
             }
-            Err(Failure::Failed(anyhow::anyhow!("bundle rejected: {e}")))
+            if problems.len() == 1 {
+                return Err(Failure::Failed(anyhow::anyhow!("bundle rejected: {e}")));
+            }
+            // Every problem on its own line, so the fleet repository's CI
+            // shows them all in one run.
+            for (file, reason) in &problems {
+                eprintln!("{file}: {reason}");
+            }
+            Err(Failure::Failed(anyhow::anyhow!("bundle rejected: {} problems (listed above)", problems.len())))
         }
     }
 }

@@ -219,6 +219,9 @@ pub struct K3s {
     pub manifests_dir: PathBuf,
     #[serde(default = "K3s::default_kubectl")]
     pub kubectl: Vec<String>,
+    /// How long one `kubectl` call (a prune, a rollout check) may take.
+    #[serde(default = "K3s::default_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
 }
 
 impl K3s {
@@ -228,11 +231,18 @@ impl K3s {
     fn default_kubectl() -> Vec<String> {
         vec!["k3s".into(), "kubectl".into()]
     }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
 }
 
 impl Default for K3s {
     fn default() -> Self {
-        K3s { manifests_dir: Self::default_manifests_dir(), kubectl: Self::default_kubectl() }
+        K3s {
+            manifests_dir: Self::default_manifests_dir(),
+            kubectl: Self::default_kubectl(),
+            timeout: Self::default_timeout(),
+        }
     }
 }
 

@@ -125,11 +125,18 @@ pub struct RolloutProbe {
     name: String,
     object: crate::bundle::manifest::ObjectRef,
     kubectl: Vec<String>,
+    timeout: Duration,
 }
 
 impl RolloutProbe {
-    pub fn new(object: crate::bundle::manifest::ObjectRef, kubectl: Vec<String>) -> RolloutProbe {
-        RolloutProbe { name: format!("rollout {}/{}", object.kind.to_lowercase(), object.name), object, kubectl }
+    /// Named `rollout NAMESPACE/kind/NAME`: two workloads of one name in two
+    /// namespaces are two checks.
+    pub fn new(object: crate::bundle::manifest::ObjectRef, kubectl: Vec<String>, timeout: Duration) -> RolloutProbe {
+        let name = match object.effective_namespace() {
+            Some(ns) => format!("rollout {ns}/{}/{}", object.kind.to_lowercase(), object.name),
+            None => format!("rollout {}/{}", object.kind.to_lowercase(), object.name),
+        };
+        RolloutProbe { name, object, kubectl, timeout }
     }
 }
 
@@ -141,18 +148,16 @@ impl Probe for RolloutProbe {
         Duration::from_secs(2)
     }
     fn timeout(&self) -> Duration {
-        PROBE_TIMEOUT
+        self.timeout.min(PROBE_TIMEOUT)
     }
     fn probe(&self) -> ProbeFuture<'_> {
         Box::pin(async move {
             let (prog, args) = self.kubectl.split_first().ok_or("[k3s].kubectl is empty")?;
             let mut cmd = tokio::process::Command::new(prog);
-            cmd.args(args)
-                .arg("rollout")
-                .arg("status")
-                .arg(format!("{}/{}", self.object.kind.to_lowercase(), self.object.name))
-                .arg("--timeout=5s");
-            if let Some(ns) = &self.object.namespace {
+            // `kind.group/name`: a Deployment of apps, not of another group.
+            let resource = format!("{}.{}/{}", self.object.kind.to_lowercase(), self.object.group(), self.object.name);
+            cmd.args(args).arg("rollout").arg("status").arg(resource).arg("--timeout=5s");
+            if let Some(ns) = self.object.effective_namespace() {
                 cmd.arg("-n").arg(ns);
             }
             let out = cmd
@@ -279,6 +284,14 @@ pub async fn window(probes: &[Box<dyn Probe>], timeout: Duration) -> Health {
     let deadline = start + timeout;
     let mut health = Health::default();
     let mut due: Vec<Instant> = vec![start; probes.len()];
+    // Each probe's last outcome, by position: two probes of one name are two
+    // (and are shown as `name`, `name (2)`).
+    let mut passed: Vec<bool> = vec![false; probes.len()];
+    let mut names: Vec<String> = Vec::with_capacity(probes.len());
+    for p in probes {
+        let n = names.iter().filter(|x| x.as_str() == p.name() || x.starts_with(&format!("{} (", p.name()))).count();
+        names.push(if n == 0 { p.name().to_owned() } else { format!("{} ({})", p.name(), n + 1) });
+    }
     loop {
         let now = Instant::now();
         for (i, p) in probes.iter().enumerate() {
@@ -293,11 +306,12 @@ pub async fn window(probes: &[Box<dyn Probe>], timeout: Duration) -> Health {
                 Ok(r) => r,
                 Err(_) => Err(format!("timed out after {}", humantime::format_duration(limit))),
             };
-            tracing::debug!(check = p.name(), ok = r.is_ok(), "probe");
-            health.results.insert(p.name().to_owned(), r);
+            tracing::debug!(check = names[i].as_str(), ok = r.is_ok(), "probe");
+            passed[i] = r.is_ok();
+            health.results.insert(names[i].clone(), r);
             due[i] = Instant::now() + p.interval();
         }
-        if health.results.len() == probes.len() && health.healthy() {
+        if passed.iter().all(|p| *p) {
             return health;
         }
         let next = due.iter().copied().min().unwrap_or(deadline);
@@ -356,6 +370,18 @@ mod tests {
         assert!(h.results["ok"].is_ok());
         assert!(start.elapsed() <= Duration::from_secs(30), "{:?}", start.elapsed());
         assert!(start.elapsed() >= Duration::from_secs(25), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_of_one_name_are_each_waited_for() {
+        // Both pass at once: the window ends at once, not at its deadline.
+        let start = Instant::now();
+        let h = window(&[flaky("same", 1, 0), flaky("same", 1, 0)], Duration::from_secs(60)).await;
+        assert!(h.healthy() && start.elapsed() == Duration::ZERO, "{h:?} {:?}", start.elapsed());
+        // One never passes: unhealthy, and its result is not hidden by the other's.
+        let h = window(&[flaky("same", 1, u32::MAX), flaky("same", 1, 0)], Duration::from_secs(5)).await;
+        assert!(!h.healthy(), "{h:?}");
+        assert_eq!(h.results.len(), 2, "{h:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod hash;
 pub mod health;
 pub mod notify;
+pub mod process;
 pub mod reconcile;
 pub mod report;
 pub mod secrets;

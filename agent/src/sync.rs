@@ -29,7 +29,7 @@ use crate::hash::ContentHash;
 use crate::health::{self, Health};
 use crate::reconcile::containers::{self, ContainerOp, DockerRuntime, Runtime, RuntimeError};
 use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRunner, Runner};
-use crate::reconcile::k3s;
+use crate::reconcile::k3s::{self, ManifestOp};
 use crate::reconcile::plan::{Live, Plan, plan};
 use crate::report::{Events, Kind};
 use crate::secrets::AgeKeys;
@@ -112,10 +112,18 @@ pub struct SyncSummary {
     pub dry_run: bool,
     pub received_pack: bool,
     pub files: usize,
+    #[serde(default)]
+    pub containers: usize,
+    #[serde(default)]
+    pub manifests: usize,
     pub operations: Vec<String>,
+    /// Files, containers and manifests created, updated and deleted.
     pub created: usize,
     pub updated: usize,
     pub deleted: usize,
+    /// Kubernetes objects deleted (K3s prune).
+    #[serde(default)]
+    pub pruned: usize,
     pub hooks: usize,
     /// Check name → `pass` or the reason it failed.
     pub checks: BTreeMap<String, String>,
@@ -132,14 +140,31 @@ impl SyncSummary {
                 .filter(|o| o.changes_disk())
                 .map(ToString::to_string)
                 .chain(plan.containers.iter().map(ToString::to_string))
-                .chain(plan.manifests.iter().map(ToString::to_string))
+                .chain(plan.manifests.iter().flat_map(ManifestOp::lines))
                 .collect(),
             created,
             updated,
             deleted,
             hooks,
+            pruned: plan
+                .manifests
+                .iter()
+                .map(|m| match m {
+                    ManifestOp::Delete { prune, .. } => prune.len(),
+                    ManifestOp::Write { .. } => 0,
+                })
+                .sum(),
             ..Default::default()
         }
+    }
+}
+
+impl SyncSummary {
+    /// How many resources the revision declares.
+    fn set_counts(&mut self, desired: &Desired) {
+        self.files = desired.files.len();
+        self.containers = desired.containers.len();
+        self.manifests = desired.manifests.len();
     }
 }
 
@@ -253,13 +278,16 @@ impl Agent {
         let ctx = bundle::Context { identity: &identity, policy: &policy, limits: &self.limits, secrets };
         let rendered = bundle::render(&tree, &self.bundle_path(), &ctx)
             .map_err(|error| SyncError::Bundle { commit: commit.to_owned(), error })?;
+        for w in &rendered.warnings {
+            tracing::warn!("{w}");
+        }
         if rendered.desired.is_empty() && !self.cfg.apply.allow_empty {
             return Err(SyncError::Bundle {
                 commit: commit.to_owned(),
-                error: BundleError {
-                    file: self.cfg.source.path.clone(),
-                    reason: "the bundle declares nothing; refusing to prune everything (set [apply].allow_empty = true to allow it)".into(),
-                },
+                error: BundleError::new(
+                    &self.cfg.source.path,
+                    "the bundle declares nothing; refusing to prune everything (set [apply].allow_empty = true to allow it)",
+                ),
             });
         }
         Ok(rendered)
@@ -359,6 +387,7 @@ impl Agent {
     /// Plan the K3s manifests (reads only tend's files in the directory).
     fn plan_manifests(
         &self,
+        commit: &str,
         desired: &Desired,
         inv: &Inventory,
         prune: bool,
@@ -366,9 +395,19 @@ impl Agent {
         if desired.manifests.is_empty() && inv.manifests.is_empty() {
             return Ok(Vec::new());
         }
+        let dir = &self.cfg.k3s.manifests_dir;
         let files = desired.manifests.keys().map(|r| k3s::file_name(r)).chain(inv.manifests.keys().cloned());
-        let live = k3s::observe(&self.cfg.k3s.manifests_dir, files);
-        Ok(k3s::plan(&desired.manifests, &live, &inv.manifests, prune))
+        let live = k3s::observe(dir, files);
+        let ops = k3s::plan(&desired.manifests, &live, &inv.manifests, prune);
+        // A new file must not share its Addon with a file tend did not write.
+        if ops.iter().any(|op| matches!(op, ManifestOp::Write { create: true, .. })) {
+            let ours = desired.manifests.keys().map(|r| k3s::file_name(r)).collect();
+            let blocked = k3s::addon_collisions(dir, &ours);
+            if !blocked.is_empty() {
+                return Err(SyncError::Blocked { commit: commit.to_owned(), blocked });
+            }
+        }
+        Ok(ops)
     }
 
     /// The plan that takes the gateway to `desired`: files, containers and
@@ -384,7 +423,7 @@ impl Agent {
         let mut plan = plan(&targets, &live, inv, prune);
         if plan.blocked.is_empty() {
             plan.containers = self.plan_containers(commit, desired, inv, prune)?;
-            plan.manifests = self.plan_manifests(desired, inv, prune)?;
+            plan.manifests = self.plan_manifests(commit, desired, inv, prune)?;
         }
         Ok(plan)
     }
@@ -431,7 +470,12 @@ impl Agent {
             tracing::info!("{op}");
         }
         for op in &plan.manifests {
-            tracing::info!("{op}");
+            if let ManifestOp::Write { .. } = op {
+                tracing::info!("{op}");
+            } else if let Some(first) = op.lines().first() {
+                // The pruned objects are logged as kubectl deletes them.
+                tracing::info!("{first}");
+            }
         }
         let stored = |h: &ContentHash| -> Result<Vec<u8>, String> {
             match blobs.get(h) {
@@ -468,13 +512,9 @@ impl Agent {
             self.apply_containers(commit, desired, &plan.containers, &mut inv)?;
         }
         if !plan.manifests.is_empty() {
-            let result = k3s::apply(
-                &self.cfg.k3s.manifests_dir,
-                &plan.manifests,
-                &content,
-                &self.cfg.k3s.kubectl,
-                &mut inv.manifests,
-            );
+            let kubectl = k3s::Kubectl { command: &self.cfg.k3s.kubectl, timeout: self.cfg.k3s.timeout };
+            let result =
+                k3s::apply(&self.cfg.k3s.manifests_dir, &plan.manifests, &content, &kubectl, &mut inv.manifests);
             self.store.set_inventory(&inv)?;
             self.store.flush()?;
             result.map_err(|error| SyncError::K3s { commit: commit.to_owned(), error })?;
@@ -713,7 +753,7 @@ pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, 
         let (plan, _) = a.enforce(&cur.commit, &cur.desired, &HashMap::new(), true)?;
         let mut s = SyncSummary::from_plan(&plan);
         s.commit = Some(cur.commit.clone());
-        s.files = cur.desired.files.len();
+        s.set_counts(&cur.desired);
         let changed =
             plan.ops.iter().any(|o| o.changes_disk()) || !plan.containers.is_empty() || !plan.manifests.is_empty();
         s.action = if changed { "repaired" } else { "unchanged" }.into();
@@ -920,7 +960,7 @@ async fn sync_fetched(
         s.action = "planned".into();
         s.dry_run = true;
         s.received_pack = fetched.received_pack;
-        s.files = prepared.desired.files.len();
+        s.set_counts(&prepared.desired);
         s.timings = timings;
         return Ok(s);
     }
@@ -976,7 +1016,7 @@ async fn sync_fetched(
     summary.commit = Some(commit.clone());
     summary.action = "applied".into();
     summary.received_pack = fetched.received_pack;
-    summary.files = prepared.desired.files.len();
+    summary.set_counts(&prepared.desired);
 
     // Health gate.
     let t = Instant::now();
@@ -1025,7 +1065,7 @@ async fn sync_fetched(
 fn probes_for(agent: &Agent, commit: &str, desired: &Desired) -> Result<Vec<Box<dyn health::Probe>>, SyncError> {
     let mut probes = health::probes_for(&desired.checks);
     for o in k3s::rollouts(&desired.manifests) {
-        probes.push(Box::new(health::RolloutProbe::new(o, agent.cfg.k3s.kubectl.clone())));
+        probes.push(Box::new(health::RolloutProbe::new(o, agent.cfg.k3s.kubectl.clone(), agent.cfg.k3s.timeout)));
     }
     if !desired.containers.is_empty() {
         let rt = agent.runtime(commit)?;

@@ -461,7 +461,7 @@ fn yaml_alias_bomb() {
             }
             f.write(&format!("{B}/k3s/lol.yaml"), y);
         },
-        &["devices/gw-1/k3s/lol.yaml", "anchors and aliases"],
+        &["devices/gw-1/k3s/lol.yaml", "excessive aliasing"],
     );
 }
 

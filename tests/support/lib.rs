@@ -4,6 +4,8 @@
 //!
 //! Every server binds 127.0.0.1 only and is killed when its handle drops.
 
+pub mod k3s;
+
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;

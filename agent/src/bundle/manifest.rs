@@ -1,15 +1,29 @@
 //! `k3s/**.yaml`: Kubernetes manifests for K3s's auto-deploy directory.
 //!
-//! tend writes the files as they are (K3s applies them); here each document is
-//! checked to name `apiVersion`, `kind` and `metadata.name`, so prune knows
-//! which objects a manifest declared. YAML anchors and aliases are refused: an
-//! alias bomb expands exponentially, and manifests do not need them.
+//! tend writes the files byte for byte (K3s applies them); here each file is
+//! read the way K3s reads it, to learn which objects it declares, so prune and
+//! the rollout checks know them:
+//! - a UTF-8 byte order mark at the start is skipped;
+//! - documents are split on `---`; empty and comment-only documents declare
+//!   nothing;
+//! - anchors, aliases and `<<` merge keys are expanded, within a budget on the
+//!   expanded size (the rule of go-yaml, which K3s uses): an alias bomb is
+//!   refused, the shared blocks real manifests use are not;
+//! - `kind: List` and the `*List` kinds (`ConfigMapList`, …) stand for their
+//!   `items`, as in kubectl and K3s.
+//!
+//! Every document must name `apiVersion`, `kind` and `metadata.name`; all the
+//! problems of a file are reported at once, each naming its document and line.
+
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use yaml_rust2::parser::{Event, EventReceiver, Parser};
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-/// One Kubernetes object a manifest declares.
+/// One Kubernetes object a manifest declares, as written (`api_version` is
+/// kept so `kubectl delete` can name the object in a version the manifest used).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectRef {
     pub api_version: String,
@@ -18,8 +32,100 @@ pub struct ObjectRef {
     pub namespace: Option<String>,
 }
 
+/// What identifies an object in the cluster: group, kind, namespace and name.
+/// The version is not part of it: `rbac.authorization.k8s.io/v1beta1` and `/v1`
+/// of one ClusterRole are the same object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub group: String,
+    pub kind: String,
+    /// `None` for kinds known to be cluster-scoped; otherwise the namespace
+    /// K3s applies the object to.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// The namespace K3s's deploy controller gives a namespaced object whose
+/// manifest names none (wrangler's apply, `adjustNamespace`): `default`, not
+/// the `kube-system` of the Addon itself.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Kinds of the Kubernetes API and of K3s that are not namespaced: their
+/// objects have no namespace, whatever a manifest writes. Kinds not listed
+/// (custom resources) are taken as namespaced.
+const CLUSTER_SCOPED: &[(&str, &str)] = &[
+    ("", "Namespace"),
+    ("", "Node"),
+    ("", "PersistentVolume"),
+    ("", "ComponentStatus"),
+    ("rbac.authorization.k8s.io", "ClusterRole"),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"),
+    ("apiregistration.k8s.io", "APIService"),
+    ("storage.k8s.io", "StorageClass"),
+    ("storage.k8s.io", "CSIDriver"),
+    ("storage.k8s.io", "CSINode"),
+    ("storage.k8s.io", "VolumeAttachment"),
+    ("storage.k8s.io", "VolumeAttributesClass"),
+    ("scheduling.k8s.io", "PriorityClass"),
+    ("node.k8s.io", "RuntimeClass"),
+    ("networking.k8s.io", "IngressClass"),
+    ("networking.k8s.io", "IPAddress"),
+    ("networking.k8s.io", "ServiceCIDR"),
+    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
+    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding"),
+    ("certificates.k8s.io", "CertificateSigningRequest"),
+    ("flowcontrol.apiserver.k8s.io", "FlowSchema"),
+    ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration"),
+    ("policy", "PodSecurityPolicy"),
+    ("resource.k8s.io", "DeviceClass"),
+    ("resource.k8s.io", "ResourceSlice"),
+    ("helm.cattle.io", "HelmChartConfig"),
+];
+
 impl ObjectRef {
-    /// A minimal document naming this object (for `kubectl delete -f -`).
+    /// The API group (`apps` of `apps/v1`; empty for the core group's `v1`).
+    pub fn group(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+
+    /// Whether the kind is known to be cluster-scoped.
+    pub fn cluster_scoped(&self) -> bool {
+        let g = self.group();
+        CLUSTER_SCOPED.iter().any(|(cg, ck)| *cg == g && *ck == self.kind)
+    }
+
+    /// The namespace the object lives in (`None`: cluster-scoped).
+    pub fn effective_namespace(&self) -> Option<&str> {
+        if self.cluster_scoped() { None } else { Some(self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)) }
+    }
+
+    /// The object's identity in the cluster.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            group: self.group().to_owned(),
+            kind: self.kind.clone(),
+            namespace: self.effective_namespace().map(str::to_owned),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Deleting it deletes much more (everything in a namespace, every custom
+    /// resource of a definition): worth a warning in every plan that does it.
+    pub fn deletes_more(&self) -> Option<&'static str> {
+        match (self.group(), self.kind.as_str()) {
+            ("", "Namespace") => Some("deletes every object in the namespace"),
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                Some("deletes every custom resource of this definition")
+            }
+            _ => None,
+        }
+    }
+
+    /// A minimal document naming this object (for `kubectl delete -f -`), in
+    /// the namespace K3s put it in.
     pub fn to_yaml(&self) -> String {
         let mut s = format!(
             "apiVersion: {}\nkind: {}\nmetadata:\n  name: {}\n",
@@ -27,10 +133,21 @@ impl ObjectRef {
             q(&self.kind),
             q(&self.name)
         );
-        if let Some(ns) = &self.namespace {
+        if let Some(ns) = self.effective_namespace() {
             s.push_str(&format!("  namespace: {}\n", q(ns)));
         }
         s
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    /// `Deployment.apps metallb-system/controller`, `ClusterRole.rbac.authorization.k8s.io system:coredns`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.group().is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group()) };
+        match self.effective_namespace() {
+            Some(ns) => write!(f, "{kind} {ns}/{}", self.name),
+            None => write!(f, "{kind} {}", self.name),
+        }
     }
 }
 
@@ -39,61 +156,379 @@ fn q(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-struct AliasCounter {
-    aliases: usize,
-    anchors: usize,
+// ---------------------------------------------------------------------------
+// A YAML tree with shared (not copied) aliases and a count of expanded size.
+
+#[derive(Debug)]
+enum Value {
+    Null,
+    Str(String),
+    /// A number, a boolean, or another non-string scalar.
+    Other,
+    Seq(Vec<Rc<Node>>),
+    Map(Vec<(Rc<Node>, Rc<Node>)>),
 }
 
-impl EventReceiver for AliasCounter {
-    fn on_event(&mut self, ev: Event) {
+#[derive(Debug)]
+struct Node {
+    value: Value,
+    /// Nodes it stands for once its aliases are expanded (saturating).
+    size: u64,
+}
+
+impl Node {
+    fn str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value of `key` in a mapping, `<<` merge keys included (an explicit
+    /// key wins over a merged one; among either, the last one wins).
+    fn get(&self, key: &str) -> Option<&Node> {
+        let Value::Map(entries) = &self.value else { return None };
+        if let Some((_, v)) = entries.iter().rev().find(|(k, _)| k.str() == Some(key)) {
+            return Some(v);
+        }
+        for (k, v) in entries.iter().rev() {
+            if k.str() != Some("<<") {
+                continue;
+            }
+            let found = match &v.value {
+                Value::Map(_) => v.get(key),
+                Value::Seq(items) => items.iter().find_map(|m| m.get(key)),
+                _ => None,
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+}
+
+enum Frame {
+    Seq { items: Vec<Rc<Node>>, anchor: usize, size: u64 },
+    Map { entries: Vec<(Rc<Node>, Rc<Node>)>, key: Option<Rc<Node>>, anchor: usize, size: u64 },
+}
+
+/// One document: its root (`None`: empty) and where it starts.
+struct Doc {
+    root: Option<Rc<Node>>,
+    line: usize,
+    /// Nodes decoded with aliases expanded, and of those, decoded through an alias.
+    decoded: u64,
+    aliased: u64,
+}
+
+#[derive(Default)]
+struct Builder {
+    docs: Vec<Doc>,
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Rc<Node>>,
+    root: Option<Rc<Node>>,
+    line: usize,
+    decoded: u64,
+    aliased: u64,
+    error: Option<String>,
+}
+
+impl Builder {
+    fn push(&mut self, node: Rc<Node>, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq { items, size, .. }) => {
+                *size = size.saturating_add(node.size);
+                items.push(node);
+            }
+            Some(Frame::Map { entries, key, size, .. }) => {
+                *size = size.saturating_add(node.size);
+                match key.take() {
+                    None => *key = Some(node),
+                    Some(k) => entries.push((k, node)),
+                }
+            }
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
         match ev {
-            Event::Alias(_) => self.aliases += 1,
-            Event::Scalar(_, _, aid, _) | Event::SequenceStart(aid, _) | Event::MappingStart(aid, _) if aid > 0 => {
-                self.anchors += 1
+            Event::DocumentStart => {
+                self.line = mark.line();
+                self.decoded = 0;
+                self.aliased = 0;
+                self.anchors.clear();
             }
-            _ => {}
+            Event::DocumentEnd => self.docs.push(Doc {
+                root: self.root.take(),
+                line: self.line,
+                decoded: self.decoded,
+                aliased: self.aliased,
+            }),
+            Event::Scalar(v, style, anchor, tag) => {
+                self.decoded = self.decoded.saturating_add(1);
+                let value = if style != TScalarStyle::Plain {
+                    Value::Str(v)
+                } else if let Some(tag) = tag {
+                    match (tag.handle.as_str(), tag.suffix.as_str()) {
+                        ("tag:yaml.org,2002:", "str") => Value::Str(v),
+                        ("tag:yaml.org,2002:", "null") => Value::Null,
+                        ("tag:yaml.org,2002:", _) => Value::Other,
+                        _ => Value::Str(v),
+                    }
+                } else if YAML11_BOOLS.contains(&v.as_str()) {
+                    // go-yaml v2 reads YAML 1.1, where these are booleans.
+                    Value::Other
+                } else {
+                    match yaml_rust2::Yaml::from_str(&v) {
+                        yaml_rust2::Yaml::String(s) => Value::Str(s),
+                        yaml_rust2::Yaml::Null => Value::Null,
+                        _ => Value::Other,
+                    }
+                };
+                self.push(Rc::new(Node { value, size: 1 }), anchor);
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.decoded = self.decoded.saturating_add(1);
+                self.stack.push(Frame::Seq { items: Vec::new(), anchor, size: 1 });
+            }
+            Event::MappingStart(anchor, _) => {
+                self.decoded = self.decoded.saturating_add(1);
+                self.stack.push(Frame::Map { entries: Vec::new(), key: None, anchor, size: 1 });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match self.stack.pop() {
+                    Some(Frame::Seq { items, anchor, size }) => (Node { value: Value::Seq(items), size }, anchor),
+                    Some(Frame::Map { entries, anchor, size, .. }) => {
+                        (Node { value: Value::Map(entries), size }, anchor)
+                    }
+                    None => {
+                        self.error = Some("unbalanced YAML events".into());
+                        return;
+                    }
+                };
+                self.push(Rc::new(node), anchor);
+            }
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(node) => {
+                    // The alias stands for a copy of the anchored node: count
+                    // it as go-yaml does when it decodes one.
+                    self.decoded = self.decoded.saturating_add(node.size);
+                    self.aliased = self.aliased.saturating_add(node.size);
+                    self.push(node, 0);
+                }
+                None => self.error = Some(format!("line {}: an alias to an unknown anchor", mark.line())),
+            },
+            Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
     }
 }
 
-/// The objects of a multi-document manifest; errors name the document (1-based).
-pub fn parse(text: &str) -> Result<Vec<ObjectRef>, String> {
-    let mut counter = AliasCounter { aliases: 0, anchors: 0 };
-    Parser::new_from_str(text).load(&mut counter, true).map_err(|e| format!("invalid YAML: {e}"))?;
-    if counter.aliases > 0 || counter.anchors > 0 {
-        return Err("YAML anchors and aliases are not allowed in manifests".into());
+/// Plain scalars YAML 1.1 (go-yaml v2, which K3s uses) reads as booleans.
+const YAML11_BOOLS: &[&str] = &[
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF",
+];
+
+/// How K3s splits a file into documents (apimachinery's `YAMLReader`): at
+/// every line that starts with `---`, which may be followed by a comment only;
+/// anything else after it makes K3s refuse the whole file.
+fn check_separators(text: &str) -> Vec<String> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let rest = line.strip_prefix("---")?.trim();
+            (!rest.is_empty() && !rest.starts_with('#')).then(|| {
+                format!(
+                    "line {}: {:?}: K3s splits documents at lines starting with `---` and refuses one followed by anything but a comment",
+                    i + 1,
+                    shorten(line)
+                )
+            })
+        })
+        .collect()
+}
+
+/// Whether the text before the first `---` line is blank or comments only
+/// (apimachinery's `isEmptyYaml`).
+fn first_chunk_is_empty(text: &str) -> bool {
+    text.lines()
+        .take_while(|l| !l.starts_with("---"))
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+}
+
+/// At most 40 characters of a line, for a message.
+fn shorten(line: &str) -> String {
+    let mut s: String = line.chars().take(40).collect();
+    if line.chars().count() > 40 {
+        s.push('…');
     }
-    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+    s
+}
+
+/// go-yaml's rule (`allowedAliasRatio`): a document may decode at most this
+/// share of its nodes through aliases, once it has more than 100 such nodes
+/// and more than 1,000 in all: 99% for small documents, falling to 10% at
+/// 4,000,000 nodes. It keeps real anchors and stops the billion laughs.
+fn excessive_aliasing(decoded: u64, aliased: u64) -> bool {
+    const LOW: f64 = 400_000.0;
+    const HIGH: f64 = 4_000_000.0;
+    if aliased <= 100 || decoded <= 1000 {
+        return false;
+    }
+    let d = decoded as f64;
+    let allowed = if d <= LOW {
+        0.99
+    } else if d >= HIGH {
+        0.10
+    } else {
+        0.99 - 0.89 * (d - LOW) / (HIGH - LOW)
+    };
+    aliased as f64 / d > allowed
+}
+
+/// The objects of a multi-document manifest. All problems of the file are
+/// returned at once, each naming its document (1-based) and line.
+pub fn parse(text: &str) -> Result<Vec<ObjectRef>, Vec<String>> {
+    // K3s's YAML reader skips a UTF-8 byte order mark; so does tend.
+    let bom = text.starts_with('\u{feff}');
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let separators = check_separators(text);
+    if !separators.is_empty() {
+        return Err(separators);
+    }
+    let mut b = Builder::default();
+    if let Err(e) = Parser::new_from_str(text).load(&mut b, true) {
+        return Err(vec![format!("invalid YAML: {e}")]);
+    }
+    if let Some(e) = b.error {
+        return Err(vec![format!("invalid YAML: {e}")]);
+    }
     let mut out = Vec::new();
-    for (i, doc) in docs.iter().enumerate() {
-        let n = i + 1;
-        if doc.is_null() {
-            continue; // an empty document between `---` separators
-        }
-        let field = |d: &Yaml, k: &str| d[k].as_str().map(str::to_owned).filter(|s| !s.is_empty());
-        if doc.as_hash().is_none() {
-            return Err(format!("document {n}: not a mapping"));
-        }
-        let api_version = field(doc, "apiVersion").ok_or(format!("document {n}: missing apiVersion"))?;
-        let kind = field(doc, "kind").ok_or(format!("document {n}: missing kind"))?;
-        let name = field(&doc["metadata"], "name").ok_or(format!("document {n} ({kind}): missing metadata.name"))?;
-        let namespace = field(&doc["metadata"], "namespace");
-        for (what, v) in [("kind", &kind), ("metadata.name", &name)] {
-            if v.len() > 253 || v.chars().any(|c| c.is_control() || c == '/' || c.is_whitespace()) {
-                return Err(format!("document {n}: {what} {v:?} is not valid"));
-            }
-        }
-        out.push(ObjectRef { api_version, kind, name, namespace });
+    let mut errors = Vec::new();
+    // K3s sees the mark as content of the first document: before an empty or
+    // comment-only one, it is a document with no kind.
+    if bom && first_chunk_is_empty(text) {
+        errors.push(
+            "document 1 (line 1): a byte order mark before an empty or comment-only document: K3s reads it as a document without a kind".into(),
+        );
     }
-    if out.is_empty() {
-        return Err("no document".into());
+    for (i, doc) in b.docs.iter().enumerate() {
+        let at = format!("document {} (line {})", i + 1, doc.line);
+        if excessive_aliasing(doc.decoded, doc.aliased) {
+            errors.push(format!(
+                "{at}: excessive aliasing: its anchors and aliases expand to {} nodes (an alias bomb?)",
+                doc.decoded
+            ));
+            continue;
+        }
+        let Some(root) = &doc.root else { continue };
+        match &root.value {
+            // An empty or comment-only document (`---` twice, a trailing `---`).
+            Value::Null => {}
+            Value::Map(_) => match object(root, None) {
+                Err(e) => errors.push(format!("{at}: {e}")),
+                Ok(Declared::One(o)) => out.push(o),
+                Ok(Declared::List { items, kind, api_version }) => {
+                    // An item with neither kind nor apiVersion takes the
+                    // List's (apimachinery's `decodeToList`).
+                    let item_kind = kind.strip_suffix("List").unwrap_or(&kind).to_owned();
+                    let inherit = (item_kind, api_version);
+                    for (j, item) in items.iter().enumerate() {
+                        match object(item, Some(&inherit)) {
+                            Ok(Declared::One(o)) => out.push(o),
+                            Ok(Declared::List { .. }) => {
+                                errors.push(format!("{at}: items[{j}]: a List inside a List"))
+                            }
+                            Err(e) => errors.push(format!("{at}: items[{j}]: {e}")),
+                        }
+                    }
+                }
+            },
+            _ => errors.push(format!("{at}: not a mapping")),
+        }
     }
-    Ok(out)
+    if errors.is_empty() && out.is_empty() && !b.docs.iter().any(|d| is_list(d.root.as_deref())) {
+        errors.push("no document".into());
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+fn is_list(root: Option<&Node>) -> bool {
+    root.is_some_and(|r| r.get("items").is_some())
+}
+
+enum Declared<'a> {
+    One(ObjectRef),
+    List { items: &'a [Rc<Node>], kind: String, api_version: String },
+}
+
+/// One document's object, or a List's items. `inherit`: the (kind,
+/// apiVersion) an item of a List takes when it names neither.
+fn object<'a>(doc: &'a Node, inherit: Option<&(String, String)>) -> Result<Declared<'a>, String> {
+    if !matches!(doc.value, Value::Map(_)) {
+        return Err("not a mapping".into());
+    }
+    let field = |n: Option<&Node>, what: &str| -> Result<Option<String>, String> {
+        match n.map(|n| &n.value) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Str(s)) if s.is_empty() => Ok(None),
+            Some(Value::Str(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("{what} is not a string")),
+        }
+    };
+    let mut kind = field(doc.get("kind"), "kind")?;
+    let mut api_version = field(doc.get("apiVersion"), "apiVersion")?;
+    if let (None, None, Some((k, v))) = (&kind, &api_version, inherit) {
+        kind = Some(k.clone()).filter(|k| !k.is_empty());
+        api_version = Some(v.clone());
+    }
+    let (Some(api_version), Some(kind)) = (api_version, kind.clone()) else {
+        return Err(match kind {
+            None => "missing kind".into(),
+            Some(k) => format!("{k}: missing apiVersion"),
+        });
+    };
+    // K3s (apimachinery's unstructured decoder) reads a document with a
+    // top-level `items` as a List of them, whatever its kind: `kind: List`,
+    // `ConfigMapList`, ….
+    if let Some(items) = doc.get("items") {
+        return match &items.value {
+            Value::Seq(items) => Ok(Declared::List { items, kind, api_version }),
+            Value::Null => Ok(Declared::List { items: &[], kind, api_version }),
+            _ => Err(format!("{kind}: items is not a list")),
+        };
+    }
+    let metadata = doc.get("metadata");
+    let name = field(metadata.and_then(|m| m.get("name")), "metadata.name")?
+        .ok_or_else(|| format!("{kind}: missing metadata.name"))?;
+    let namespace = field(metadata.and_then(|m| m.get("namespace")), "metadata.namespace")?;
+    for (what, v) in [("kind", Some(&kind)), ("metadata.name", Some(&name)), ("metadata.namespace", namespace.as_ref())]
+    {
+        if let Some(v) = v
+            && (v.len() > 253 || v.chars().any(|c| c.is_control() || c == '/' || c.is_whitespace()))
+        {
+            return Err(format!("{kind}: {what} {v:?} is not valid"));
+        }
+    }
+    Ok(Declared::One(ObjectRef { api_version, kind, name, namespace }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(objs: &[ObjectRef]) -> Vec<String> {
+        objs.iter().map(ToString::to_string).collect()
+    }
 
     #[test]
     fn multi_document_manifests() {
@@ -101,29 +536,130 @@ mod tests {
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: demo\n---\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n",
         )
         .unwrap();
-        assert_eq!(objs.len(), 2);
-        assert_eq!(objs[0].namespace.as_deref(), Some("demo"));
-        assert_eq!(objs[1].kind, "Service");
+        assert_eq!(names(&objs), ["Deployment.apps demo/web", "Service default/web"]);
         let back = parse(&objs[0].to_yaml()).unwrap();
         assert_eq!(back[0], objs[0]);
     }
 
     #[test]
-    fn bad_manifests_name_the_document() {
+    fn bad_manifests_name_the_document_and_every_problem_is_reported() {
         for (text, needle) in [
-            ("kind: X\nmetadata:\n  name: a\n", "document 1: missing apiVersion"),
+            ("kind: X\nmetadata:\n  name: a\n", "document 1 (line 1): X: missing apiVersion"),
             (
                 "apiVersion: v1\nkind: A\nmetadata:\n  name: a\n---\napiVersion: v1\nmetadata:\n  name: b\n",
-                "document 2: missing kind",
+                "document 2 (line 5): missing kind",
             ),
-            ("apiVersion: v1\nkind: A\nmetadata: {}\n", "document 1 (A): missing metadata.name"),
+            ("apiVersion: v1\nkind: A\nmetadata: {}\n", "document 1 (line 1): A: missing metadata.name"),
             ("apiVersion: v1\nkind: [\n", "invalid YAML"),
             ("- a\n- b\n", "not a mapping"),
-            ("a: &x [1, 2]\nb: [*x, *x]\n", "anchors and aliases"),
+            ("apiVersion: v1\nkind: A\nmetadata:\n  name: 12\n", "metadata.name is not a string"),
+            ("a: *x\n", "invalid YAML"),
             ("", "no document"),
+            ("# only a comment\n", "no document"),
         ] {
             let e = parse(text).unwrap_err();
-            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(e.iter().any(|e| e.contains(needle)), "{text:?}: {e:?}");
         }
+        let e = parse("kind: A\n---\napiVersion: v1\nkind: B\nmetadata: {name: ok}\n---\napiVersion: v1\n").unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("document 1") && e[1].starts_with("document 3"), "{e:?}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let objs = parse("\u{feff}apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n").unwrap();
+        assert_eq!(names(&objs), ["ConfigMap default/c"]);
+        // As in K3s: before an empty first document, the mark is a document.
+        let e = parse("\u{feff}# comment\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n").unwrap_err();
+        assert!(e[0].contains("byte order mark"), "{e:?}");
+    }
+
+    #[test]
+    fn k3s_rules_on_separators_and_yaml_1_1_booleans() {
+        assert!(parse("---\napiVersion: v1\nkind: A\nmetadata: {name: a}\n--- # next\napiVersion: v1\nkind: B\nmetadata: {name: b}\n").is_ok());
+        let e = parse("--- {apiVersion: v1, kind: A, metadata: {name: a}}\n").unwrap_err();
+        assert!(e[0].starts_with("line 1: ") && e[0].contains("K3s splits documents"), "{e:?}");
+        let e = parse("apiVersion: v1\nkind: A\nmetadata: {name: yes}\n").unwrap_err();
+        assert!(e[0].contains("metadata.name is not a string"), "{e:?}");
+        assert!(parse("apiVersion: v1\nkind: A\nmetadata: {name: \"yes\"}\n").is_ok());
+    }
+
+    #[test]
+    fn lists_stand_for_their_items() {
+        let objs = parse(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: a, namespace: x}\n- apiVersion: rbac.authorization.k8s.io/v1\n  kind: ClusterRole\n  metadata: {name: r}\n---\napiVersion: v1\nkind: ConfigMapList\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: b}}\n---\napiVersion: v1\nkind: List\nitems: []\n",
+        )
+        .unwrap();
+        assert_eq!(
+            names(&objs),
+            ["ConfigMap x/a", "ClusterRole.rbac.authorization.k8s.io r", "ConfigMap default/b"]
+        );
+        let e = parse("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n").unwrap_err();
+        assert_eq!(e, ["document 1 (line 1): items[0]: ConfigMap: missing metadata.name"]);
+        // An empty List declares nothing, and that is not an error.
+        assert_eq!(parse("apiVersion: v1\nkind: List\nitems: []\n").unwrap(), []);
+        // Items naming neither kind nor apiVersion take the List's.
+        let objs = parse("apiVersion: v1\nkind: ConfigMapList\nitems:\n- metadata: {name: c}\n").unwrap();
+        assert_eq!(names(&objs), ["ConfigMap default/c"]);
+    }
+
+    #[test]
+    fn anchors_aliases_and_merge_keys_are_expanded() {
+        let text = "apiVersion: v1\nkind: ServiceAccount\nmetadata: &meta\n  name: longhorn\n  namespace: longhorn-system\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  <<: *meta\n  name: settings\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: *meta\n";
+        // Anchors are per document (the alias in document 3 is unknown there).
+        assert!(parse(text).is_err());
+        let text = "apiVersion: v1\nkind: ServiceAccount\nmetadata: &meta\n  name: longhorn\n  namespace: longhorn-system\nx:\n  - kind: ConfigMap\n    metadata:\n      <<: *meta\n      name: settings\n  - *meta\n";
+        let objs = parse(text).unwrap();
+        assert_eq!(names(&objs), ["ServiceAccount longhorn-system/longhorn"]);
+        let merged = parse(
+            "base: &b {apiVersion: v1, kind: ConfigMap}\n<<: *b\nmetadata:\n  <<: [{namespace: ns1}, {name: x}]\n",
+        )
+        .unwrap();
+        assert_eq!(names(&merged), ["ConfigMap ns1/x"]);
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_by_its_expanded_size() {
+        let mut bomb = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\na0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!("a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"));
+        }
+        let e = parse(&bomb).unwrap_err();
+        assert!(e[0].contains("excessive aliasing"), "{e:?}");
+        // A document that aliases one block a few hundred times is fine.
+        let mut many = String::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\nblock: &b {a: 1, b: 2, c: 3}\nuses:\n",
+        );
+        for _ in 0..50 {
+            many.push_str("- *b\n");
+        }
+        for i in 0..2000 {
+            many.push_str(&format!("- plain{i}\n"));
+        }
+        assert!(parse(&many).is_ok());
+        assert!(!excessive_aliasing(1_000_000, 50_000));
+        assert!(excessive_aliasing(10_000, 9_950));
+        assert!(excessive_aliasing(5_000_000, 600_000));
+    }
+
+    #[test]
+    fn identity_is_group_kind_namespace_name() {
+        let o = |api: &str, kind: &str, ns: Option<&str>| ObjectRef {
+            api_version: api.into(),
+            kind: kind.into(),
+            name: "x".into(),
+            namespace: ns.map(Into::into),
+        };
+        assert_eq!(
+            o("rbac.authorization.k8s.io/v1beta1", "ClusterRole", None).key(),
+            o("rbac.authorization.k8s.io/v1", "ClusterRole", Some("ignored")).key()
+        );
+        assert_eq!(o("apps/v1", "Deployment", None).key(), o("apps/v1beta2", "Deployment", Some("default")).key());
+        assert_ne!(o("apps/v1", "Deployment", Some("a")).key(), o("apps/v1", "Deployment", Some("b")).key());
+        assert_ne!(o("v1", "Service", None).key(), o("serving.knative.dev/v1", "Service", None).key());
+        assert_eq!(o("v1", "Namespace", None).deletes_more(), Some("deletes every object in the namespace"));
+        assert!(o("v1", "Namespace", Some("x")).to_yaml().lines().all(|l| !l.contains("namespace")));
+        assert!(o("v1", "ConfigMap", None).to_yaml().contains("namespace: \"default\""));
     }
 }

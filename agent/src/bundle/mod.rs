@@ -53,23 +53,60 @@ impl Default for Limits {
     }
 }
 
-/// One clear reason a bundle is refused, naming the file in the repository.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{file}: {reason}")]
+/// Why a bundle is refused, naming the file in the repository: the first
+/// problem found, and every other one found in the same pass (a fleet
+/// repository's CI sees all of a bundle's problems in one run).
+#[derive(Debug, Clone, PartialEq)]
 pub struct BundleError {
     pub file: String,
     pub reason: String,
+    pub more: Vec<(String, String)>,
 }
 
+/// Further problems shown in the one-line form (status, events); `validate`
+/// lists every one.
+const MORE_SHOWN: usize = 3;
+
+impl std::fmt::Display for BundleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file, self.reason)?;
+        if !self.more.is_empty() {
+            let shown: Vec<String> = self.more.iter().take(MORE_SHOWN).map(|(f, r)| format!("{f}: {r}")).collect();
+            let rest = self.more.len().saturating_sub(MORE_SHOWN);
+            write!(f, " (and {} more: {}", self.more.len(), shown.join("; "))?;
+            if rest > 0 {
+                write!(f, "; … {rest} more, `tend validate` lists them")?;
+            }
+            write!(f, ")")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BundleError {}
+
 impl BundleError {
-    fn new(file: impl ToString, reason: impl ToString) -> Self {
-        BundleError { file: file.to_string(), reason: reason.to_string() }
+    pub fn new(file: impl ToString, reason: impl ToString) -> Self {
+        BundleError { file: file.to_string(), reason: reason.to_string(), more: Vec::new() }
+    }
+
+    /// One error for several problems (at least one).
+    fn many(problems: Vec<BundleError>) -> Self {
+        let mut all = problems.into_iter().flat_map(|e| e.problems().map(|(f, r)| (f.to_owned(), r.to_owned())).collect::<Vec<_>>());
+        let (file, reason) = all.next().expect("at least one problem");
+        BundleError { file, reason, more: all.collect() }
+    }
+
+    /// Every problem: (file, reason).
+    pub fn problems(&self) -> impl Iterator<Item = (&str, &str)> {
+        std::iter::once((self.file.as_str(), self.reason.as_str()))
+            .chain(self.more.iter().map(|(f, r)| (f.as_str(), r.as_str())))
     }
 }
 
 impl From<TreeError> for BundleError {
     fn from(e: TreeError) -> Self {
-        BundleError { file: e.path, reason: e.reason }
+        BundleError::new(e.path, e.reason)
     }
 }
 
@@ -144,6 +181,9 @@ impl Desired {
 pub struct Rendered {
     pub desired: Desired,
     pub blobs: HashMap<ContentHash, Vec<u8>>,
+    /// What is allowed but likely a mistake (`validate` prints them, a sync
+    /// logs them).
+    pub warnings: Vec<String>,
 }
 
 /// What the local configuration allows (SPEC §1 `[files].allow`).
@@ -291,6 +331,8 @@ struct Loader<'t, 'c> {
     manifests: BTreeMap<String, (Vec<u8>, Vec<manifest::ObjectRef>, RelPath)>,
     bundles: Vec<String>,
     loads: usize,
+    /// Problems of single files that do not stop the reading of the rest.
+    problems: Vec<BundleError>,
 }
 
 /// Read the bundle at `bundle` in `tree` and render it for `ctx`.
@@ -305,9 +347,17 @@ pub fn render(tree: &dyn Tree, bundle: &RelPath, ctx: &Context<'_>) -> Result<Re
         manifests: BTreeMap::new(),
         bundles: Vec::new(),
         loads: 0,
+        problems: Vec::new(),
     };
     let mut stack = Vec::new();
-    loader.load(bundle, &mut stack)?;
+    let loaded = loader.load(bundle, &mut stack);
+    let mut problems = std::mem::take(&mut loader.problems);
+    if let Err(e) = loaded {
+        problems.push(e);
+    }
+    if !problems.is_empty() {
+        return Err(BundleError::many(problems));
+    }
     loader.finish()
 }
 
@@ -431,9 +481,26 @@ impl Loader<'_, '_> {
             match kind {
                 EntryKind::Dir => self.load_manifests(root, &path)?,
                 EntryKind::File { .. } if file.ends_with(".yaml") || file.ends_with(".yml") => {
-                    let bytes = self.read_limited(&path)?;
-                    let text = std::str::from_utf8(&bytes).map_err(|_| BundleError::new(&path, "not valid UTF-8"))?;
-                    let objects = manifest::parse(text).map_err(|e| BundleError::new(&path, e))?;
+                    // A bad manifest is noted and the rest are read: every
+                    // problem of the bundle is reported at once.
+                    let bytes = match self.read_limited(&path) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            self.problems.push(e);
+                            continue;
+                        }
+                    };
+                    let Ok(text) = std::str::from_utf8(&bytes) else {
+                        self.problems.push(BundleError::new(&path, "not valid UTF-8"));
+                        continue;
+                    };
+                    let objects = match manifest::parse(text) {
+                        Ok(o) => o,
+                        Err(errors) => {
+                            self.problems.extend(errors.into_iter().map(|e| BundleError::new(&path, e)));
+                            continue;
+                        }
+                    };
                     let rel = path.strip_prefix(root).expect("under k3s/").to_string();
                     if !self.manifests.contains_key(&rel) && self.manifests.len() >= 1000 {
                         return Err(BundleError::new(&path, "more than 1000 manifests"));
@@ -441,9 +508,11 @@ impl Loader<'_, '_> {
                     self.manifests.insert(rel, (bytes, objects, path));
                 }
                 EntryKind::File { .. } => {
-                    return Err(BundleError::new(&path, "only .yaml and .yml files belong in k3s/"));
+                    self.problems.push(BundleError::new(&path, "only .yaml and .yml files belong in k3s/"));
                 }
-                _ => return Err(BundleError::new(&path, "symlinks and special files are not allowed in k3s/")),
+                _ => self
+                    .problems
+                    .push(BundleError::new(&path, "symlinks and special files are not allowed in k3s/")),
             }
         }
         Ok(())
@@ -467,8 +536,14 @@ impl Loader<'_, '_> {
             }
             let bytes = self.tree.read(&path, 64 * 1024)?;
             let text = std::str::from_utf8(&bytes).map_err(|_| BundleError::new(&path, "not valid UTF-8"))?;
-            let spec =
-                ContainerSpec::parse(text, self.ctx.policy.allow_privileged).map_err(|e| BundleError::new(&path, e))?;
+            let spec = match ContainerSpec::parse(text, self.ctx.policy.allow_privileged) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Noted; the other container files are still read.
+                    self.problems.push(BundleError::new(&path, e));
+                    continue;
+                }
+            };
             if !self.containers.contains_key(name) && self.containers.len() >= 256 {
                 return Err(BundleError::new(&path, "more than 256 containers"));
             }
@@ -747,9 +822,35 @@ impl Loader<'_, '_> {
             rendered.blobs.entry(hash).or_insert(bytes);
             rendered.desired.manifests.insert(rel, DesiredManifest { hash, objects, from: from.to_string() });
         }
+        rendered.warnings.extend(duplicate_objects(&rendered.desired.manifests));
         rendered.desired.bundles = bundles;
         Ok(rendered)
     }
+}
+
+/// Objects declared by more than one manifest: K3s's Addons each claim them,
+/// the one applied last owns them, and removing them from that file deletes
+/// them though the other still declares them.
+fn duplicate_objects(manifests: &BTreeMap<String, DesiredManifest>) -> Vec<String> {
+    let mut by_key: BTreeMap<manifest::ObjectKey, (&manifest::ObjectRef, Vec<&str>)> = BTreeMap::new();
+    for m in manifests.values() {
+        for o in &m.objects {
+            let e = by_key.entry(o.key()).or_insert((o, Vec::new()));
+            if !e.1.contains(&m.from.as_str()) {
+                e.1.push(&m.from);
+            }
+        }
+    }
+    by_key
+        .values()
+        .filter(|(_, files)| files.len() > 1)
+        .map(|(o, files)| {
+            format!(
+                "{o} is declared by {}: K3s gives it to the file it applies last, and removing it from that file deletes it",
+                files.join(" and ")
+            )
+        })
+        .collect()
 }
 
 fn default_mode(executable: bool) -> u32 {

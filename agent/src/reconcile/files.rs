@@ -18,8 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::plan::{Live, Op, Plan, Target, ancestors, shell_words};
 use crate::bundle::RelPath;
@@ -57,45 +56,14 @@ pub struct ProcessRunner {
 
 impl Runner for ProcessRunner {
     fn run(&self, command: &[String]) -> Result<String, String> {
-        let (prog, args) = command.split_first().ok_or("empty command")?;
-        let mut child = Command::new(prog)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {prog:?}: {e}"))?;
-        // Read output on threads so a chatty command cannot block on a full pipe.
-        let mut out = child.stdout.take().expect("piped");
-        let mut err = child.stderr.take().expect("piped");
-        let t_out = std::thread::spawn(move || read_capped(&mut out));
-        let t_err = std::thread::spawn(move || read_capped(&mut err));
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if start.elapsed() > self.timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("timed out after {}", humantime::format_duration(self.timeout)));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return Err(e.to_string()),
-            }
-        };
-        let mut output = t_out.join().unwrap_or_default();
-        output.push_str(&t_err.join().unwrap_or_default());
-        if status.success() { Ok(output) } else { Err(format!("{status}; output: {}", output.trim())) }
+        let out = crate::process::run(command, None, self.timeout).map_err(|e| match e {
+            crate::process::RunError::Spawn(e) => format!("cannot start {:?}: {e}", command[0]),
+            e => e.to_string(),
+        })?;
+        let mut output = out.stdout;
+        output.push_str(&out.stderr);
+        if out.status.success() { Ok(output) } else { Err(format!("{}; output: {}", out.status, output.trim())) }
     }
-}
-
-fn read_capped(r: &mut impl std::io::Read) -> String {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    let _ = r.by_ref().take(16 * 1024).read_to_end(&mut buf);
-    // Drain the rest so the child never blocks writing.
-    let _ = std::io::copy(r, &mut std::io::sink());
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// What an apply did.
@@ -524,7 +492,7 @@ pub fn targets(desired: &crate::bundle::Desired) -> Result<BTreeMap<RelPath, Tar
     let mut out = BTreeMap::new();
     for (path, f) in &desired.files {
         let (uid, gid) = resolve_ids(f.owner.as_deref(), f.group.as_deref(), &mut cache)
-            .map_err(|reason| crate::bundle::BundleError { file: f.from.clone(), reason })?;
+            .map_err(|reason| crate::bundle::BundleError::new(&f.from, reason))?;
         out.insert(
             path.clone(),
             Target { hash: f.hash, mode: f.mode, uid, gid, on_change: f.on_change.clone(), sealed: f.sealed },

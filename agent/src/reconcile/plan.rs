@@ -109,8 +109,11 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty() && self.blocked.is_empty() && self.containers.is_empty() && self.manifests.is_empty()
     }
-    /// Counts for a one-line summary: (created, updated, deleted, hooks).
+    /// Counts for a one-line summary: (created, updated, deleted, hooks), of
+    /// files, containers and K3s manifests together.
     pub fn counts(&self) -> (usize, usize, usize, usize) {
+        use super::containers::ContainerOp;
+        use super::k3s::ManifestOp;
         let mut c = (0, 0, 0, 0);
         for op in &self.ops {
             match op {
@@ -119,6 +122,20 @@ impl Plan {
                 Op::Delete { .. } => c.2 += 1,
                 Op::Run { .. } => c.3 += 1,
                 _ => {}
+            }
+        }
+        for op in &self.containers {
+            match op {
+                ContainerOp::Create { .. } => c.0 += 1,
+                ContainerOp::Replace { .. } | ContainerOp::Start { .. } => c.1 += 1,
+                ContainerOp::Remove { .. } => c.2 += 1,
+            }
+        }
+        for op in &self.manifests {
+            match op {
+                ManifestOp::Write { create: true, .. } => c.0 += 1,
+                ManifestOp::Write { create: false, .. } => c.1 += 1,
+                ManifestOp::Delete { .. } => c.2 += 1,
             }
         }
         c

@@ -1,0 +1,121 @@
+//! Running a child process from a blocking step: `on_change` hooks and
+//! `kubectl`.
+//!
+//! What must always hold:
+//! - a command never runs longer than its timeout: it is killed and reaped;
+//! - its output is read on threads and capped (16 KiB of each stream kept, the
+//!   rest drained), so a chatty command neither blocks on a full pipe nor fills
+//!   memory;
+//! - input is written on its own thread; a command that exits without reading
+//!   it is reported by its exit status and its own error output, never as the
+//!   `Broken pipe` of the write.
+
+use std::io::{Read, Write};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Output kept per stream.
+const OUTPUT_CAP: u64 = 16 * 1024;
+
+/// How a command ended.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("empty command")]
+    Empty,
+    #[error("cannot be run: {0}")]
+    Spawn(String),
+    #[error("timed out after {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    #[error("{0}")]
+    Wait(String),
+}
+
+/// Run `command` with `input` on its standard input (none: `/dev/null`), wait
+/// at most `timeout`.
+pub fn run(command: &[String], input: Option<Vec<u8>>, timeout: Duration) -> Result<Output, RunError> {
+    let (prog, args) = command.split_first().ok_or(RunError::Empty)?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| RunError::Spawn(e.to_string()))?;
+    let writer = match (input, child.stdin.take()) {
+        (Some(data), Some(mut stdin)) => Some(std::thread::spawn(move || {
+            // A write error means the command closed its input early (EPIPE):
+            // what it says on stderr and its exit status tell why.
+            let _ = stdin.write_all(&data);
+        })),
+        _ => None,
+    };
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let t_out = std::thread::spawn(move || read_capped(&mut out));
+    let t_err = std::thread::spawn(move || read_capped(&mut err));
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(RunError::TimedOut(timeout));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(RunError::Wait(e.to_string())),
+        }
+    };
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    Ok(Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() })
+}
+
+fn read_capped(r: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let _ = r.by_ref().take(OUTPUT_CAP).read_to_end(&mut buf);
+    // Drain the rest so the child never blocks writing.
+    let _ = std::io::copy(r, &mut std::io::sink());
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    #[test]
+    fn output_status_and_input() {
+        let o = run(&sh("cat; echo err >&2; exit 3"), Some(b"hello".to_vec()), Duration::from_secs(5)).unwrap();
+        assert_eq!((o.stdout.as_str(), o.stderr.as_str(), o.status.code()), ("hello", "err\n", Some(3)));
+    }
+
+    #[test]
+    fn a_command_that_does_not_read_its_input_reports_its_own_error() {
+        // More than a pipe buffer, to a command that exits at once.
+        let o = run(&sh("echo 'error: unknown flag' >&2; exit 1"), Some(vec![b'x'; 1 << 20]), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(o.stderr, "error: unknown flag\n");
+    }
+
+    #[test]
+    fn timeouts_kill_and_output_is_capped() {
+        let e = run(&sh("sleep 5"), None, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.to_string(), "timed out after 200ms");
+        let o = run(&sh("head -c 100000 /dev/zero"), None, Duration::from_secs(5)).unwrap();
+        assert_eq!(o.stdout.len(), 16 * 1024);
+        assert!(matches!(run(&["/nonexistent/x".into()], None, Duration::from_secs(1)), Err(RunError::Spawn(_))));
+    }
+}
