@@ -412,12 +412,13 @@ fn print_summary(v: &serde_json::Value, json: bool) {
 
 /// "12 files, 2 containers, 44 manifests", leaving out kinds the revision has none of.
 fn resources(files: usize, containers: usize, manifests: usize) -> String {
-    let mut parts = vec![format!("{files} files")];
+    let n = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let mut parts = vec![n(files, "file")];
     if containers > 0 {
-        parts.push(format!("{containers} containers"));
+        parts.push(n(containers, "container"));
     }
     if manifests > 0 {
-        parts.push(format!("{manifests} manifests"));
+        parts.push(n(manifests, "manifest"));
     }
     parts.join(", ")
 }

@@ -42,10 +42,8 @@ fn mtime(p: &Path) -> SystemTime {
 /// everything in `dir`.
 fn file(dir: &Path, prefix: &str) -> PathBuf {
     assert_eq!(k3s_refusals(dir), Vec::<String>::new(), "K3s would refuse files in {}", dir.display());
-    let found: Vec<PathBuf> = k3s_files(dir)
-        .into_iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-        .collect();
+    let found: Vec<PathBuf> =
+        k3s_files(dir).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).collect();
     assert_eq!(found.len(), 1, "{prefix}*: {found:?}");
     found.into_iter().next().unwrap()
 }
@@ -135,9 +133,10 @@ fn identity_is_group_kind_namespace_and_name_not_the_version() {
     };
     let controller =
         |ns: &str| format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: controller\n  namespace: {ns}\n");
-    fleet
-        .write("devices/gw-1/k3s/coredns.yaml", role("v1beta1"))
-        .write("devices/gw-1/k3s/metallb.yaml", format!("{}---\n{}", controller("metallb-system"), controller("other")));
+    fleet.write("devices/gw-1/k3s/coredns.yaml", role("v1beta1")).write(
+        "devices/gw-1/k3s/metallb.yaml",
+        format!("{}---\n{}", controller("metallb-system"), controller("other")),
+    );
     fleet.commit("v1beta1");
     gw.sync_ok();
     kubectl.clear_log();
@@ -205,7 +204,7 @@ fn invalid_manifests_are_rejected_naming_file_and_document() {
         ("apiVersion: v1\nmetadata:\n  name: x\n", "document 1 (line 1): missing kind"),
         (
             &format!("{CONFIG}---\napiVersion: v1\nkind: Secret\nmetadata: {{}}\n") as &str,
-            "document 2 (line 5): Secret: missing metadata.name",
+            "document 2 (line 6): Secret: missing metadata.name",
         ),
         ("--- {apiVersion: v1, kind: ConfigMap, metadata: {name: x}}\n", "K3s splits documents"),
     ] {
@@ -237,8 +236,8 @@ fn validate_reports_every_problem_of_a_bundle_at_once() {
     assert_eq!(v.code, 1);
     for needle in [
         "devices/gw-1/k3s/a.yaml: document 1 (line 1): ConfigMap: missing metadata.name",
-        "devices/gw-1/k3s/a.yaml: document 2 (line 4): Secret: missing apiVersion",
-        "devices/gw-1/k3s/sub/b.yaml: invalid YAML",
+        "devices/gw-1/k3s/a.yaml: document 2 (line 5): Secret: missing apiVersion",
+        "devices/gw-1/k3s/sub/b.yaml: document 1 (line 1): invalid YAML",
         "devices/gw-1/k3s/c.txt: only .yaml and .yml files belong in k3s/",
         "devices/gw-1/containers/bad.toml: ",
         "bundle rejected: 5 problems",
@@ -419,7 +418,9 @@ fn validate_and_dry_run_cover_manifests() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: &m {name: x}\ndata: {a: &v one, b: *v}\n",
     );
     assert_eq!(gw.tend(&["validate", bundle.to_str().unwrap()]).code, 0);
-    let mut bomb = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\nl0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    let mut bomb = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\nl0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
     for i in 1..9 {
         bomb.push_str(&format!("l{i}: &l{i} [{}]\n", vec![format!("*l{}", i - 1); 9].join(", ")));
     }
@@ -487,7 +488,8 @@ fn a_corpus_of_real_manifests() {
             .collect()
     };
     let expected: std::collections::BTreeSet<String> = objects(false).difference(&objects(true)).cloned().collect();
-    let deleted: Vec<String> = kubectl.deleted().into_iter().filter(|d| !d.starts_with("Addon.k3s.cattle.io ")).collect();
+    let deleted: Vec<String> =
+        kubectl.deleted().into_iter().filter(|d| !d.starts_with("Addon.k3s.cattle.io ")).collect();
     let deleted_set: std::collections::BTreeSet<String> = deleted.iter().cloned().collect();
     assert_eq!(deleted.len(), deleted_set.len(), "an object was deleted twice");
     assert_eq!(deleted_set, expected);
@@ -511,20 +513,14 @@ fn a_corpus_of_real_manifests() {
 fn the_upgrade_from_old_file_names() {
     let (_tmp, fleet, gw, kubectl, dir) = setup();
     // The old release knows no [k3s].timeout: the config is the same for both.
-    fleet
-        .write("devices/gw-1/k3s/apps/web.yaml", WEB)
-        .write("devices/gw-1/k3s/config.yaml", CONFIG)
-        .write(
-            "devices/gw-1/k3s/old.yaml",
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: old, namespace: demo}\n",
-        );
+    fleet.write("devices/gw-1/k3s/apps/web.yaml", WEB).write("devices/gw-1/k3s/config.yaml", CONFIG).write(
+        "devices/gw-1/k3s/old.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: old, namespace: demo}\n",
+    );
     fleet.commit("k3s");
     let prev = prev_release_bin();
-    let out = std::process::Command::new(&prev)
-        .env("TEND_CONFIG", &gw.config)
-        .args(["sync", "--json"])
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(&prev).env("TEND_CONFIG", &gw.config).args(["sync", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let old: Vec<String> =
         k3s_files(&dir).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();

@@ -204,8 +204,11 @@ pub fn prev_release_bin() -> PathBuf {
     }
     let src = tempfile::tempdir().unwrap();
     let mut tar = Command::new("sh");
-    tar.arg("-c")
-        .arg(format!("git -C {} archive {PREV_RELEASE} | tar -x -C {}", workspace.display(), src.path().display()));
+    tar.arg("-c").arg(format!(
+        "git -C {} archive {PREV_RELEASE} | tar -x -C {}",
+        workspace.display(),
+        src.path().display()
+    ));
     crate::run(&mut tar);
     let target = workspace.join("target/prev-build");
     crate::run(

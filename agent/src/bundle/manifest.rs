@@ -82,7 +82,10 @@ const CLUSTER_SCOPED: &[(&str, &str)] = &[
     ("policy", "PodSecurityPolicy"),
     ("resource.k8s.io", "DeviceClass"),
     ("resource.k8s.io", "ResourceSlice"),
-    ("helm.cattle.io", "HelmChartConfig"),
+    ("certificates.k8s.io", "ClusterTrustBundle"),
+    ("admissionregistration.k8s.io", "MutatingAdmissionPolicy"),
+    ("admissionregistration.k8s.io", "MutatingAdmissionPolicyBinding"),
+    ("storagemigration.k8s.io", "StorageVersionMigration"),
 ];
 
 impl ObjectRef {
@@ -213,10 +216,9 @@ enum Frame {
     Map { entries: Vec<(Rc<Node>, Rc<Node>)>, key: Option<Rc<Node>>, anchor: usize, size: u64 },
 }
 
-/// One document: its root (`None`: empty) and where it starts.
+/// One document: its root (`None`: empty).
 struct Doc {
     root: Option<Rc<Node>>,
-    line: usize,
     /// Nodes decoded with aliases expanded, and of those, decoded through an alias.
     decoded: u64,
     aliased: u64,
@@ -228,7 +230,6 @@ struct Builder {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Rc<Node>>,
     root: Option<Rc<Node>>,
-    line: usize,
     decoded: u64,
     aliased: u64,
     error: Option<String>,
@@ -263,17 +264,13 @@ impl MarkedEventReceiver for Builder {
         }
         match ev {
             Event::DocumentStart => {
-                self.line = mark.line();
                 self.decoded = 0;
                 self.aliased = 0;
                 self.anchors.clear();
             }
-            Event::DocumentEnd => self.docs.push(Doc {
-                root: self.root.take(),
-                line: self.line,
-                decoded: self.decoded,
-                aliased: self.aliased,
-            }),
+            Event::DocumentEnd => {
+                self.docs.push(Doc { root: self.root.take(), decoded: self.decoded, aliased: self.aliased })
+            }
             Event::Scalar(v, style, anchor, tag) => {
                 self.decoded = self.decoded.saturating_add(1);
                 let value = if style != TScalarStyle::Plain {
@@ -334,36 +331,8 @@ impl MarkedEventReceiver for Builder {
 }
 
 /// Plain scalars YAML 1.1 (go-yaml v2, which K3s uses) reads as booleans.
-const YAML11_BOOLS: &[&str] = &[
-    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF",
-];
-
-/// How K3s splits a file into documents (apimachinery's `YAMLReader`): at
-/// every line that starts with `---`, which may be followed by a comment only;
-/// anything else after it makes K3s refuse the whole file.
-fn check_separators(text: &str) -> Vec<String> {
-    text.lines()
-        .enumerate()
-        .filter_map(|(i, line)| {
-            let rest = line.strip_prefix("---")?.trim();
-            (!rest.is_empty() && !rest.starts_with('#')).then(|| {
-                format!(
-                    "line {}: {:?}: K3s splits documents at lines starting with `---` and refuses one followed by anything but a comment",
-                    i + 1,
-                    shorten(line)
-                )
-            })
-        })
-        .collect()
-}
-
-/// Whether the text before the first `---` line is blank or comments only
-/// (apimachinery's `isEmptyYaml`).
-fn first_chunk_is_empty(text: &str) -> bool {
-    text.lines()
-        .take_while(|l| !l.starts_with("---"))
-        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-}
+const YAML11_BOOLS: &[&str] =
+    &["y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF"];
 
 /// At most 40 characters of a line, for a message.
 fn shorten(line: &str) -> String {
@@ -398,31 +367,30 @@ fn excessive_aliasing(decoded: u64, aliased: u64) -> bool {
 /// The objects of a multi-document manifest. All problems of the file are
 /// returned at once, each naming its document (1-based) and line.
 pub fn parse(text: &str) -> Result<Vec<ObjectRef>, Vec<String>> {
-    // K3s's YAML reader skips a UTF-8 byte order mark; so does tend.
-    let bom = text.starts_with('\u{feff}');
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let separators = check_separators(text);
-    if !separators.is_empty() {
-        return Err(separators);
-    }
-    let mut b = Builder::default();
-    if let Err(e) = Parser::new_from_str(text).load(&mut b, true) {
-        return Err(vec![format!("invalid YAML: {e}")]);
-    }
-    if let Some(e) = b.error {
-        return Err(vec![format!("invalid YAML: {e}")]);
-    }
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    // K3s sees the mark as content of the first document: before an empty or
-    // comment-only one, it is a document with no kind.
-    if bom && first_chunk_is_empty(text) {
-        errors.push(
-            "document 1 (line 1): a byte order mark before an empty or comment-only document: K3s reads it as a document without a kind".into(),
-        );
-    }
-    for (i, doc) in b.docs.iter().enumerate() {
-        let at = format!("document {} (line {})", i + 1, doc.line);
+    let mut lists = 0;
+    for (n, (line, chunk)) in split_documents(text)?.into_iter().enumerate() {
+        let at = format!("document {} (line {line})", n + 1);
+        // A UTF-8 byte order mark at the start of the file is skipped by
+        // go-yaml; before the split, K3s counts it as content (below).
+        let body = chunk.strip_prefix('\u{feff}').unwrap_or(chunk);
+        // Lines before the chunk keep the parser's line numbers the file's.
+        let padded = format!("{}{body}", "\n".repeat(line - 1));
+        let mut b = Builder::default();
+        if let Err(e) = Parser::new_from_str(&padded).load(&mut b, true) {
+            errors.push(format!("{at}: invalid YAML: {e}"));
+            continue;
+        }
+        if let Some(e) = b.error {
+            errors.push(format!("{at}: invalid YAML: {e}"));
+            continue;
+        }
+        // K3s decodes the first YAML document of a chunk.
+        let Some(doc) = b.docs.first() else {
+            errors.push(format!("{at}: not an object (K3s reads it as a document without a kind)"));
+            continue;
+        };
         if excessive_aliasing(doc.decoded, doc.aliased) {
             errors.push(format!(
                 "{at}: excessive aliasing: its anchors and aliases expand to {} nodes (an alias bomb?)",
@@ -430,40 +398,88 @@ pub fn parse(text: &str) -> Result<Vec<ObjectRef>, Vec<String>> {
             ));
             continue;
         }
-        let Some(root) = &doc.root else { continue };
-        match &root.value {
-            // An empty or comment-only document (`---` twice, a trailing `---`).
-            Value::Null => {}
-            Value::Map(_) => match object(root, None) {
-                Err(e) => errors.push(format!("{at}: {e}")),
-                Ok(Declared::One(o)) => out.push(o),
-                Ok(Declared::List { items, kind, api_version }) => {
-                    // An item with neither kind nor apiVersion takes the
-                    // List's (apimachinery's `decodeToList`).
-                    let item_kind = kind.strip_suffix("List").unwrap_or(&kind).to_owned();
-                    let inherit = (item_kind, api_version);
-                    for (j, item) in items.iter().enumerate() {
-                        match object(item, Some(&inherit)) {
-                            Ok(Declared::One(o)) => out.push(o),
-                            Ok(Declared::List { .. }) => {
-                                errors.push(format!("{at}: items[{j}]: a List inside a List"))
-                            }
-                            Err(e) => errors.push(format!("{at}: items[{j}]: {e}")),
-                        }
+        // A chunk that starts with `{` is read as JSON, not YAML.
+        if body.trim_start().starts_with('{') && serde_json::from_str::<serde_json::Value>(body).is_err() {
+            errors.push(format!("{at}: it starts with `{{`, so K3s reads it as JSON, and it is not valid JSON"));
+            continue;
+        }
+        let root = doc.root.as_deref();
+        match root.map(|r| &r.value) {
+            Some(Value::Map(_)) => {}
+            Some(Value::Null) | None => {
+                errors.push(format!("{at}: not an object (K3s reads it as a document without a kind)"));
+                continue;
+            }
+            Some(_) => {
+                errors.push(format!("{at}: not a mapping"));
+                continue;
+            }
+        }
+        let root = root.expect("a mapping");
+        match object(root, None) {
+            Err(e) => errors.push(format!("{at}: {e}")),
+            Ok(Declared::One(o)) => out.push(o),
+            Ok(Declared::List { items, kind, api_version }) => {
+                lists += 1;
+                // An item with neither kind nor apiVersion takes the List's
+                // (apimachinery's `decodeToList`).
+                let item_kind = kind.strip_suffix("List").unwrap_or(&kind).to_owned();
+                let inherit = (item_kind, api_version);
+                for (j, item) in items.iter().enumerate() {
+                    match object(item, Some(&inherit)) {
+                        Ok(Declared::One(o)) => out.push(o),
+                        Ok(Declared::List { .. }) => errors.push(format!("{at}: items[{j}]: a List inside a List")),
+                        Err(e) => errors.push(format!("{at}: items[{j}]: {e}")),
                     }
                 }
-            },
-            _ => errors.push(format!("{at}: not a mapping")),
+            }
         }
     }
-    if errors.is_empty() && out.is_empty() && !b.docs.iter().any(|d| is_list(d.root.as_deref())) {
+    if errors.is_empty() && out.is_empty() && lists == 0 {
         errors.push("no document".into());
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
-fn is_list(root: Option<&Node>) -> bool {
-    root.is_some_and(|r| r.get("items").is_some())
+/// The documents K3s reads from a file, with the line each starts on:
+/// apimachinery's `YAMLReader` splits at every line that starts with `---`
+/// (only whitespace or a comment may follow it, or the whole file is refused),
+/// and chunks of blank, comment and `---` lines only are dropped
+/// (`isEmptyYaml`).
+fn split_documents(text: &str) -> Result<Vec<(usize, &str)>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut chunks = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0usize, 1usize, 0usize);
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if let Some(rest) = line.strip_prefix("---") {
+            let rest = rest.trim();
+            if !rest.is_empty() && !rest.starts_with('#') {
+                errors.push(format!(
+                    "line {}: {:?}: K3s splits documents at lines starting with `---` and refuses one followed by anything but a comment",
+                    i + 1,
+                    shorten(line.trim_end())
+                ));
+            }
+            chunks.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = i + 2;
+        }
+        offset += line.len();
+    }
+    chunks.push((start_line, &text[start..]));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(chunks.into_iter().filter(|(_, c)| !is_empty_yaml(c)).collect())
+}
+
+/// apimachinery's `isEmptyYaml`: blank, comment and `---` lines only. A byte
+/// order mark is content here.
+fn is_empty_yaml(chunk: &str) -> bool {
+    chunk.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#') || t == "---"
+    })
 }
 
 enum Declared<'a> {
@@ -547,7 +563,7 @@ mod tests {
             ("kind: X\nmetadata:\n  name: a\n", "document 1 (line 1): X: missing apiVersion"),
             (
                 "apiVersion: v1\nkind: A\nmetadata:\n  name: a\n---\napiVersion: v1\nmetadata:\n  name: b\n",
-                "document 2 (line 5): missing kind",
+                "document 2 (line 6): missing kind",
             ),
             ("apiVersion: v1\nkind: A\nmetadata: {}\n", "document 1 (line 1): A: missing metadata.name"),
             ("apiVersion: v1\nkind: [\n", "invalid YAML"),
@@ -560,7 +576,8 @@ mod tests {
             let e = parse(text).unwrap_err();
             assert!(e.iter().any(|e| e.contains(needle)), "{text:?}: {e:?}");
         }
-        let e = parse("kind: A\n---\napiVersion: v1\nkind: B\nmetadata: {name: ok}\n---\napiVersion: v1\n").unwrap_err();
+        let e =
+            parse("kind: A\n---\napiVersion: v1\nkind: B\nmetadata: {name: ok}\n---\napiVersion: v1\n").unwrap_err();
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].starts_with("document 1") && e[1].starts_with("document 3"), "{e:?}");
     }
@@ -571,7 +588,13 @@ mod tests {
         assert_eq!(names(&objs), ["ConfigMap default/c"]);
         // As in K3s: before an empty first document, the mark is a document.
         let e = parse("\u{feff}# comment\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n").unwrap_err();
-        assert!(e[0].contains("byte order mark"), "{e:?}");
+        assert_eq!(e, ["document 1 (line 1): not an object (K3s reads it as a document without a kind)"]);
+        // A null document that is not empty is refused, as K3s does.
+        assert!(parse("apiVersion: v1\nkind: A\nmetadata: {name: a}\n---\n~\n").is_err());
+        // A document starting with `{` must be JSON.
+        assert!(parse("{\"apiVersion\": \"v1\", \"kind\": \"A\", \"metadata\": {\"name\": \"a\"}}\n").is_ok());
+        let e = parse("{apiVersion: v1, kind: A, metadata: {name: a}}\n").unwrap_err();
+        assert!(e[0].contains("reads it as JSON"), "{e:?}");
     }
 
     #[test]
@@ -590,10 +613,7 @@ mod tests {
             "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: a, namespace: x}\n- apiVersion: rbac.authorization.k8s.io/v1\n  kind: ClusterRole\n  metadata: {name: r}\n---\napiVersion: v1\nkind: ConfigMapList\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: b}}\n---\napiVersion: v1\nkind: List\nitems: []\n",
         )
         .unwrap();
-        assert_eq!(
-            names(&objs),
-            ["ConfigMap x/a", "ClusterRole.rbac.authorization.k8s.io r", "ConfigMap default/b"]
-        );
+        assert_eq!(names(&objs), ["ConfigMap x/a", "ClusterRole.rbac.authorization.k8s.io r", "ConfigMap default/b"]);
         let e = parse("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n").unwrap_err();
         assert_eq!(e, ["document 1 (line 1): items[0]: ConfigMap: missing metadata.name"]);
         // An empty List declares nothing, and that is not an error.
@@ -620,7 +640,9 @@ mod tests {
 
     #[test]
     fn an_alias_bomb_is_refused_by_its_expanded_size() {
-        let mut bomb = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\na0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut bomb = String::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\na0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         for i in 1..10 {
             let p = i - 1;
             bomb.push_str(&format!("a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"));

@@ -92,7 +92,9 @@ impl BundleError {
 
     /// One error for several problems (at least one).
     fn many(problems: Vec<BundleError>) -> Self {
-        let mut all = problems.into_iter().flat_map(|e| e.problems().map(|(f, r)| (f.to_owned(), r.to_owned())).collect::<Vec<_>>());
+        let mut all = problems
+            .into_iter()
+            .flat_map(|e| e.problems().map(|(f, r)| (f.to_owned(), r.to_owned())).collect::<Vec<_>>());
         let (file, reason) = all.next().expect("at least one problem");
         BundleError { file, reason, more: all.collect() }
     }
@@ -510,9 +512,7 @@ impl Loader<'_, '_> {
                 EntryKind::File { .. } => {
                     self.problems.push(BundleError::new(&path, "only .yaml and .yml files belong in k3s/"));
                 }
-                _ => self
-                    .problems
-                    .push(BundleError::new(&path, "symlinks and special files are not allowed in k3s/")),
+                _ => self.problems.push(BundleError::new(&path, "symlinks and special files are not allowed in k3s/")),
             }
         }
         Ok(())

@@ -151,7 +151,9 @@ pub enum K3sError {
     Io { path: String, reason: String },
     #[error("kubectl {command}: {reason}")]
     Kubectl { command: String, reason: String },
-    #[error("{file} gives up {object} to {to}, and K3s has not applied {to} yet ({reason}); {file} is left as it was so its Addon does not prune {object}")]
+    #[error(
+        "{file} gives up {object} to {to}, and K3s has not applied {to} yet ({reason}); {file} is left as it was so its Addon does not prune {object}"
+    )]
     Handoff { file: String, to: String, object: String, reason: String },
 }
 
@@ -345,7 +347,7 @@ pub fn apply(
             }
             ManifestOp::Delete { .. } => true,
         };
-        let (now, rest): (Vec<&ManifestOp>, Vec<&ManifestOp>) = pending.into_iter().partition(|op| ready(&op));
+        let (now, rest): (Vec<&ManifestOp>, Vec<&ManifestOp>) = pending.into_iter().partition(|op| ready(op));
         let (now, rest) = if now.is_empty() {
             tracing::warn!("manifests swap objects between them: K3s may prune and re-create them");
             (rest, Vec::new())
