@@ -50,11 +50,13 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 cache="${TEND_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tend-build}"
 build_one() {
   local t="$1" dir="$cache/cross/$1"
+  # `|| return 1`: errexit does not apply inside a function called from an
+  # `||` list, and a failed build must not ship the cache's older binary.
   if [ "$t" = armv7-unknown-linux-musleabihf ]; then
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS -C link-self-contained=no" CARGO_TARGET_DIR="$dir" \
-      cargo zigbuild --locked --release -p tend --bin tend --target "$t" -Zbuild-std=std,panic_abort
+      cargo zigbuild --locked --release -p tend --bin tend --target "$t" -Zbuild-std=std,panic_abort || return 1
   else
-    CARGO_TARGET_DIR="$dir" cargo build --locked --release -p tend --bin tend --target "$t"
+    CARGO_TARGET_DIR="$dir" cargo build --locked --release -p tend --bin tend --target "$t" || return 1
   fi
   mkdir -p "target/$t/release"
   cp "$dir/$t/release/tend" "target/$t/release/tend.tmp" && mv "target/$t/release/tend.tmp" "target/$t/release/tend"
