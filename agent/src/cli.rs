@@ -246,7 +246,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
                     Err(crate::store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                         std::thread::sleep(std::time::Duration::from_millis(100));
                     }
-                    other => break other.map_err(|e| Failure::Failed(e.into()))?,
+                    other => break other.map_err(open_failure)?,
                 }
             };
             daemon::run(agent).map_err(|e| Failure::Failed(e.into()))
@@ -313,6 +313,15 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
     }
 }
 
+/// A store that cannot be opened: a damaged one is not retried (exit 2, which
+/// the unit does not restart); anything else may pass.
+fn open_failure(e: StoreError) -> Failure {
+    match e {
+        e @ StoreError::Damaged { .. } => Failure::Usage(e.into()),
+        e => Failure::Failed(e.into()),
+    }
+}
+
 /// Carry out `req` through the running daemon's control socket, or directly on
 /// the store when no daemon runs.
 fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, Failure> {
@@ -337,7 +346,7 @@ fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, Failure> {
                 socket.display()
             )));
         }
-        Err(e) => return Err(Failure::Failed(e.into())),
+        Err(e) => return Err(open_failure(e)),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

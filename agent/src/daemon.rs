@@ -90,6 +90,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
         Ok(None) => tracing::info!("no revision applied yet"),
         Err(e) => tracing::warn!(error = %e, "could not enforce the revision in the store"),
     }
+    tend_sys::release_free_memory();
 
     let socket = cfg.control_socket();
     let listener = bind_control(&socket)?;
@@ -158,6 +159,10 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                     Ok(s) => tracing::info!(revision = s.commit.as_deref().map(sync::short), action = %s.action, "sync done"),
                     Err(e) => tracing::warn!(error = %e, transient, "sync failed"),
                 }
+                // What the sync freed goes back to the system, not to glibc's
+                // free lists (an idle daemon stays as small as before it).
+                drop(result);
+                tend_sys::release_free_memory();
                 let delay = next_poll(&cfg.source, &cfg.apply, transient, &mut failures, fastrand::f64());
                 tracing::debug!(next_in = ?delay, "next poll");
                 next = Instant::now() + delay;
@@ -174,6 +179,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                     }
                 };
                 let _ = reply.send(resp);
+                tend_sys::release_free_memory();
                 let _ = status_tx.send(status_now(&agent, suspended).await);
             }
             Some(cmd) = cmd_rx.recv() => {
@@ -184,6 +190,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                 if resumed {
                     next = Instant::now();
                 }
+                tend_sys::release_free_memory();
                 let _ = status_tx.send(status_now(&agent, suspended).await);
             }
         }

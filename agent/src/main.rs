@@ -7,6 +7,8 @@ use clap::Parser;
 use tend::cli::{Cli, LogFormat};
 
 fn main() -> ExitCode {
+    // Before any thread starts: one malloc arena (glibc only; see tend-sys).
+    tend_sys::one_arena();
     let cli = Cli::parse();
     init_logging(&cli);
     match tend::cli::run(&cli) {

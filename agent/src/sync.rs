@@ -226,9 +226,9 @@ pub fn short(commit: &str) -> &str {
 impl Agent {
     /// Open the store under `state_dir` (one process at a time).
     pub fn open(cfg: Config) -> Result<Agent, StoreError> {
-        let store = SledStore::open(&cfg.state_dir.join("store"))?;
+        let store = SledStore::open(&cfg.state_dir.join("store"), &cfg.state_dir.join("objects"))?;
         Ok(Agent {
-            events: Events::new(&cfg.device_id, &cfg.fleet),
+            events: Events::new(&cfg.device_id, &cfg.fleet, cfg.mqtt.url.is_some()),
             source: GitSource::new(&cfg),
             root: FileRoot::new(cfg.files.root.clone()),
             runner: Box::new(ProcessRunner { timeout: Duration::from_secs(300) }),
@@ -322,6 +322,10 @@ impl Agent {
             if rr.commit == commit
                 && rr.render_key == render_key
                 && let Some(r) = self.store.revision(rr.seq)?
+                // A content missing from a damaged store is rendered again.
+                && crate::store::referenced_blobs([&r], &Default::default())
+                    .iter()
+                    .all(|h| self.store.has_blob(h).unwrap_or(false))
             {
                 return Ok(Prepared {
                     commit: commit.into(),
@@ -484,7 +488,13 @@ impl Agent {
                     .store
                     .get_blob(h)
                     .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("content {} missing from the store", h.short())),
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: missing from the store (content {}); the store is damaged: with the source reachable, `tend sync --retry` renders the revision from Git again",
+                            self.store.blob_path(h),
+                            h.short()
+                        )
+                    }),
             }
         };
         // Secrets are stored as ciphertext and decrypted only on the way to
@@ -977,11 +987,17 @@ async fn sync_fetched(
     })
     .await?;
     let t = Instant::now();
+    // The contents go to the apply (and the store) and are dropped there; the
+    // rest is shared with the health gate and a rollback, not copied.
+    let mut prepared = prepared;
+    let blobs = std::mem::take(&mut prepared.blobs);
+    let prepared = Arc::new(prepared);
     let p = prepared.clone();
     let applied = blocking(agent, move |a| -> Result<(Plan, ApplyReport, u64), SyncError> {
         a.event(Kind::SyncStarted, serde_json::json!({ "revision": p.commit }));
         let prune = a.cfg.apply.prune;
-        let result = a.enforce(&p.commit, &p.desired, &p.blobs, prune);
+        let result = a.enforce(&p.commit, &p.desired, &blobs, prune);
+        drop(blobs);
         match result {
             Ok((plan, report)) => {
                 let seq = a.record(&p, Outcome::Applied, None)?;

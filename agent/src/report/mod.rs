@@ -51,12 +51,15 @@ impl Kind {
     }
 }
 
-/// Raises events: writes them to the outbox and wakes the publisher.
+/// Raises events: writes them to the outbox and wakes the publisher. Without
+/// `[mqtt]` nothing would ever publish them: they are logged, not kept (an
+/// outbox no one drains would only grow to its limit).
 #[derive(Clone)]
 pub struct Events {
     device_id: String,
     fleet: String,
     wake: Arc<tokio::sync::Notify>,
+    keep: bool,
 }
 
 impl std::fmt::Debug for Events {
@@ -66,8 +69,9 @@ impl std::fmt::Debug for Events {
 }
 
 impl Events {
-    pub fn new(device_id: &str, fleet: &str) -> Events {
-        Events { device_id: device_id.into(), fleet: fleet.into(), wake: Arc::new(tokio::sync::Notify::new()) }
+    /// `keep`: whether events are kept for a publisher (`[mqtt]` is set).
+    pub fn new(device_id: &str, fleet: &str, keep: bool) -> Events {
+        Events { device_id: device_id.into(), fleet: fleet.into(), wake: Arc::new(tokio::sync::Notify::new()), keep }
     }
 
     /// Notified whenever an event is queued.
@@ -77,6 +81,10 @@ impl Events {
 
     /// Queue an event; `fields` (an object) is merged into it. Blocking (store).
     pub fn raise(&self, store: &dyn Store, kind: Kind, fields: Value) -> Result<u64, StoreError> {
+        if !self.keep {
+            tracing::debug!(kind = kind.as_str(), "event (not kept: no [mqtt])");
+            return Ok(0);
+        }
         let mut event = json!({
             "seq": 0,
             "ts": now_rfc3339(),

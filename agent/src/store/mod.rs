@@ -2,11 +2,12 @@
 //! inventory of what tend created, and the last status.
 //!
 //! What must always hold: every value carries a schema version and is rejected
-//! (not misread) when the version is unknown; file contents are content-addressed,
-//! so an unchanged file is stored once however many revisions use it; a revision
-//! record is only written after every blob it references. `sled.rs` is the only
-//! file that knows the backing database.
+//! (not misread) when the version is unknown; file contents are content-addressed
+//! (`objects.rs`), so an unchanged file is stored once however many revisions use
+//! it; a revision record is only written after every content it references is
+//! durable. `sled.rs` is the only file that knows the backing database.
 
+pub mod objects;
 mod sled;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +29,12 @@ pub enum StoreError {
     Backend { path: String, reason: String },
     #[error("state store: {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The store lost what it had made durable (truncated or corrupted on
+    /// disk): nothing of it can be trusted to say what tend owns.
+    #[error(
+        "state store {path} is damaged: {reason}. tend does nothing with a store it cannot trust (nothing is pruned): move {path} aside to start over without history (files present are then taken over as they are), or restore it from a backup"
+    )]
+    Damaged { path: String, reason: String },
 }
 
 /// How a revision ended.
@@ -193,6 +200,8 @@ pub trait Store {
     fn put_blob(&self, hash: &ContentHash, data: &[u8]) -> Result<(), StoreError>;
     fn get_blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError>;
     fn has_blob(&self, hash: &ContentHash) -> Result<bool, StoreError>;
+    /// Where the content `hash` is kept, for messages.
+    fn blob_path(&self, hash: &ContentHash) -> String;
     /// Add or replace a revision record (keyed by its `seq`).
     fn put_revision(&self, rec: &RevisionRecord) -> Result<(), StoreError>;
     /// All revisions, newest first.

@@ -1,12 +1,19 @@
 //! The [`Store`] on sled, the only file that imports it.
 //!
-//! Layout: tree `blobs` (content hash → bytes), tree `revisions` (big-endian seq →
-//! versioned JSON), tree `meta` (`inventory`, `status` → versioned JSON). The
-//! cache is kept small on purpose: sled's default is 1 GiB and a gateway may have
-//! 256 MB of RAM.
+//! Layout: tree `revisions` (big-endian seq → versioned JSON), tree `meta`
+//! (`inventory`, `status`, `pointers` → versioned JSON), tree `outbox`; file
+//! contents are not in sled but in the object directory beside it
+//! ([`Objects`], `state_dir/objects`). The cache is kept small on purpose:
+//! sled's default is 1 GiB and a gateway may have 256 MB of RAM.
+//!
+//! A store written by 0.1.0 kept contents in a tree `blobs`: at open they are
+//! moved into the object directory (made durable first, then the tree is
+//! dropped; an interrupted move is done again at the next open).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use super::objects::{ObjectError, Objects};
 use super::{
     GcReport, Inventory, Pointers, RevisionRecord, Status, Store, StoreError, decode, encode, referenced_blobs,
 };
@@ -15,7 +22,7 @@ use crate::hash::ContentHash;
 pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
-    blobs: sled::Tree,
+    objects: Objects,
     revisions: sled::Tree,
     meta: sled::Tree,
     outbox: sled::Tree,
@@ -31,15 +38,39 @@ impl std::fmt::Debug for SledStore {
 
 const CACHE_BYTES: u64 = 1 << 20;
 
+/// Values up to this size stay in sled; larger ones become objects.
+const INLINE_MAX: usize = 16 * 1024;
+
+/// `{"v":1,"object":"<sha256>"}`: a value kept as an object.
+fn encode_reference(hash: &ContentHash) -> Vec<u8> {
+    format!("{{\"v\":{},\"object\":\"{hash}\"}}", super::SCHEMA_VERSION).into_bytes()
+}
+
+fn reference(bytes: &[u8]) -> Option<ContentHash> {
+    #[derive(serde::Deserialize)]
+    struct Reference {
+        object: ContentHash,
+    }
+    // Cheap test first: every inline value has "data", a reference has none.
+    if bytes.len() > 100 || !bytes.windows(9).any(|w| w == b"\"object\":") {
+        return None;
+    }
+    serde_json::from_slice::<Reference>(bytes).ok().map(|r| r.object)
+}
+
 impl SledStore {
-    /// Open (or create) the store at `dir`. A store held by another process is
-    /// reported as [`StoreError::Locked`].
-    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+    /// Open (or create) the store at `dir`, with its contents in `objects`. A
+    /// store held by another process is reported as [`StoreError::Locked`].
+    pub fn open(dir: &Path, objects: &Path) -> Result<SledStore, StoreError> {
         let path = dir.to_path_buf();
         let shown = path.display().to_string();
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend { path: shown.clone(), reason: format!("cannot create: {e}") })?;
-        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(Some(1000)).open().map_err(
+        // A store moved aside (or never made) starts over: its marker goes too.
+        let marker = if dir.join("db").exists() { read_marker(&marker_path(dir)) } else { None };
+        // No background flusher (one thread less): tend flushes when a record
+        // must be durable (`flush`, events).
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open().map_err(
             |e| match e {
                 sled::Error::Io(io)
                     if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
@@ -52,15 +83,64 @@ impl SledStore {
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| StoreError::Backend { path: shown.clone(), reason: e.to_string() })
         };
-        Ok(SledStore {
-            blobs: tree("blobs")?,
+        let store = SledStore {
+            objects: Objects::open(objects).map_err(object_error)?,
             revisions: tree("revisions")?,
             meta: tree("meta")?,
             outbox: tree("outbox")?,
             outbox_lock: std::sync::Mutex::new(()),
             db,
             path,
-        })
+        };
+        // sled recovers a truncated or corrupted log by dropping everything
+        // from the damage on, silently: an empty store would look like a new
+        // gateway. The generation written at each flush, and beside the store
+        // after it, tells.
+        let have: u64 = store.get_meta("generation")?.unwrap_or(0);
+        if let Some(want) = marker
+            && have < want
+        {
+            return Err(StoreError::Damaged {
+                path: shown,
+                reason: format!(
+                    "it holds generation {have} of its records, but generation {want} was made durable (it was truncated or corrupted)"
+                ),
+            });
+        }
+        store.migrate_blobs()?;
+        Ok(store)
+    }
+
+    /// 0.1.0 kept contents in the tree `blobs`: move them to the object
+    /// directory, durably, then drop the tree.
+    fn migrate_blobs(&self) -> Result<(), StoreError> {
+        let names = self.db.tree_names();
+        if !names.iter().any(|n| n.as_ref() == b"blobs") {
+            return Ok(());
+        }
+        let blobs = self.db.open_tree("blobs").map_err(|e| self.err(e))?;
+        let mut moved = 0usize;
+        for item in blobs.iter() {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Ok(bytes) = <[u8; 32]>::try_from(k.as_ref()) else { continue };
+            let hash = ContentHash(bytes);
+            if ContentHash::of(&v) != hash {
+                return Err(StoreError::Corrupt {
+                    key: format!("blob {}", hash.short()),
+                    reason: "its content does not match its hash; the store is damaged".into(),
+                });
+            }
+            self.objects.put(&hash, &v).map_err(object_error)?;
+            moved += 1;
+        }
+        self.objects.sync().map_err(object_error)?;
+        drop(blobs);
+        self.db.drop_tree("blobs").map_err(|e| self.err(e))?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        if moved > 0 {
+            tracing::info!(contents = moved, objects = %self.objects.root().display(), "moved file contents out of the store");
+        }
+        Ok(())
     }
 
     fn err(&self, e: sled::Error) -> StoreError {
@@ -70,29 +150,78 @@ impl SledStore {
     fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, StoreError> {
         match self.meta.get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
-            Some(bytes) => decode(key, &bytes).map(Some),
+            Some(bytes) => self.read_value(key, &bytes).map(Some),
         }
+    }
+
+    /// The encoded `value`, or, when it is large, a reference to it as an
+    /// object (made durable first). sled writes a value over 128 KiB (a
+    /// quarter of its segment) to a file of its own and never deletes those
+    /// files (sled#786); a revision of 1,000 files is 250 KB.
+    fn value<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>, StoreError> {
+        let bytes = encode(value);
+        if bytes.len() <= INLINE_MAX {
+            return Ok(bytes);
+        }
+        let hash = ContentHash::of(&bytes);
+        self.objects.put(&hash, &bytes).map_err(object_error)?;
+        self.objects.sync().map_err(object_error)?;
+        Ok(encode_reference(&hash))
+    }
+
+    /// Decode a value written by [`SledStore::value`] (or inline by 0.1.0).
+    fn read_value<T: for<'de> serde::Deserialize<'de>>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        let Some(hash) = reference(bytes) else { return decode(key, bytes) };
+        match self.objects.get(&hash).map_err(object_error)? {
+            Some(body) => decode(key, &body),
+            None => Err(StoreError::Corrupt {
+                key: key.to_owned(),
+                reason: format!(
+                    "its content {} is missing; the store is damaged: move {} and {} aside (tend then starts without history) or restore them from a backup",
+                    self.objects.path(&hash).display(),
+                    self.path.display(),
+                    self.objects.root().display()
+                ),
+            }),
+        }
+    }
+
+    /// The objects sled values refer to (kept by gc).
+    fn referenced_values(&self) -> Result<BTreeSet<ContentHash>, StoreError> {
+        let mut out = BTreeSet::new();
+        for tree in [&self.revisions, &self.meta] {
+            for item in tree.iter().values() {
+                if let Some(h) = reference(&item.map_err(|e| self.err(e))?) {
+                    out.insert(h);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
 impl Store for SledStore {
     fn put_blob(&self, hash: &ContentHash, data: &[u8]) -> Result<(), StoreError> {
-        if !self.has_blob(hash)? {
-            self.blobs.insert(hash.0, data).map_err(|e| self.err(e))?;
-        }
-        Ok(())
+        self.objects.put(hash, data).map_err(object_error)
     }
 
     fn get_blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.blobs.get(hash.0).map_err(|e| self.err(e))?.map(|v| v.to_vec()))
+        self.objects.get(hash).map_err(object_error)
     }
 
     fn has_blob(&self, hash: &ContentHash) -> Result<bool, StoreError> {
-        self.blobs.contains_key(hash.0).map_err(|e| self.err(e))
+        Ok(self.objects.contains(hash))
+    }
+
+    fn blob_path(&self, hash: &ContentHash) -> String {
+        self.objects.path(hash).display().to_string()
     }
 
     fn put_revision(&self, rec: &RevisionRecord) -> Result<(), StoreError> {
-        self.revisions.insert(rec.seq.to_be_bytes(), encode(rec)).map_err(|e| self.err(e))?;
+        // The contents it references are durable before the record is.
+        self.objects.sync().map_err(object_error)?;
+        let value = self.value(rec)?;
+        self.revisions.insert(rec.seq.to_be_bytes(), value).map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -100,7 +229,7 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for item in self.revisions.iter().rev() {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            out.push(decode(&format!("revision {}", seq_of(&k)), &v)?);
+            out.push(self.read_value(&format!("revision {}", seq_of(&k)), &v)?);
         }
         Ok(out)
     }
@@ -108,7 +237,7 @@ impl Store for SledStore {
     fn latest_revision(&self) -> Result<Option<RevisionRecord>, StoreError> {
         match self.revisions.last().map_err(|e| self.err(e))? {
             None => Ok(None),
-            Some((k, v)) => decode(&format!("revision {}", seq_of(&k)), &v).map(Some),
+            Some((k, v)) => self.read_value(&format!("revision {}", seq_of(&k)), &v).map(Some),
         }
     }
 
@@ -124,7 +253,10 @@ impl Store for SledStore {
     }
 
     fn set_inventory(&self, inv: &Inventory) -> Result<(), StoreError> {
-        self.meta.insert("inventory", encode(inv)).map_err(|e| self.err(e))?;
+        // Originals it references (files taken over) are durable first.
+        self.objects.sync().map_err(object_error)?;
+        let value = self.value(inv)?;
+        self.meta.insert("inventory", value).map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -140,7 +272,7 @@ impl Store for SledStore {
     fn revision(&self, seq: u64) -> Result<Option<RevisionRecord>, StoreError> {
         match self.revisions.get(seq.to_be_bytes()).map_err(|e| self.err(e))? {
             None => Ok(None),
-            Some(v) => decode(&format!("revision {seq}"), &v).map(Some),
+            Some(v) => self.read_value(&format!("revision {seq}"), &v).map(Some),
         }
     }
 
@@ -167,12 +299,13 @@ impl Store for SledStore {
                 report.revisions_removed += 1;
             }
         }
-        let needed = referenced_blobs(&kept, &self.inventory()?);
-        for item in self.blobs.iter().keys() {
-            let k = item.map_err(|e| self.err(e))?;
-            let Ok(bytes) = <[u8; 32]>::try_from(k.as_ref()) else { continue };
-            if !needed.contains(&ContentHash(bytes)) {
-                self.blobs.remove(k).map_err(|e| self.err(e))?;
+        let mut needed = referenced_blobs(&kept, &self.inventory()?);
+        needed.extend(self.referenced_values()?);
+        // Revisions are removed durably before the contents only they used.
+        self.db.flush().map_err(|e| self.err(e))?;
+        for hash in self.objects.list().map_err(object_error)? {
+            if !needed.contains(&hash) {
+                self.objects.remove(&hash).map_err(object_error)?;
                 report.blobs_removed += 1;
             }
         }
@@ -180,7 +313,12 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.objects.sync().map_err(object_error)?;
+        let generation: u64 = self.get_meta("generation")?.unwrap_or(0) + 1;
+        self.meta.insert("generation", encode(&generation)).map_err(|e| self.err(e))?;
         self.db.flush().map_err(|e| self.err(e))?;
+        write_marker(&marker_path(&self.path), generation)
+            .map_err(|e| StoreError::Backend { path: marker_path(&self.path).display().to_string(), reason: e })?;
         Ok(())
     }
 
@@ -197,6 +335,9 @@ impl Store for SledStore {
             self.meta.insert("events_dropped", encode(&(dropped + 1))).map_err(|e| self.err(e))?;
             tracing::debug!(seq = seq_of(&k), "outbox full: oldest event dropped");
         }
+        // Durable at once (there is no background flusher): an event survives
+        // a SIGKILL the moment it is raised.
+        self.db.flush().map_err(|e| self.err(e))?;
         Ok(seq)
     }
 
@@ -216,6 +357,37 @@ impl Store for SledStore {
 
     fn dropped_events(&self) -> Result<u64, StoreError> {
         Ok(self.get_meta("events_dropped")?.unwrap_or(0))
+    }
+}
+
+/// Beside the store directory: `store.generation`.
+fn marker_path(dir: &Path) -> PathBuf {
+    dir.with_extension("generation")
+}
+
+/// The generation last made durable; `None` when unknown (a new store, one
+/// written by 0.1.0, or an unreadable marker: the check is skipped).
+fn read_marker(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let n = text.trim().parse().ok();
+    if n.is_none() {
+        tracing::warn!(path = %path.display(), "unreadable; the store's completeness is not checked");
+    }
+    n
+}
+
+/// Small enough to be written in one sector: in place, then fsynced.
+fn write_marker(path: &Path, generation: u64) -> Result<(), String> {
+    use std::io::Write;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map_err(|e| e.to_string())?;
+    writeln!(f, "{generation}").and_then(|_| f.sync_all()).map_err(|e| e.to_string())
+}
+
+fn object_error(e: ObjectError) -> StoreError {
+    match e {
+        ObjectError::Io { path, reason } => StoreError::Backend { path, reason },
+        e @ ObjectError::Damaged { .. } => StoreError::Corrupt { key: "content".into(), reason: e.to_string() },
     }
 }
 
@@ -261,7 +433,7 @@ mod tests {
     #[test]
     fn revisions_round_trip_newest_first_and_gc_keeps_what_is_referenced() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = SledStore::open(&dir.path().join("store"), &dir.path().join("objects")).unwrap();
         assert_eq!(s.next_seq().unwrap(), 1);
         for (seq, c) in [(1, b"one".as_slice()), (2, b"two"), (3, b"three")] {
             s.put_blob(&ContentHash::of(c), c).unwrap();
@@ -296,7 +468,7 @@ mod tests {
     fn the_outbox_keeps_order_across_reopen_and_drops_the_oldest_when_full() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = SledStore::open(dir.path()).unwrap();
+            let s = SledStore::open(&dir.path().join("store"), &dir.path().join("objects")).unwrap();
             for i in 0..3 {
                 let mut e = serde_json::json!({ "kind": "applied", "i": i });
                 assert_eq!(s.push_event(&mut e, 10).unwrap(), i + 1);
@@ -305,7 +477,7 @@ mod tests {
             s.remove_event(1).unwrap();
             s.flush().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = SledStore::open(&dir.path().join("store"), &dir.path().join("objects")).unwrap();
         let seqs: Vec<u64> = s.events_after(0, 10).unwrap().into_iter().map(|(q, _)| q).collect();
         assert_eq!(seqs, vec![2, 3]);
         // The sequence continues after a restart, even past removed events.
@@ -322,7 +494,7 @@ mod tests {
     #[test]
     fn unknown_schema_version_is_refused_not_misread() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = SledStore::open(&dir.path().join("store"), &dir.path().join("objects")).unwrap();
         s.meta.insert("inventory", br#"{"v":99,"data":{}}"#.to_vec()).unwrap();
         let err = s.inventory().unwrap_err().to_string();
         assert!(err.contains("schema version 99"), "{err}");
