@@ -30,7 +30,7 @@ use crate::health::{self, Health};
 use crate::reconcile::containers::{self, ContainerOp, DockerRuntime, Runtime, RuntimeError};
 use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRunner, Runner};
 use crate::reconcile::k3s::{self, ManifestOp};
-use crate::reconcile::plan::{Live, Plan, plan};
+use crate::reconcile::plan::{Live, Op, Plan, plan};
 use crate::report::{Events, Kind};
 use crate::secrets::AgeKeys;
 use crate::source::{AllowedSigners, Fetched, GitSource, SourceError};
@@ -45,6 +45,10 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub enum SyncError {
     #[error("source: {0}")]
     Source(#[from] SourceError),
+    /// The source is unreachable and the revision applied now could not be
+    /// enforced from the store either.
+    #[error("source: {source}; and the revision applied now could not be enforced: {repair}")]
+    Offline { source: SourceError, repair: Box<SyncError> },
     #[error("bundle rejected at {commit}: {error}")]
     Bundle { commit: String, error: BundleError },
     /// The commit's signature is missing or not trusted (`allowed_signers`).
@@ -67,6 +71,9 @@ pub enum SyncError {
     Quarantined { commit: String, reason: String },
     #[error("{0}")]
     Rollback(String),
+    /// Contents a write needs are not in the store (it is damaged).
+    #[error("revision {}: {} missing from the store{}; the store is damaged: with the source reachable, tend renders the revision from Git again at the next sync", short(.commit), .paths.first().map(String::as_str).unwrap_or(""), if .paths.len() > 1 { format!(" (and {} more contents)", .paths.len() - 1) } else { String::new() })]
+    MissingContent { commit: String, paths: Vec<String> },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -81,7 +88,7 @@ impl SyncError {
     /// revision or wait for a new commit.
     pub fn is_transient(&self) -> bool {
         match self {
-            SyncError::Source(e) => e.is_transient(),
+            SyncError::Source(e) | SyncError::Offline { source: e, .. } => e.is_transient(),
             SyncError::Apply { error: FileError::Io { .. }, .. } => true,
             SyncError::Container { error, .. } => error.is_transient(),
             SyncError::K3s { .. } => true,
@@ -465,6 +472,31 @@ impl Agent {
         if plan.is_empty() {
             return Ok((plan, ApplyReport::default()));
         }
+        // Every content a write or a restore needs is there, or nothing is
+        // written (a secret is kept as its ciphertext).
+        let sealed: HashMap<ContentHash, ContentHash> =
+            desired.files.values().filter_map(|f| f.sealed.map(|c| (f.hash, c))).collect();
+        let needed = plan
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Write { target, .. } => Some(sealed.get(&target.hash).copied().unwrap_or(target.hash)),
+                Op::Delete { restore: Some(o), .. } => Some(o.hash),
+                _ => None,
+            })
+            .chain(plan.manifests.iter().filter_map(|m| match m {
+                ManifestOp::Write { hash, .. } => Some(*hash),
+                ManifestOp::Delete { .. } => None,
+            }));
+        let mut missing = Vec::new();
+        for h in needed {
+            if !blobs.contains_key(&h) && !self.store.has_blob(&h)? {
+                missing.push(self.store.blob_path(&h));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(SyncError::MissingContent { commit: commit.to_owned(), paths: missing });
+        }
         for op in &plan.ops {
             if op.changes_disk() {
                 tracing::info!("{op}");
@@ -499,8 +531,6 @@ impl Agent {
         };
         // Secrets are stored as ciphertext and decrypted only on the way to
         // their destination.
-        let sealed: HashMap<ContentHash, ContentHash> =
-            desired.files.values().filter_map(|f| f.sealed.map(|c| (f.hash, c))).collect();
         let keys = if sealed.is_empty() { None } else { self.age_keys()? };
         let content = |h: &ContentHash| -> Result<Vec<u8>, String> {
             let Some(cipher) = sealed.get(h) else { return stored(h) };
@@ -843,7 +873,10 @@ pub async fn sync(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, 
                 })
             })
             .await?;
-            return Err(e.into());
+            return Err(match healed {
+                Err(repair) => SyncError::Offline { source: e, repair: Box::new(repair) },
+                Ok(_) => e.into(),
+            });
         }
     };
     let span = tracing::info_span!("sync", revision = %short(&fetched.commit));
@@ -906,14 +939,27 @@ async fn sync_fetched(
     let render_key = agent.render_key();
     let unchanged =
         ptr.current_gated && ptr.current.as_ref().is_some_and(|c| c.commit == commit && c.render_key == render_key);
-    if unchanged && !opts.dry_run {
-        let mut s = if opts.no_heal {
-            SyncSummary { commit: Some(commit.clone()), action: "unchanged".into(), ..Default::default() }
-        } else {
-            let t = Instant::now();
-            let s = enforce_current(agent).await?.unwrap_or_default();
-            timings.apply_ms = ms(t.elapsed());
-            s
+    let healed = if unchanged && !opts.dry_run && !opts.no_heal {
+        let t = Instant::now();
+        let r = enforce_current(agent).await;
+        timings.apply_ms = ms(t.elapsed());
+        match r {
+            // A damaged store lacks contents the repair needs: the revision
+            // is rendered from Git again, below, as if it were new.
+            Err(e @ SyncError::MissingContent { .. }) => {
+                tracing::warn!(error = %e, "rendering the revision from Git again");
+                None
+            }
+            Err(e) => return Err(e),
+            Ok(s) => Some(s.unwrap_or_default()),
+        }
+    } else {
+        None
+    };
+    if unchanged && !opts.dry_run && (opts.no_heal || healed.is_some()) {
+        let mut s = match healed {
+            Some(s) => s,
+            None => SyncSummary { commit: Some(commit.clone()), action: "unchanged".into(), ..Default::default() },
         };
         s.received_pack = fetched.received_pack;
         s.timings = timings;
