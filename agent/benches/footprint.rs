@@ -309,7 +309,7 @@ fn main() {
 
     // CPU per idle poll: interval 1 s, self-heal on, no MQTT.
     let poll_cfg = s.gateway("poll", "1s", false, "");
-    assert!(tend(&poll_cfg).arg("sync").status().unwrap().success());
+    assert!(tend(&poll_cfg).arg("sync").stdout(Stdio::null()).status().unwrap().success());
     let log = s.dir.join("poll.log");
     let d = Daemon::start(&poll_cfg, &log, true);
     wait_polls(&log, 3, Duration::from_secs(30));
@@ -323,7 +323,7 @@ fn main() {
     // Soak: many polls, a file deleted now and then.
     let soak = |name: &str, mqtt: bool| -> (i64, i64, usize) {
         let cfg = s.gateway(name, "10ms", mqtt, "");
-        assert!(tend(&cfg).arg("sync").status().unwrap().success());
+        assert!(tend(&cfg).arg("sync").stdout(Stdio::null()).status().unwrap().success());
         let log = s.dir.join(format!("{name}.log"));
         let d = Daemon::start(&cfg, &log, true);
         let victim = s.dir.join(name).join("root/etc/myapp/d00/f0000.conf");

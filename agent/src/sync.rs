@@ -209,7 +209,23 @@ pub struct Agent {
     /// The container runtime, connected on first use (a gateway without
     /// containers never needs one).
     pub runtime: std::sync::OnceLock<Arc<dyn Runtime>>,
+    /// The files of the revision applied now as last verified (see
+    /// [`enforce_current`]); cleared by every apply.
+    verified: std::sync::Mutex<Option<Verified>>,
 }
+
+/// A [`files::Fingerprint`] of the revision `seq`, taken at `at`.
+#[derive(Debug)]
+struct Verified {
+    seq: u64,
+    commit: String,
+    at: Instant,
+    fingerprint: files::Fingerprint,
+}
+
+/// How long a fingerprint stands in for the full check: past it, a poll reads
+/// the revision and checks everything again (level-triggered, as at start).
+const FULL_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,6 +257,7 @@ impl Agent {
             runner: Box::new(ProcessRunner { timeout: Duration::from_secs(300) }),
             limits: Limits::default(),
             runtime: std::sync::OnceLock::new(),
+            verified: std::sync::Mutex::new(None),
             store,
             cfg,
         })
@@ -447,6 +464,8 @@ impl Agent {
         blobs: &HashMap<ContentHash, Vec<u8>>,
         prune: bool,
     ) -> Result<(Plan, ApplyReport), SyncError> {
+        // Whatever this changes, the fingerprint no longer stands for it.
+        *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut inv = self.store.inventory()?;
         if inv.dirty {
             let paths: BTreeSet<&RelPath> = desired.files.keys().chain(inv.files.keys()).collect();
@@ -643,6 +662,23 @@ impl Agent {
         Ok(p)
     }
 
+    /// The summary of a poll with nothing to repair, when the fingerprint of
+    /// the revision applied now says so; `None`: check in full.
+    fn verified_unchanged(&self) -> Result<Option<SyncSummary>, StoreError> {
+        let guard = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(v) = guard.as_ref() else { return Ok(None) };
+        let current = self.store.pointers()?.current.map(|c| c.seq);
+        if current != Some(v.seq) || v.at.elapsed() > FULL_CHECK_EVERY || !self.root.unchanged(&v.fingerprint) {
+            return Ok(None);
+        }
+        Ok(Some(SyncSummary {
+            commit: Some(v.commit.clone()),
+            action: "unchanged".into(),
+            files: v.fingerprint.len(),
+            ..Default::default()
+        }))
+    }
+
     /// The revision applied now, if any.
     pub fn current(&self) -> Result<Option<RevisionRecord>, StoreError> {
         match self.store.pointers()?.current {
@@ -787,10 +823,29 @@ async fn blocking<T: Send + 'static>(agent: &Arc<Agent>, f: impl FnOnce(&Agent) 
 
 /// Re-enforce the revision applied now from the store (self-heal, offline, boot).
 /// Returns what was repaired; `None` when no revision was ever applied.
+///
+/// When every file of the revision is as tend last verified it (a stat each,
+/// [`files::Fingerprint`]), there is nothing to repair and neither the
+/// revision nor the inventory is read: an idle poll costs a stat per file.
+/// Revisions with containers or K3s manifests, whose state is not on disk, are
+/// checked in full each time, and so is every revision once an hour.
 pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, SyncError> {
     blocking(agent, |a| {
+        if let Some(s) = a.verified_unchanged()? {
+            return Ok(Some(s));
+        }
         let Some(cur) = a.current()? else { return Ok(None) };
         let (plan, _) = a.enforce(&cur.commit, &cur.desired, &HashMap::new(), true)?;
+        if cur.desired.containers.is_empty() && cur.desired.manifests.is_empty() {
+            let inv = a.store.inventory()?;
+            *a.verified.lock().unwrap_or_else(|e| e.into_inner()) =
+                a.root.fingerprint(cur.desired.files.keys(), &inv).map(|fingerprint| Verified {
+                    seq: cur.seq,
+                    commit: cur.commit.clone(),
+                    at: Instant::now(),
+                    fingerprint,
+                });
+        }
         let mut s = SyncSummary::from_plan(&plan);
         s.commit = Some(cur.commit.clone());
         s.set_counts(&cur.desired);
@@ -950,7 +1005,23 @@ async fn sync_fetched(
                 tracing::warn!(error = %e, "rendering the revision from Git again");
                 None
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // The revision applied now cannot be enforced (something in
+                // the way, a runtime down): the status says so.
+                let msg = e.to_string();
+                blocking(agent, move |a| -> Result<(), StoreError> {
+                    a.update_pointers(|p| p.heal_failed = true)?;
+                    a.set_status(|st| {
+                        st.source = "ok".into();
+                        st.last_sync = Some(now_rfc3339());
+                        st.phase = "degraded".into();
+                        st.error = Some(msg);
+                    })?;
+                    Ok(())
+                })
+                .await?;
+                return Err(e);
+            }
             Ok(s) => Some(s.unwrap_or_default()),
         }
     } else {
@@ -965,19 +1036,25 @@ async fn sync_fetched(
         s.timings = timings;
         let files = s.files;
         let healed = !opts.no_heal;
-        blocking(agent, move |a| {
+        blocking(agent, move |a| -> Result<(), StoreError> {
+            // Enforced again after a failed repair: no longer degraded.
+            let recovered = healed && a.store.pointers()?.heal_failed;
+            if recovered {
+                a.update_pointers(|p| p.heal_failed = false)?;
+            }
             a.set_status(|st| {
                 st.source = "ok".into();
                 st.last_sync = Some(now_rfc3339());
                 if healed {
                     st.resources = Resources { total: files, ready: files, failed: 0 };
                 }
-                if st.phase != "degraded" && st.phase != "rolled_back" {
+                if recovered || (st.phase != "degraded" && st.phase != "rolled_back") {
                     st.phase = "synced".into();
                     st.error = None;
                 }
                 st.target_revision = st.revision.clone();
-            })
+            })?;
+            Ok(())
         })
         .await?;
         return Ok(s);

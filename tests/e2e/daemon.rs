@@ -292,3 +292,53 @@ fn sd_notify_ready_then_watchdog() {
     assert!(got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3, "{got:?}");
     assert!(got.iter().any(|m| m.starts_with("STATUS=synced ")), "{got:?}");
 }
+
+/// Issue 13: an idle poll checks a stat per file (the fingerprint) instead of
+/// reading the revision; every kind of drift still gets through it: content
+/// rewritten with size and mtime restored, a mode changed, a parent directory
+/// swapped for a symlink.
+#[test]
+fn the_idle_fast_path_misses_no_drift() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    two_files(&fleet, "1");
+    fleet.commit("v1");
+    let gw = fast_gateway(tmp.path(), &fleet.url());
+    gw.sync_ok();
+    let daemon = gw.start_daemon_logging("tend=debug");
+    // Two idle polls first, so the fingerprint is in place.
+    let start = Instant::now();
+    while daemon.log_text().matches("in sync").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let app = gw.path("/etc/myapp/app.conf");
+
+    // Same size, mtime put back: only ctime and content tell.
+    let mtime = std::fs::metadata(&app).unwrap().modified().unwrap();
+    std::fs::write(&app, "version = X\n").unwrap();
+    std::fs::File::options().write(true).open(&app).unwrap().set_modified(mtime).unwrap();
+    gw.wait_files("content repaired", Duration::from_secs(20), |g| g.read("/etc/myapp/app.conf") == "version = 1\n");
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o666)).unwrap();
+    gw.wait_files("mode repaired", Duration::from_secs(20), |g| g.mode("/etc/myapp/app.conf") == 0o644);
+
+    // The directory swapped for a symlink to a copy: same files, same stats
+    // through the link; tend must not write through it.
+    let dir = gw.path("/etc/myapp");
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::rename(&dir, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    gw.wait_status("the symlink reported", Duration::from_secs(20), |s| {
+        s["error"].as_str().is_some_and(|e| e.contains("symlink"))
+    });
+    assert!(std::fs::symlink_metadata(&dir).unwrap().file_type().is_symlink(), "tend replaced the symlink");
+    let s = gw.tend(&["status", "--json"]).json();
+    assert_eq!(s["phase"], "degraded", "{s}");
+    // Put back: enforced again, no longer degraded.
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&elsewhere, &dir).unwrap();
+    gw.wait_status("synced again", Duration::from_secs(20), |s| s["phase"] == "synced" && s["error"].is_null());
+    daemon.terminate(Duration::from_secs(10));
+}

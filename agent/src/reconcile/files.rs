@@ -66,6 +66,24 @@ impl Runner for ProcessRunner {
     }
 }
 
+/// The files of a revision as tend last verified them: a poll that finds
+/// them all unchanged has nothing to repair and reads nothing else
+/// ([`FileRoot::fingerprint`], [`FileRoot::unchanged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    files: Vec<(PathBuf, Stat)>,
+    dirs: Vec<(PathBuf, u64)>,
+}
+
+impl Fingerprint {
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -98,6 +116,46 @@ impl FileRoot {
         let full = self.full(p);
         let name = full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         full.with_file_name(format!(".{name}.tend-tmp"))
+    }
+
+    /// The stat of every desired file tend owns, and of the directories above
+    /// them, as the inventory recorded them; `None` when one is not known
+    /// (never verified, or an apply was interrupted).
+    pub fn fingerprint<'a>(
+        &self,
+        desired: impl IntoIterator<Item = &'a RelPath>,
+        inv: &Inventory,
+    ) -> Option<Fingerprint> {
+        if inv.dirty {
+            return None;
+        }
+        let mut files = Vec::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        for path in desired {
+            files.push((self.full(path), inv.files.get(path)?.stat?));
+            dirs.extend(ancestors(path));
+        }
+        let dirs = dirs
+            .iter()
+            .map(|d| {
+                let full = self.full(d);
+                let m = std::fs::symlink_metadata(&full).ok().filter(|m| m.file_type().is_dir())?;
+                Some((full, m.ino()))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Fingerprint { files, dirs })
+    }
+
+    /// Whether every file and directory of `fp` is as recorded: the same
+    /// inode, size, times, mode and owner for a file (any write, rename over,
+    /// chmod or chown moves its ctime), the same directory (not a symlink) for
+    /// a directory.
+    pub fn unchanged(&self, fp: &Fingerprint) -> bool {
+        fp.dirs.iter().all(|(p, ino)| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir() && m.ino() == *ino)
+        }) && fp.files.iter().all(|(p, st)| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file() && stat_of(&m) == *st)
+        })
     }
 
     /// Look at each of `paths` as it is now. A file whose size, times and inode

@@ -168,6 +168,10 @@ pub struct Pointers {
     /// Suspended by a fleet command: no automatic sync until resumed.
     #[serde(default)]
     pub suspended: bool,
+    /// The last repair of the revision applied now failed (status degraded
+    /// until one succeeds).
+    #[serde(default)]
+    pub heal_failed: bool,
 }
 
 /// The resources summary of SPEC §4.
