@@ -151,11 +151,12 @@ impl FileRoot {
     /// chmod or chown moves its ctime), the same directory (not a symlink) for
     /// a directory.
     pub fn unchanged(&self, fp: &Fingerprint) -> bool {
-        fp.dirs.iter().all(|(p, ino)| {
-            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir() && m.ino() == *ino)
-        }) && fp.files.iter().all(|(p, st)| {
-            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file() && stat_of(&m) == *st)
-        })
+        fp.dirs
+            .iter()
+            .all(|(p, ino)| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir() && m.ino() == *ino))
+            && fp.files.iter().all(|(p, st)| {
+                std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file() && stat_of(&m) == *st)
+            })
     }
 
     /// Look at each of `paths` as it is now. A file whose size, times and inode
