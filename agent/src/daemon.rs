@@ -27,6 +27,9 @@ use crate::report::mqtt::{self, CommandKind, Reporter, Settings};
 use crate::store::Store;
 use crate::sync::{self, Agent, SyncError, SyncOptions};
 
+/// How often, at most, polls make the store durable (see the poll branch).
+const FLUSH_EVERY: Duration = Duration::from_secs(30);
+
 /// How long a stopping daemon waits for a running apply to finish.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -50,7 +53,7 @@ pub fn run(agent: Agent) -> Result<(), DaemonError> {
     let result = rt.block_on(main_loop(agent.clone()));
     // Waits for a step still running on the blocking pool (an apply) to finish.
     rt.shutdown_timeout(STOP_GRACE);
-    if let Err(e) = agent.store.flush() {
+    if let Err(e) = agent.persist_status().and_then(|_| agent.store.flush()) {
         tracing::error!(error = %e, "could not flush the store");
     }
     tracing::info!("stopped");
@@ -61,7 +64,7 @@ pub fn run(agent: Agent) -> Result<(), DaemonError> {
 /// the system, not to glibc's free lists, and the pages of tend's own code and
 /// read-only data are unmapped (they stay in the page cache; the idle loop
 /// maps back the little it uses). Measured in `benches/footprint.rs`.
-fn give_back_memory() {
+pub(crate) fn give_back_memory() {
     tend_sys::release_free_memory();
     let code = tend_sys::release_code_pages();
     tracing::trace!(code, "memory given back");
@@ -148,6 +151,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
 
     let mut next = Instant::now();
     let mut failures = 0u32;
+    let mut last_flush = Instant::now();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -169,9 +173,23 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                     Ok(s) => tracing::info!(revision = s.commit.as_deref().map(sync::short), action = %s.action, "sync done"),
                     Err(e) => tracing::warn!(error = %e, transient, "sync failed"),
                 }
+                drop(result);
+                // sled keeps what a write replaced until a flush makes the
+                // log stable: polls write the status, so flush now and then
+                // (there is no background flusher) or the daemon grows.
+                if last_flush.elapsed() >= FLUSH_EVERY {
+                    let a = agent.clone();
+                    let flushed = tokio::task::spawn_blocking(move || {
+                        a.persist_status()?;
+                        a.store.flush()
+                    });
+                    if let Ok(Err(e)) = flushed.await {
+                        tracing::warn!(error = %e, "could not flush the store");
+                    }
+                    last_flush = Instant::now();
+                }
                 // What the sync freed goes back to the system, not to glibc's
                 // free lists (an idle daemon stays as small as before it).
-                drop(result);
                 give_back_memory();
                 let delay = next_poll(&cfg.source, &cfg.apply, transient, &mut failures, fastrand::f64());
                 tracing::debug!(next_in = ?delay, "next poll");

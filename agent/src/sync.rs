@@ -35,7 +35,7 @@ use crate::report::{Events, Kind};
 use crate::secrets::AgeKeys;
 use crate::source::{AllowedSigners, Fetched, GitSource, SourceError};
 use crate::store::{
-    Inventory, Outcome, Pointers, Resources, RevRef, RevisionRecord, SledStore, Status, Store, StoreError,
+    Inventory, Outcome, Pointers, Resources, RevRef, RevisionRecord, SledStore, Status, Store, StoreError, Verified,
 };
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -212,20 +212,23 @@ pub struct Agent {
     /// The files of the revision applied now as last verified (see
     /// [`enforce_current`]); cleared by every apply.
     verified: std::sync::Mutex<Option<Verified>>,
-}
-
-/// A [`files::Fingerprint`] of the revision `seq`, taken at `at`.
-#[derive(Debug)]
-struct Verified {
-    seq: u64,
-    commit: String,
-    at: Instant,
-    fingerprint: files::Fingerprint,
+    /// The time of the last sync when nothing else in the status changed:
+    /// not written to the store at each poll ([`Agent::set_status`]).
+    pending_last_sync: std::sync::Mutex<Option<String>>,
 }
 
 /// How long a fingerprint stands in for the full check: past it, a poll reads
 /// the revision and checks everything again (level-triggered, as at start).
 const FULL_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+impl Drop for Agent {
+    /// A one-shot command's idle sync still records when it happened.
+    fn drop(&mut self) {
+        if let Err(e) = self.persist_status() {
+            tracing::warn!(error = %e, "could not record the last sync");
+        }
+    }
+}
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -235,6 +238,10 @@ impl std::fmt::Debug for Agent {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 pub fn now_rfc3339() -> String {
@@ -258,6 +265,7 @@ impl Agent {
             limits: Limits::default(),
             runtime: std::sync::OnceLock::new(),
             verified: std::sync::Mutex::new(None),
+            pending_last_sync: std::sync::Mutex::new(None),
             store,
             cfg,
         })
@@ -466,6 +474,7 @@ impl Agent {
     ) -> Result<(Plan, ApplyReport), SyncError> {
         // Whatever this changes, the fingerprint no longer stands for it.
         *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.store.set_verified(None)?;
         let mut inv = self.store.inventory()?;
         if inv.dirty {
             let paths: BTreeSet<&RelPath> = desired.files.keys().chain(inv.files.keys()).collect();
@@ -665,10 +674,14 @@ impl Agent {
     /// The summary of a poll with nothing to repair, when the fingerprint of
     /// the revision applied now says so; `None`: check in full.
     fn verified_unchanged(&self) -> Result<Option<SyncSummary>, StoreError> {
-        let guard = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = self.store.verified()?;
+        }
         let Some(v) = guard.as_ref() else { return Ok(None) };
         let current = self.store.pointers()?.current.map(|c| c.seq);
-        if current != Some(v.seq) || v.at.elapsed() > FULL_CHECK_EVERY || !self.root.unchanged(&v.fingerprint) {
+        let age = Duration::from_secs(unix_now().saturating_sub(v.at));
+        if current != Some(v.seq) || age > FULL_CHECK_EVERY || !self.root.unchanged(&v.fingerprint) {
             return Ok(None);
         }
         Ok(Some(SyncSummary {
@@ -696,7 +709,23 @@ impl Agent {
 
     /// The status as stored, or the initial one.
     pub fn status(&self) -> Result<Status, StoreError> {
-        Ok(self.store.status()?.unwrap_or_else(|| self.initial_status()))
+        let mut s = self.store.status()?.unwrap_or_else(|| self.initial_status());
+        if let Some(t) = self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            s.last_sync = Some(t);
+        }
+        Ok(s)
+    }
+
+    /// Write a `last_sync` kept in memory (see [`Agent::set_status`]) to the
+    /// store; the daemon calls it before it flushes.
+    pub fn persist_status(&self) -> Result<(), StoreError> {
+        let pending = self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = pending {
+            let mut s = self.store.status()?.unwrap_or_else(|| self.initial_status());
+            s.last_sync = Some(t);
+            self.store.set_status(&s)?;
+        }
+        Ok(())
     }
 
     fn initial_status(&self) -> Status {
@@ -725,7 +754,19 @@ impl Agent {
         s.revision = ptr.current.map(|r| r.commit);
         s.last_good_revision = ptr.last_good.map(|r| r.commit);
         f(&mut s);
-        self.store.set_status(&s)?;
+        // An idle poll changes nothing but the time of the last sync: that
+        // is kept in memory (and persisted with the next change or flush),
+        // so an idle gateway writes nothing to its flash.
+        let mut stored = self.store.status()?;
+        if let Some(st) = stored.as_mut() {
+            st.last_sync.clone_from(&s.last_sync);
+        }
+        if stored.as_ref() == Some(&s) {
+            *self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()) = s.last_sync.clone();
+        } else {
+            self.store.set_status(&s)?;
+            *self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         Ok(s)
     }
 
@@ -838,13 +879,15 @@ pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, 
         let (plan, _) = a.enforce(&cur.commit, &cur.desired, &HashMap::new(), true)?;
         if cur.desired.containers.is_empty() && cur.desired.manifests.is_empty() {
             let inv = a.store.inventory()?;
-            *a.verified.lock().unwrap_or_else(|e| e.into_inner()) =
-                a.root.fingerprint(cur.desired.files.keys(), &inv).map(|fingerprint| Verified {
-                    seq: cur.seq,
-                    commit: cur.commit.clone(),
-                    at: Instant::now(),
-                    fingerprint,
-                });
+            let v = a.root.fingerprint(cur.desired.files.keys(), &inv).map(|fingerprint| Verified {
+                seq: cur.seq,
+                commit: cur.commit.clone(),
+                at: unix_now(),
+                fingerprint,
+            });
+            // Kept in the store too, so a one-shot `tend sync` has it.
+            a.store.set_verified(v.as_ref())?;
+            *a.verified.lock().unwrap_or_else(|e| e.into_inner()) = v;
         }
         let mut s = SyncSummary::from_plan(&plan);
         s.commit = Some(cur.commit.clone());

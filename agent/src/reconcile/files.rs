@@ -69,7 +69,7 @@ impl Runner for ProcessRunner {
 /// The files of a revision as tend last verified them: a poll that finds
 /// them all unchanged has nothing to repair and reads nothing else
 /// ([`FileRoot::fingerprint`], [`FileRoot::unchanged`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint {
     files: Vec<(PathBuf, Stat)>,
     dirs: Vec<(PathBuf, u64)>,

@@ -322,6 +322,9 @@ impl Reporter {
                 }
                 _ = health_tick.tick(), if connected => {
                     self.publish_health(&client, &mut fifo, &mut host).await;
+                    // Host metrics and a TLS write touch code an idle daemon
+                    // does not need until the next report.
+                    crate::daemon::give_back_memory();
                 }
                 _ = self.stop.changed() => {
                     if connected {

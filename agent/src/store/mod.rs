@@ -236,6 +236,19 @@ pub trait Store {
     fn remove_event(&self, seq: u64) -> Result<(), StoreError>;
     /// Events dropped because the outbox was full, since the store was created.
     fn dropped_events(&self) -> Result<u64, StoreError>;
+    /// The files of the revision applied now as last verified (see
+    /// `sync::enforce_current`); cleared before anything is applied.
+    fn verified(&self) -> Result<Option<Verified>, StoreError>;
+    fn set_verified(&self, v: Option<&Verified>) -> Result<(), StoreError>;
+}
+
+/// A fingerprint of the files of revision `seq`, taken at `at` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    pub seq: u64,
+    pub commit: String,
+    pub at: u64,
+    pub fingerprint: crate::reconcile::files::Fingerprint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use super::objects::{ObjectError, Objects};
 use super::{
-    GcReport, Inventory, Pointers, RevisionRecord, Status, Store, StoreError, decode, encode, referenced_blobs,
+    GcReport, Inventory, Pointers, RevisionRecord, Status, Store, StoreError, Verified, decode, encode,
+    referenced_blobs,
 };
 use crate::hash::ContentHash;
 
@@ -36,7 +37,7 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
-const CACHE_BYTES: u64 = 1 << 20;
+const CACHE_BYTES: u64 = 256 << 10;
 
 /// Values up to this size stay in sled; larger ones become objects.
 const INLINE_MAX: usize = 16 * 1024;
@@ -357,6 +358,28 @@ impl Store for SledStore {
 
     fn dropped_events(&self) -> Result<u64, StoreError> {
         Ok(self.get_meta("events_dropped")?.unwrap_or(0))
+    }
+
+    fn verified(&self) -> Result<Option<Verified>, StoreError> {
+        // A fingerprint that cannot be read is only a reason to check in full.
+        Ok(self.get_meta("verified").ok().flatten())
+    }
+
+    fn set_verified(&self, v: Option<&Verified>) -> Result<(), StoreError> {
+        match v {
+            Some(v) => {
+                let value = self.value(v)?;
+                self.meta.insert("verified", value).map_err(|e| self.err(e))?;
+            }
+            None => {
+                // Gone for good before anything is applied: a crash mid-apply
+                // must not leave a fingerprint that vouches for the files.
+                if self.meta.remove("verified").map_err(|e| self.err(e))?.is_some() {
+                    self.db.flush().map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
