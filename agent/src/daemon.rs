@@ -30,6 +30,10 @@ use crate::sync::{self, Agent, SyncError, SyncOptions};
 /// How often, at most, polls make the store durable (see the poll branch).
 const FLUSH_EVERY: Duration = Duration::from_secs(30);
 
+/// How often the time of the last idle sync is written to the flash (the
+/// live status has it at once; this is what survives a power cut).
+const PERSIST_LAST_SYNC_EVERY: Duration = Duration::from_secs(15 * 60);
+
 /// How long a stopping daemon waits for a running apply to finish.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -152,6 +156,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     let mut next = Instant::now();
     let mut failures = 0u32;
     let mut last_flush = Instant::now();
+    let mut last_persist = Instant::now();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -175,12 +180,19 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                 }
                 drop(result);
                 // sled keeps what a write replaced until a flush makes the
-                // log stable: polls write the status, so flush now and then
-                // (there is no background flusher) or the daemon grows.
+                // log stable: flush now and then (there is no background
+                // flusher) or the daemon grows. A flush with nothing new
+                // writes nothing.
                 if last_flush.elapsed() >= FLUSH_EVERY {
+                    let persist = last_persist.elapsed() >= PERSIST_LAST_SYNC_EVERY;
+                    if persist {
+                        last_persist = Instant::now();
+                    }
                     let a = agent.clone();
                     let flushed = tokio::task::spawn_blocking(move || {
-                        a.persist_status()?;
+                        if persist {
+                            a.persist_status()?;
+                        }
                         a.store.flush()
                     });
                     if let Ok(Err(e)) = flushed.await {

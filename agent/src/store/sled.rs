@@ -303,7 +303,7 @@ impl Store for SledStore {
         let mut needed = referenced_blobs(&kept, &self.inventory()?);
         needed.extend(self.referenced_values()?);
         // Revisions are removed durably before the contents only they used.
-        self.db.flush().map_err(|e| self.err(e))?;
+        Store::flush(self)?;
         for hash in self.objects.list().map_err(object_error)? {
             if !needed.contains(&hash) {
                 self.objects.remove(&hash).map_err(object_error)?;
@@ -315,6 +315,11 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.objects.sync().map_err(object_error)?;
+        // Nothing written since the last flush: no new generation, nothing
+        // written to the flash (an idle daemon flushes now and then).
+        if self.db.flush().map_err(|e| self.err(e))? == 0 {
+            return Ok(());
+        }
         let generation: u64 = self.get_meta("generation")?.unwrap_or(0) + 1;
         self.meta.insert("generation", encode(&generation)).map_err(|e| self.err(e))?;
         self.db.flush().map_err(|e| self.err(e))?;
@@ -338,7 +343,7 @@ impl Store for SledStore {
         }
         // Durable at once (there is no background flusher): an event survives
         // a SIGKILL the moment it is raised.
-        self.db.flush().map_err(|e| self.err(e))?;
+        Store::flush(self)?;
         Ok(seq)
     }
 
@@ -375,7 +380,7 @@ impl Store for SledStore {
                 // Gone for good before anything is applied: a crash mid-apply
                 // must not leave a fingerprint that vouches for the files.
                 if self.meta.remove("verified").map_err(|e| self.err(e))?.is_some() {
-                    self.db.flush().map_err(|e| self.err(e))?;
+                    Store::flush(self)?;
                 }
             }
         }
@@ -512,6 +517,30 @@ mod tests {
         assert_eq!(seqs, vec![3, 4, 5], "the oldest is dropped when full");
         assert_eq!(s.dropped_events().unwrap(), 1);
         assert_eq!(s.events_after(3, 1).unwrap()[0].0, 4);
+    }
+
+    #[test]
+    fn a_flush_with_nothing_new_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("store.generation");
+        let s = SledStore::open(&dir.path().join("store"), &dir.path().join("objects")).unwrap();
+        s.set_inventory(&Inventory::default()).unwrap();
+        s.flush().unwrap();
+        let first = std::fs::read_to_string(&marker).unwrap();
+        s.flush().unwrap();
+        s.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), first, "an idle flush made a new generation");
+        s.set_verified(None).unwrap();
+        s.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), first);
+        let inv = Inventory { dirty: true, ..Inventory::default() };
+        s.set_inventory(&inv).unwrap();
+        s.flush().unwrap();
+        let second = std::fs::read_to_string(&marker).unwrap();
+        assert_ne!(second, first, "a write and a flush make a new generation");
+        drop(s);
+        let s = SledStore::open(&dir.path().join("store"), &dir.path().join("objects")).unwrap();
+        assert!(s.inventory().unwrap().dirty);
     }
 
     #[test]
