@@ -48,15 +48,25 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 # by Cargo.lock, compile once per machine, and each build after that compiles
 # tend itself and links. The binary is copied to target/<triple>/release/tend.
 cache="${TEND_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tend-build}"
+# Gateway builds (ARM) leave out `tend fleet serve` (the `fleet-serve` feature):
+# gateways never run it and the aarch64 binary has an 8 MiB budget. The x86_64
+# build is the operators' and carries it (docs/decisions/0004-fleet-serve.md).
+features_of() {
+  case "$1" in
+    x86_64-*) echo "--features=fleet-serve" ;;
+    *) echo "--no-default-features" ;;
+  esac
+}
 build_one() {
-  local t="$1" dir="$cache/cross/$1"
+  local t="$1" dir="$cache/cross/$1" features
+  features="$(features_of "$t")"
   # `|| return 1`: errexit does not apply inside a function called from an
   # `||` list, and a failed build must not ship the cache's older binary.
   if [ "$t" = armv7-unknown-linux-musleabihf ]; then
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS -C link-self-contained=no" CARGO_TARGET_DIR="$dir" \
-      cargo zigbuild --locked --release -p tend --bin tend --target "$t" -Zbuild-std=std,panic_abort || return 1
+      cargo zigbuild --locked --release -p tend --bin tend "$features" --target "$t" -Zbuild-std=std,panic_abort || return 1
   else
-    CARGO_TARGET_DIR="$dir" cargo build --locked --release -p tend --bin tend --target "$t" || return 1
+    CARGO_TARGET_DIR="$dir" cargo build --locked --release -p tend --bin tend "$features" --target "$t" || return 1
   fi
   mkdir -p "target/$t/release"
   cp "$dir/$t/release/tend" "target/$t/release/tend.tmp" && mv "target/$t/release/tend.tmp" "target/$t/release/tend"

@@ -15,7 +15,8 @@ use crate::bundle::{self, DirTree, Limits, Policy, RelPath};
 use crate::config::{Config, Identity};
 use crate::control::{self, ClientError, Request};
 use crate::daemon;
-use crate::report::{fleet, mqtt};
+use crate::fleet;
+use crate::report::mqtt;
 use crate::store::{Status, Store, StoreError};
 use crate::sync::{self, Agent, SyncError, SyncOptions, SyncSummary, files_by_bundle, short};
 
@@ -128,8 +129,9 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
-    /// A table of every gateway from the broker's retained messages; `!` marks
-    /// those offline, stale, failing or off their source.
+    /// The fleet from the broker's retained messages: counts by availability,
+    /// phase and revision first, then the gateways that need attention (`!`:
+    /// offline, stale, failing, off their source or unreadable), at most 50.
     Status {
         #[command(flatten)]
         conn: MqttArgs,
@@ -139,9 +141,29 @@ pub enum FleetCommand {
         /// A gateway whose last sync is older than this is stale.
         #[arg(long, default_value = "15m")]
         stale: humantime::Duration,
-        /// Print the result as one JSON document.
+        /// List every gateway, not only those that need attention.
+        #[arg(long)]
+        all: bool,
+        /// Print the counts and every gateway as one JSON document.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the fleet view (a web page), its JSON API (/api/devices,
+    /// /api/devices/ID) and Prometheus metrics (/metrics) from the broker's
+    /// messages; read-only. Operator builds only (the `fleet-serve` feature).
+    Serve {
+        #[command(flatten)]
+        conn: MqttArgs,
+        /// Only this fleet (default: every fleet under the prefix).
+        #[arg(long)]
+        fleet: Option<String>,
+        /// Address to listen on (keep it on loopback or a management network:
+        /// the view has no authentication).
+        #[arg(long, default_value = "127.0.0.1:9700")]
+        listen: String,
+        /// A gateway whose last sync is older than this is stale.
+        #[arg(long, default_value = "15m")]
+        stale: humantime::Duration,
     },
     /// Ask one gateway (--device) or every gateway of a fleet (--all) to sync now.
     Sync {
@@ -290,20 +312,28 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
         }
     };
     match command {
-        FleetCommand::Status { conn, fleet, stale, json } => {
-            let rows = rt
-                .block_on(fleet::status(&conn.settings(), &conn.topic_prefix, fleet.as_deref(), (*stale).into()))
+        FleetCommand::Status { conn, fleet, stale, all, json } => {
+            let state = rt
+                .block_on(fleet::broker::snapshot(
+                    &conn.settings(),
+                    &conn.topic_prefix,
+                    fleet.as_deref(),
+                    (*stale).into(),
+                ))
                 .map_err(usage)?;
             if *json {
-                print_json(&serde_json::to_value(&rows).expect("rows serialise"));
+                let devices: Vec<&fleet::model::Device> = state.devices.values().collect();
+                print_json(&serde_json::json!({ "counts": state.counts(), "devices": devices }));
             } else {
-                print!("{}", fleet::table(&rows));
+                print!("{}", fleet::view::report(state.devices.values(), *all, std::time::SystemTime::now()));
             }
             Ok(())
         }
+        FleetCommand::Serve { conn, fleet, listen, stale } => serve(&rt, conn, fleet.clone(), listen, (*stale).into()),
         FleetCommand::Sync { conn, fleet: f, device, all } => {
             let target = if *all { None } else { device.as_deref() };
-            let id = rt.block_on(fleet::sync(&conn.settings(), &conn.topic_prefix, f, target)).map_err(usage)?;
+            let id =
+                rt.block_on(fleet::broker::sync(&conn.settings(), &conn.topic_prefix, f, target)).map_err(usage)?;
             println!(
                 "sync requested from {} (command id {id})",
                 target.map_or_else(|| format!("every gateway of fleet {f}"), |d| format!("{f}/{d}"))
@@ -311,6 +341,47 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+#[cfg(feature = "fleet-serve")]
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    conn: &MqttArgs,
+    fleet: Option<String>,
+    listen: &str,
+    stale: std::time::Duration,
+) -> Result<(), Failure> {
+    use std::sync::Arc;
+    let settings = conn.settings();
+    settings.options("probe", None).map_err(|e| Failure::Usage(anyhow::anyhow!(e.replace("[mqtt]", "--mqtt"))))?;
+    rt.block_on(async {
+        let listener = fleet::serve::bind(listen).await.map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
+        let live = Arc::new(fleet::broker::Live {
+            fleet: std::sync::Mutex::new(fleet::model::Fleet::new(&conn.topic_prefix, stale)),
+            connected: std::sync::atomic::AtomicBool::new(false),
+        });
+        let addr = listener.local_addr().map_err(|e| Failure::Failed(e.into()))?;
+        eprintln!("tend fleet serve: http://{addr}/ (the view), /api/devices, /metrics; broker {}", settings.url);
+        let follow = fleet::broker::follow(settings.clone(), conn.topic_prefix.clone(), fleet, live.clone());
+        tokio::select! {
+            r = follow => r.map_err(|e| Failure::Failed(anyhow::anyhow!(e))),
+            r = fleet::serve::serve(listener, live) => r.map_err(|e| Failure::Failed(e.into())),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+#[cfg(not(feature = "fleet-serve"))]
+fn serve(
+    _: &tokio::runtime::Runtime,
+    _: &MqttArgs,
+    _: Option<String>,
+    _: &str,
+    _: std::time::Duration,
+) -> Result<(), Failure> {
+    Err(Failure::Usage(anyhow::anyhow!(
+        "this is the gateway build of tend, without `fleet serve` (it keeps the binary small): run it on an operator machine from the amd64 package or a build with `cargo build --release --features fleet-serve`"
+    )))
 }
 
 /// A store that cannot be opened: a damaged one is not retried (exit 2, which

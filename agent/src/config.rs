@@ -288,6 +288,14 @@ impl Default for Mqtt {
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// A `.prom` file for node_exporter's textfile collector, written
+    /// atomically after every sync and health tick (SPEC §8).
+    pub textfile: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Control {
     /// Default: `{state_dir}/control.sock`.
     pub socket: Option<PathBuf>,
@@ -309,6 +317,7 @@ pub struct Config {
     pub containers: Containers,
     pub k3s: K3s,
     pub mqtt: Mqtt,
+    pub metrics: Metrics,
     pub control: Control,
 }
 
@@ -404,6 +413,7 @@ impl Config {
             "containers",
             "k3s",
             "mqtt",
+            "metrics",
             "control",
         ];
         for key in table.keys() {
@@ -441,6 +451,7 @@ impl Config {
         let containers = section::<Containers>(&table, "containers", &mut problems);
         let k3s = section::<K3s>(&table, "k3s", &mut problems);
         let mqtt = section::<Mqtt>(&table, "mqtt", &mut problems);
+        let metrics = section::<Metrics>(&table, "metrics", &mut problems);
         let control = section::<Control>(&table, "control", &mut problems);
         if matches!(source, Some(None)) {
             problems.push("missing section [source] (at least `url` is required)".into());
@@ -457,8 +468,9 @@ impl Config {
             Some(containers),
             Some(k3s),
             Some(mqtt),
+            Some(metrics),
             Some(control),
-        ) = (device_id, fleet, state_dir, labels, source, apply, files, containers, k3s, mqtt, control)
+        ) = (device_id, fleet, state_dir, labels, source, apply, files, containers, k3s, mqtt, metrics, control)
         else {
             return Err(fail(problems));
         };
@@ -542,6 +554,13 @@ impl Config {
         {
             problems.push(format!("[mqtt].url: {url:?} must start with mqtt:// or mqtts://"));
         }
+        if let Some(t) = metrics.as_ref().and_then(|m| m.textfile.as_ref())
+            && (!t.is_absolute() || t.extension().is_none_or(|e| e != "prom"))
+        {
+            problems.push(format!(
+                "[metrics].textfile: {t:?} must be an absolute path ending in .prom (node_exporter's textfile collector reads only *.prom)"
+            ));
+        }
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -557,6 +576,7 @@ impl Config {
             containers: containers.unwrap_or_default(),
             k3s: k3s.unwrap_or_default(),
             mqtt: mqtt.unwrap_or_default(),
+            metrics: metrics.unwrap_or_default(),
             control: control.unwrap_or_default(),
         })
     }

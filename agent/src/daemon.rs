@@ -179,6 +179,10 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                     Err(e) => tracing::warn!(error = %e, transient, "sync failed"),
                 }
                 drop(result);
+                if agent.cfg.metrics.textfile.is_some() {
+                    let a = agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || a.write_textfile()).await;
+                }
                 // sled keeps what a write replaced until a flush makes the
                 // log stable: flush now and then (there is no background
                 // flusher) or the daemon grows. A flush with nothing new

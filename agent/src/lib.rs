@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fleet;
 pub mod hash;
 pub mod health;
 pub mod notify;

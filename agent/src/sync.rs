@@ -215,6 +215,8 @@ pub struct Agent {
     /// The time of the last sync when nothing else in the status changed:
     /// not written to the store at each poll ([`Agent::set_status`]).
     pending_last_sync: std::sync::Mutex<Option<String>>,
+    /// Counts for `[metrics] textfile`.
+    pub counters: crate::report::textfile::Counters,
 }
 
 /// How long a fingerprint stands in for the full check: past it, a poll reads
@@ -266,6 +268,7 @@ impl Agent {
             runtime: std::sync::OnceLock::new(),
             verified: std::sync::Mutex::new(None),
             pending_last_sync: std::sync::Mutex::new(None),
+            counters: Default::default(),
             store,
             cfg,
         })
@@ -824,6 +827,7 @@ impl Agent {
     /// Raise an event (blocking: it is written to the store first). A failure to
     /// queue it is logged, never fatal to the sync.
     pub fn event(&self, kind: Kind, fields: serde_json::Value) {
+        self.counters.event(kind.as_str());
         if let Err(e) = self.events.raise(&self.store, kind, fields) {
             tracing::warn!(error = %e, kind = kind.as_str(), "could not queue an event");
         }
@@ -939,6 +943,50 @@ pub async fn boot(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, SyncError> 
 /// One sync cycle: fetch, then apply the branch's revision if it is new (health
 /// gate, rollback on failure), or re-enforce the current one if not.
 pub async fn sync(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, SyncError> {
+    let started = Instant::now();
+    let r = sync_inner(agent, opts).await;
+    if !opts.dry_run {
+        agent.counters.sync_done(result_of(&r), started.elapsed());
+    }
+    r
+}
+
+/// How a sync or rollback ended, for `tend_syncs_total`.
+fn result_of(r: &Result<SyncSummary, SyncError>) -> &'static str {
+    match r {
+        Ok(s) => match s.action.as_str() {
+            "applied" => "applied",
+            "repaired" => "repaired",
+            "rolled_back" => "rolled_back",
+            _ => "unchanged",
+        },
+        Err(SyncError::Unhealthy { after, .. }) if after.contains("rolled back") => "rolled_back",
+        Err(_) => "failed",
+    }
+}
+
+impl Agent {
+    /// Write `[metrics] textfile`, if configured (after a sync or a health
+    /// tick; see `report::textfile` for when it is actually rewritten).
+    pub fn write_textfile(&self) {
+        let Some(path) = &self.cfg.metrics.textfile else { return };
+        let status = match self.status() {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(error = %e, "metrics textfile: cannot read the status"),
+        };
+        let snap = crate::report::textfile::Snapshot {
+            status: &status,
+            outbox_queued: self.store.queued_events(),
+            outbox_dropped: self.store.dropped_events().unwrap_or(0),
+            rss_bytes: crate::report::read_own_rss(),
+        };
+        if let Err(e) = crate::report::textfile::update(path, &self.counters, &snap) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
+        }
+    }
+}
+
+async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, SyncError> {
     let mut timings = Timings::default();
     let t = Instant::now();
     let fetched: Result<Fetched, SourceError> = blocking(agent, |a| a.source.fetch()).await;
@@ -1445,6 +1493,13 @@ async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, 
 /// so the rollback is not undone by the next poll; `tend sync --retry` or a new
 /// commit lifts the hold.
 pub async fn rollback(agent: &Arc<Agent>, revision: Option<String>) -> Result<SyncSummary, SyncError> {
+    let started = Instant::now();
+    let r = rollback_inner(agent, revision).await;
+    agent.counters.sync_done(if r.is_ok() { "rolled_back" } else { "failed" }, started.elapsed());
+    r
+}
+
+async fn rollback_inner(agent: &Arc<Agent>, revision: Option<String>) -> Result<SyncSummary, SyncError> {
     let target = blocking(agent, move |a| -> Result<RevisionRecord, SyncError> {
         match revision {
             None => {

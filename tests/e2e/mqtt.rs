@@ -310,8 +310,11 @@ fn fleet_status_lists_every_gateway() {
     std::thread::sleep(Duration::from_millis(500));
     let r = gws[0].tend(&["fleet", "status", "--mqtt", &broker.url(), "--json"]);
     assert_eq!(r.code, 0, "{r:?}");
-    let rows = r.json();
-    let rows = rows.as_array().unwrap();
+    let all = r.json();
+    assert_eq!(all["counts"]["gateways"], 3, "{all}");
+    assert_eq!(all["counts"]["offline"], 1, "{all}");
+    assert_eq!(all["counts"]["by_phase"]["synced"], 3, "{all}");
+    let rows = all["devices"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "{rows:?}");
     for (row, dev) in rows.iter().zip(["gw-1", "gw-2", "gw-3"]) {
         assert_eq!(row["device_id"], dev);
@@ -323,8 +326,11 @@ fn fleet_status_lists_every_gateway() {
     for line in table.stdout.lines() {
         assert!(line.chars().count() <= 80, "{line:?}");
     }
+    assert!(table.stdout.starts_with("3 gateways: 2 online, 1 offline; 0 stale; 1 need attention\n"), "{}", table.stdout);
     assert!(table.stdout.lines().any(|l| l.starts_with("! test/gw-3") && l.contains("offline")), "{}", table.stdout);
-    assert!(table.stdout.lines().any(|l| l.starts_with("  test/gw-1")), "{}", table.stdout);
+    assert!(!table.stdout.contains("test/gw-1"), "only what needs attention is listed:\n{}", table.stdout);
+    let every = gws[0].tend(&["fleet", "status", "--mqtt", &broker.url(), "--all"]);
+    assert!(every.stdout.lines().any(|l| l.starts_with("  test/gw-1")), "{}", every.stdout);
 }
 
 #[test]

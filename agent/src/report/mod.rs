@@ -6,8 +6,8 @@
 //! `mqtt.rs` publishes them in order and removes each only once the broker
 //! acknowledged it. Status and health are not queued: the newest replaces the old.
 
-pub mod fleet;
 pub mod mqtt;
+pub mod textfile;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -212,7 +212,7 @@ fn read_meminfo() -> (u64, u64) {
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
-fn read_own_rss() -> u64 {
+pub(crate) fn read_own_rss() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|t| t.split_whitespace().nth(1).and_then(|x| x.parse::<u64>().ok()))

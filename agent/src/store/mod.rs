@@ -236,6 +236,8 @@ pub trait Store {
     fn remove_event(&self, seq: u64) -> Result<(), StoreError>;
     /// Events dropped because the outbox was full, since the store was created.
     fn dropped_events(&self) -> Result<u64, StoreError>;
+    /// Events waiting in the outbox.
+    fn queued_events(&self) -> u64;
     /// The files of the revision applied now as last verified (see
     /// `sync::enforce_current`); cleared before anything is applied.
     fn verified(&self) -> Result<Option<Verified>, StoreError>;

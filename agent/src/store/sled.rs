@@ -365,6 +365,10 @@ impl Store for SledStore {
         Ok(self.get_meta("events_dropped")?.unwrap_or(0))
     }
 
+    fn queued_events(&self) -> u64 {
+        self.outbox.len() as u64
+    }
+
     fn verified(&self) -> Result<Option<Verified>, StoreError> {
         // A fingerprint that cannot be read is only a reason to check in full.
         Ok(self.get_meta("verified").ok().flatten())

@@ -1,0 +1,155 @@
+//! Reading the fleet from the broker and sending it commands.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
+use serde_json::json;
+
+use super::model::Fleet;
+use crate::report::mqtt::Settings;
+
+/// The largest message read from the broker without dropping the connection
+/// (larger ones end the session: cap the broker's `message_size_limit`
+/// below it). Messages over [`super::model::MAX_PAYLOAD`] are read, not parsed.
+const READ_LIMIT: usize = 8 << 20;
+
+fn client_id(what: &str) -> String {
+    format!("tend-fleet-{what}-{:08x}", fastrand::u32(..))
+}
+
+/// The subscriptions of a fleet reader: every gateway's retained status and
+/// availability, and with `live` its health and events.
+fn filters(prefix: &str, fleet: Option<&str>, live: bool) -> Vec<String> {
+    let prefix = prefix.trim_end_matches('/');
+    let f = fleet.unwrap_or("+");
+    let kinds: &[&str] = if live { &["status", "availability", "health", "events"] } else { &["status", "availability"] };
+    kinds.iter().map(|k| format!("{prefix}/{f}/+/{k}")).collect()
+}
+
+/// Read every retained status and availability once. The broker sends
+/// retained messages right after a subscription; the end is a probe message
+/// this client publishes to itself after its subscriptions are acknowledged
+/// (the broker queues it after them), or 400 ms of quiet if the broker's ACL
+/// drops the probe.
+pub async fn snapshot(settings: &Settings, prefix: &str, fleet: Option<&str>, stale_after: Duration) -> Result<Fleet, String> {
+    let id = client_id("status");
+    let mut options = settings.options(&id, None)?;
+    options.set_max_packet_size(READ_LIMIT, 64 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let mut state = Fleet::new(prefix, stale_after);
+    let topics = filters(prefix, fleet, false);
+    let probe = format!("{}/_probe/{id}", prefix.trim_end_matches('/'));
+    let mut acked = 0;
+    let quiet = Duration::from_millis(400);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = if acked > topics.len() { tokio::time::Instant::now() + quiet } else { deadline };
+        let ev = match tokio::time::timeout_at(next.min(deadline), eventloop.poll()).await {
+            Err(_) if acked > topics.len() => break,
+            Err(_) => return Err(format!("{}: no answer from the broker within 10s", settings.url)),
+            Ok(Err(e)) => return Err(format!("{}: {e}", settings.url)),
+            Ok(Ok(ev)) => ev,
+        };
+        match ev {
+            Event::Incoming(Incoming::ConnAck(_)) => {
+                for t in &topics {
+                    client.subscribe(t.clone(), QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
+                }
+                client.subscribe(probe.clone(), QoS::AtMostOnce).await.map_err(|e| e.to_string())?;
+            }
+            Event::Incoming(Incoming::SubAck(_)) => {
+                acked += 1;
+                if acked == topics.len() + 1 {
+                    client.publish(probe.clone(), QoS::AtMostOnce, false, "end").await.map_err(|e| e.to_string())?;
+                }
+            }
+            Event::Incoming(Incoming::Publish(p)) if p.topic == probe => break,
+            Event::Incoming(Incoming::Publish(p)) => {
+                state.ingest(&p.topic, &p.payload, SystemTime::now());
+            }
+            _ => {}
+        }
+    }
+    let _ = client.try_disconnect();
+    state.refresh(SystemTime::now());
+    Ok(state)
+}
+
+/// The state `fleet serve` shares between its MQTT session and its HTTP side.
+#[derive(Debug)]
+pub struct Live {
+    pub fleet: Mutex<Fleet>,
+    pub connected: std::sync::atomic::AtomicBool,
+}
+
+/// Keep `live` up to date for as long as the task runs, reconnecting (with
+/// rumqttc's session) when the broker goes away.
+pub async fn follow(settings: Settings, prefix: String, fleet: Option<String>, live: Arc<Live>) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let mut options = settings.options(&client_id("serve"), None)?;
+    options.set_max_packet_size(READ_LIMIT, 64 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let topics = filters(&prefix, fleet.as_deref(), true);
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                failures = 0;
+                live.connected.store(true, Ordering::Relaxed);
+                tracing::info!(broker = %settings.url, "connected to the broker");
+                for t in &topics {
+                    client.subscribe(t.clone(), QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
+                }
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                let mut f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
+                f.ingest(&p.topic, &p.payload, SystemTime::now());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                live.connected.store(false, Ordering::Relaxed);
+                failures = failures.saturating_add(1);
+                let wait = Duration::from_millis(500 * 2u64.pow(failures.min(5))).mul_f64(0.5 + fastrand::f64());
+                tracing::warn!(broker = %settings.url, error = %e, retry_in = ?wait, "broker connection lost");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Publish a `sync` command to one gateway or to the whole fleet; returns the id.
+pub async fn sync(settings: &Settings, prefix: &str, fleet: &str, device: Option<&str>) -> Result<String, String> {
+    let options = settings.options(&client_id("cmd"), None)?;
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let prefix = prefix.trim_end_matches('/');
+    let topic = format!("{prefix}/{fleet}/{}/cmd", device.unwrap_or("_all"));
+    let id = format!("fleet-{:08x}", fastrand::u32(..));
+    let payload = json!({ "cmd": "sync", "id": id }).to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut sent_pkid = None;
+    loop {
+        let ev = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => return Err(format!("{}: no acknowledgement within 10s", settings.url)),
+            Ok(Err(e)) => return Err(format!("{}: {e}", settings.url)),
+            Ok(Ok(ev)) => ev,
+        };
+        match ev {
+            Event::Incoming(Incoming::ConnAck(_)) => {
+                client
+                    .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => sent_pkid = Some(pkid),
+            Event::Incoming(Incoming::PubAck(a)) if Some(a.pkid) == sent_pkid => break,
+            _ => {}
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while !matches!(eventloop.poll().await, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {}
+    })
+    .await;
+    Ok(id)
+}

@@ -1,0 +1,151 @@
+//! `/metrics` of `tend fleet serve`, in the Prometheus text format (0.0.4).
+//! Aggregates first (by phase, online, stale, by revision); then one series
+//! per gateway where the gateway is the point (online, last sync, info), so
+//! alert rules can name it. Label values come from the broker and are escaped.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use super::model::{Counts, Fleet, PHASES};
+
+/// A label value: backslash, double quote and newline escaped.
+pub fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Everything `fleet serve` knows, as metrics. `connected`: the server's
+/// own MQTT session.
+pub fn render(fleet: &Fleet, connected: bool, now: SystemTime) -> String {
+    let c: Counts = fleet.counts();
+    let mut out = String::with_capacity(256 + fleet.devices.len() * 300);
+    family(&mut out, "tend_fleet_up", "gauge", "Whether fleet serve is connected to the broker.");
+    let _ = writeln!(out, "tend_fleet_up {}", u8::from(connected));
+    family(&mut out, "tend_fleet_gateways", "gauge", "Gateways known from retained status and availability.");
+    let _ = writeln!(out, "tend_fleet_gateways {}", c.gateways);
+    family(&mut out, "tend_fleet_gateways_by_phase", "gauge", "Gateways by the phase of their last status.");
+    for p in PHASES.iter().chain(&["unknown", "other"]) {
+        let _ = writeln!(out, "tend_fleet_gateways_by_phase{{phase=\"{p}\"}} {}", c.by_phase.get(*p).unwrap_or(&0));
+    }
+    family(&mut out, "tend_fleet_gateways_online", "gauge", "Gateways whose availability is online.");
+    let _ = writeln!(out, "tend_fleet_gateways_online {}", c.online);
+    family(&mut out, "tend_fleet_gateways_stale", "gauge", "Gateways whose last sync is older than --stale.");
+    let _ = writeln!(out, "tend_fleet_gateways_stale {}", c.stale);
+    family(&mut out, "tend_fleet_gateways_attention", "gauge", "Gateways offline, stale, failing or unreadable.");
+    let _ = writeln!(out, "tend_fleet_gateways_attention {}", c.attention);
+    family(
+        &mut out,
+        "tend_fleet_gateways_by_revision",
+        "gauge",
+        "Gateways by the revision applied now (the most common ones; the rest as revision=\"other\").",
+    );
+    for (r, n) in &c.by_revision {
+        let _ = writeln!(out, "tend_fleet_gateways_by_revision{{revision=\"{}\"}} {n}", label(r));
+    }
+    if c.other_revisions > 0 {
+        let _ = writeln!(out, "tend_fleet_gateways_by_revision{{revision=\"other\"}} {}", c.other_revisions);
+    }
+    family(&mut out, "tend_fleet_messages_total", "counter", "Broker messages taken in, by topic kind.");
+    for (k, n) in &fleet.received {
+        let _ = writeln!(out, "tend_fleet_messages_total{{kind=\"{k}\"}} {n}");
+    }
+    family(&mut out, "tend_fleet_messages_rejected_total", "counter", "Broker messages refused, by reason.");
+    for (k, n) in &fleet.rejected {
+        let _ = writeln!(out, "tend_fleet_messages_rejected_total{{reason=\"{}\"}} {n}", label(k));
+    }
+
+    family(&mut out, "tend_fleet_gateway_online", "gauge", "1 if the gateway's availability is online.");
+    for d in fleet.devices.values() {
+        let _ = writeln!(
+            out,
+            "tend_fleet_gateway_online{{fleet=\"{}\",device_id=\"{}\"}} {}",
+            label(&d.fleet),
+            label(&d.device_id),
+            u8::from(d.availability == "online")
+        );
+    }
+    family(
+        &mut out,
+        "tend_fleet_gateway_info",
+        "gauge",
+        "Always 1: the gateway's phase, revision and agent version as labels.",
+    );
+    for d in fleet.devices.values() {
+        let _ = writeln!(
+            out,
+            "tend_fleet_gateway_info{{fleet=\"{}\",device_id=\"{}\",phase=\"{}\",revision=\"{}\",agent_version=\"{}\"}} 1",
+            label(&d.fleet),
+            label(&d.device_id),
+            label(d.phase_label()),
+            label(d.revision.as_deref().unwrap_or("")),
+            label(d.agent_version.as_deref().unwrap_or("")),
+        );
+    }
+    family(
+        &mut out,
+        "tend_fleet_gateway_last_sync_timestamp_seconds",
+        "gauge",
+        "When the gateway last synced (Unix time), from its status.",
+    );
+    for d in fleet.devices.values() {
+        if let Some(t) = d.last_sync_at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+            let _ = writeln!(
+                out,
+                "tend_fleet_gateway_last_sync_timestamp_seconds{{fleet=\"{}\",device_id=\"{}\"}} {}",
+                label(&d.fleet),
+                label(&d.device_id),
+                t.as_secs()
+            );
+        }
+    }
+    family(&mut out, "tend_fleet_gateway_stale", "gauge", "1 if the gateway's last sync is older than --stale.");
+    for d in fleet.devices.values() {
+        let _ = writeln!(
+            out,
+            "tend_fleet_gateway_stale{{fleet=\"{}\",device_id=\"{}\"}} {}",
+            label(&d.fleet),
+            label(&d.device_id),
+            u8::from(d.stale)
+        );
+    }
+    let _ = now;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn label_values_from_the_broker_are_escaped() {
+        let mut f = Fleet::new("tend/v1", Duration::from_secs(60));
+        let now = SystemTime::now();
+        f.ingest(
+            "tend/v1/acme/gw\"} 1 x\\/status",
+            br#"{"phase":"synced","revision":"a\"b\\c\nd","source":"ok"}"#,
+            now,
+        );
+        f.ingest("tend/v1/acme/ok/status", br#"{"phase":"synced","revision":"r1"}"#, now);
+        let text = render(&f, true, now);
+        assert!(text.contains(r#"device_id="gw\"} 1 x\\",phase="synced",revision="a\"b\\c�d""#), "{text}");
+        assert!(text.contains("tend_fleet_gateways_by_phase{phase=\"synced\"} 2"), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

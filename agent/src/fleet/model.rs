@@ -1,0 +1,568 @@
+//! The fleet as the broker shows it, built from messages any gateway (or
+//! anyone with write access to the broker) may have written: every field of
+//! every message is hostile input. What cannot be read is marked in
+//! [`Device::problems`], never trusted, never a crash; every string kept is
+//! clipped and has its control characters replaced, so no terminal or page
+//! ever receives an escape sequence from the broker.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Larger messages are not parsed (a status is well under 2 KiB).
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Characters kept of any string from the broker.
+pub const MAX_TEXT: usize = 300;
+/// Bytes of a fleet or device id taken from a topic.
+pub const MAX_ID: usize = 128;
+/// Recent events kept per gateway.
+pub const EVENTS_KEPT: usize = 100;
+/// Gateways kept; messages for more are counted and dropped.
+pub const MAX_DEVICES: usize = 200_000;
+/// Revisions listed by count before the rest are summed as "other".
+pub const TOP_REVISIONS: usize = 20;
+
+/// The phases of SPEC §4; anything else a gateway sends counts as `other`.
+pub const PHASES: &[&str] =
+    &["synced", "progressing", "waiting", "held", "degraded", "rolled_back", "failed", "suspended"];
+
+/// One gateway.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub fleet: String,
+    pub device_id: String,
+    /// `online`, `offline`, or `unknown` (no or unreadable availability).
+    pub availability: &'static str,
+    /// One of [`PHASES`], `unknown` (no status yet), or what the gateway sent
+    /// (cleaned, counted as `other`).
+    pub phase: String,
+    pub revision: Option<String>,
+    pub target_revision: Option<String>,
+    pub last_good_revision: Option<String>,
+    pub agent_version: Option<String>,
+    pub last_sync: Option<String>,
+    pub source: Option<String>,
+    pub error: Option<String>,
+    pub wave: Option<String>,
+    pub due_at: Option<String>,
+    pub waiting_for: Option<String>,
+    pub resources: Option<Resources>,
+    /// When this server first saw the gateway on its `revision` (Unix
+    /// seconds; for a retained status, when the server started).
+    pub revision_seen_at: Option<u64>,
+    /// Last sync older than the staleness limit, or none at all.
+    pub stale: bool,
+    /// Offline, stale, failing, off its source, or unreadable.
+    pub attention: bool,
+    /// What could not be read from this gateway's messages.
+    pub problems: Vec<String>,
+    pub health: Option<Health>,
+    #[serde(skip)]
+    pub last_sync_at: Option<SystemTime>,
+    #[serde(skip)]
+    pub events: VecDeque<EventView>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Resources {
+    pub total: u64,
+    pub ready: u64,
+    pub failed: u64,
+}
+
+/// The last health report: the numbers SPEC §4 names, and the checks.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Health {
+    pub ts: Option<String>,
+    pub uptime_s: Option<f64>,
+    pub cpu_percent: Option<f64>,
+    pub mem_used_bytes: Option<f64>,
+    pub mem_total_bytes: Option<f64>,
+    pub disk_free_bytes: Option<f64>,
+    pub load1: Option<f64>,
+    pub agent_rss_bytes: Option<f64>,
+    /// name → `pass`/`fail` (at most 50, cleaned).
+    pub checks: BTreeMap<String, String>,
+}
+
+/// An event, as much of it as a person needs to read.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub seq: Option<u64>,
+    pub ts: Option<String>,
+    pub kind: String,
+    /// The other fields, as clipped text.
+    pub detail: String,
+}
+
+impl Device {
+    fn new(fleet: &str, device_id: &str) -> Device {
+        Device {
+            fleet: fleet.into(),
+            device_id: device_id.into(),
+            availability: "unknown",
+            phase: "unknown".into(),
+            revision: None,
+            target_revision: None,
+            last_good_revision: None,
+            agent_version: None,
+            last_sync: None,
+            source: None,
+            error: None,
+            wave: None,
+            due_at: None,
+            waiting_for: None,
+            resources: None,
+            revision_seen_at: None,
+            stale: true,
+            attention: true,
+            problems: Vec::new(),
+            health: None,
+            last_sync_at: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The phase as a metric label: a known phase, `unknown` or `other`.
+    pub fn phase_label(&self) -> &str {
+        if self.phase == "unknown" || PHASES.contains(&self.phase.as_str()) { &self.phase } else { "other" }
+    }
+
+    fn problem(&mut self, topic_kind: &str, what: String) {
+        self.problems.retain(|p| !p.starts_with(&format!("{topic_kind}:")));
+        self.problems.push(format!("{topic_kind}: {what}"));
+    }
+
+    fn clear_problems(&mut self, topic_kind: &str) {
+        self.problems.retain(|p| !p.starts_with(&format!("{topic_kind}:")));
+    }
+
+    fn refresh(&mut self, now: SystemTime, stale_after: Duration) {
+        self.stale = match self.last_sync_at {
+            Some(t) => now.duration_since(t).unwrap_or_default() > stale_after,
+            None => true,
+        };
+        self.attention = self.availability != "online"
+            || self.stale
+            || !matches!(self.phase.as_str(), "synced" | "progressing" | "waiting" | "suspended")
+            || self.source.as_deref() != Some("ok")
+            || !self.problems.is_empty();
+    }
+}
+
+/// Replace control characters (C0, DEL, C1) and the bidirectional overrides
+/// that can make text read differently than it is, and clip to `max`
+/// characters (marked with `…`).
+pub fn clean(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max * 4));
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        let bad = c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        out.push(if bad { '\u{FFFD}' } else { c });
+    }
+    out
+}
+
+/// What one message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    Accepted,
+    /// Not a topic of this fleet's layout (or a command topic): ignored.
+    NotOurs,
+    /// Refused, with the reason counted in [`Fleet::rejected`].
+    Rejected(&'static str),
+}
+
+/// Every gateway under a topic prefix (and optionally one fleet).
+#[derive(Debug)]
+pub struct Fleet {
+    prefix: String,
+    pub stale_after: Duration,
+    pub devices: BTreeMap<(String, String), Device>,
+    /// Increases with every accepted message (the page's ETag).
+    pub version: u64,
+    /// Messages accepted, by topic kind.
+    pub received: BTreeMap<&'static str, u64>,
+    /// Messages refused, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+impl Fleet {
+    pub fn new(prefix: &str, stale_after: Duration) -> Fleet {
+        Fleet {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            stale_after,
+            devices: BTreeMap::new(),
+            version: 0,
+            received: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    /// Take in one message from the broker.
+    pub fn ingest(&mut self, topic: &str, payload: &[u8], now: SystemTime) -> Ingest {
+        let r = self.ingest_inner(topic, payload, now);
+        match r {
+            Ingest::Accepted => self.version += 1,
+            Ingest::Rejected(why) => *self.rejected.entry(why).or_default() += 1,
+            Ingest::NotOurs => {}
+        }
+        r
+    }
+
+    fn ingest_inner(&mut self, topic: &str, payload: &[u8], now: SystemTime) -> Ingest {
+        let Some(rest) = topic.strip_prefix(&self.prefix).and_then(|r| r.strip_prefix('/')) else {
+            return Ingest::NotOurs;
+        };
+        let mut parts = rest.split('/');
+        let (Some(fleet), Some(device), Some(kind), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Ingest::NotOurs;
+        };
+        let kind: &'static str = match kind {
+            "status" => "status",
+            "availability" => "availability",
+            "health" => "health",
+            "events" => "events",
+            _ => return Ingest::NotOurs,
+        };
+        if device.starts_with('_') || fleet.starts_with('_') {
+            return Ingest::NotOurs; // _all, _source: commands and announcements
+        }
+        let odd = |id: &str| id.is_empty() || id.len() > MAX_ID || id.chars().any(|c| c.is_control());
+        if odd(fleet) || odd(device) {
+            return Ingest::Rejected("odd device or fleet id in the topic");
+        }
+        let key = (fleet.to_owned(), device.to_owned());
+        if !self.devices.contains_key(&key) {
+            if self.devices.len() >= MAX_DEVICES {
+                return Ingest::Rejected("too many gateways");
+            }
+            // A retained empty message clears a topic: nothing to add.
+            if payload.is_empty() {
+                return Ingest::Accepted;
+            }
+            self.devices.insert(key.clone(), Device::new(fleet, device));
+        }
+        let d = self.devices.get_mut(&key).expect("inserted above");
+        *self.received.entry(kind).or_default() += 1;
+        let result = if payload.len() > MAX_PAYLOAD {
+            d.problem(kind, format!("{} bytes, over the {MAX_PAYLOAD}-byte limit: not read", payload.len()));
+            Ingest::Rejected("message too large")
+        } else {
+            match kind {
+                "availability" => read_availability(d, payload),
+                "status" => read_status(d, payload, now),
+                "health" => read_health(d, payload),
+                _ => read_event(d, payload),
+            }
+        };
+        d.refresh(now, self.stale_after);
+        result
+    }
+
+    /// Recompute what depends on the time (stale, attention).
+    pub fn refresh(&mut self, now: SystemTime) {
+        for d in self.devices.values_mut() {
+            d.refresh(now, self.stale_after);
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts::of(self.devices.values())
+    }
+}
+
+fn json_object(d: &mut Device, kind: &str, payload: &[u8]) -> Option<serde_json::Map<String, Value>> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(m)) => {
+            d.clear_problems(kind);
+            Some(m)
+        }
+        Ok(_) => {
+            d.problem(kind, "not a JSON object".into());
+            None
+        }
+        Err(_) if std::str::from_utf8(payload).is_err() => {
+            d.problem(kind, "not UTF-8".into());
+            None
+        }
+        Err(e) => {
+            d.problem(kind, format!("not JSON ({})", clean(&e.to_string(), 80)));
+            None
+        }
+    }
+}
+
+fn read_availability(d: &mut Device, payload: &[u8]) -> Ingest {
+    let text = String::from_utf8_lossy(payload);
+    d.availability = match text.trim() {
+        "online" => "online",
+        "offline" => "offline",
+        other => {
+            d.problem("availability", format!("{:?} is neither online nor offline", clean(other, 40)));
+            d.availability = "unknown";
+            return Ingest::Rejected("unreadable availability");
+        }
+    };
+    d.clear_problems("availability");
+    Ingest::Accepted
+}
+
+/// A string field: absent or null is `None`; another type is a problem.
+fn text(m: &serde_json::Map<String, Value>, key: &str, max: usize, bad: &mut Vec<String>) -> Option<String> {
+    match m.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(clean(s, max)),
+        Some(_) => {
+            bad.push(key.to_owned());
+            None
+        }
+    }
+}
+
+fn read_status(d: &mut Device, payload: &[u8], now: SystemTime) -> Ingest {
+    let Some(m) = json_object(d, "status", payload) else { return Ingest::Rejected("unreadable status") };
+    let mut bad = Vec::new();
+    let phase = text(&m, "phase", 24, &mut bad);
+    let revision = text(&m, "revision", 64, &mut bad);
+    if revision != d.revision {
+        d.revision_seen_at = revision
+            .as_ref()
+            .map(|_| now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |t| t.as_secs()));
+    }
+    d.phase = phase.unwrap_or_else(|| "unknown".into());
+    d.revision = revision;
+    d.target_revision = text(&m, "target_revision", 64, &mut bad);
+    d.last_good_revision = text(&m, "last_good_revision", 64, &mut bad);
+    d.agent_version = text(&m, "agent_version", 40, &mut bad);
+    d.source = text(&m, "source", 24, &mut bad);
+    d.error = text(&m, "error", MAX_TEXT, &mut bad);
+    d.wave = match m.get("wave") {
+        Some(Value::Number(n)) => Some(clean(&n.to_string(), 24)),
+        _ => text(&m, "wave", 40, &mut bad),
+    };
+    d.due_at = text(&m, "due_at", 40, &mut bad);
+    d.waiting_for = text(&m, "waiting_for", 40, &mut bad);
+    d.last_sync = text(&m, "last_sync", 40, &mut bad);
+    d.last_sync_at = d.last_sync.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+    if d.last_sync.is_some() && d.last_sync_at.is_none() {
+        bad.push("last_sync".into());
+    }
+    d.resources = match m.get("resources") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(r)) => {
+            let n = |k: &str| r.get(k).and_then(Value::as_u64);
+            match (n("total"), n("ready"), n("failed")) {
+                (Some(total), Some(ready), Some(failed)) => Some(Resources { total, ready, failed }),
+                _ => {
+                    bad.push("resources".into());
+                    None
+                }
+            }
+        }
+        Some(_) => {
+            bad.push("resources".into());
+            None
+        }
+    };
+    if bad.is_empty() {
+        d.clear_problems("status");
+        Ingest::Accepted
+    } else {
+        d.problem("status", format!("unreadable field(s): {}", bad.join(", ")));
+        Ingest::Accepted
+    }
+}
+
+fn read_health(d: &mut Device, payload: &[u8]) -> Ingest {
+    let Some(m) = json_object(d, "health", payload) else { return Ingest::Rejected("unreadable health") };
+    let num = |k: &str| m.get(k).and_then(Value::as_f64).filter(|x| x.is_finite());
+    let mut bad = Vec::new();
+    let mut h = Health {
+        ts: text(&m, "ts", 40, &mut bad),
+        uptime_s: num("uptime_s"),
+        cpu_percent: num("cpu_percent"),
+        mem_used_bytes: num("mem_used_bytes"),
+        mem_total_bytes: num("mem_total_bytes"),
+        disk_free_bytes: num("disk_free_bytes"),
+        load1: num("load1"),
+        agent_rss_bytes: num("agent_rss_bytes"),
+        checks: BTreeMap::new(),
+    };
+    if let Some(Value::Object(checks)) = m.get("checks") {
+        for (k, v) in checks.iter().take(50) {
+            let v = v.as_str().map_or_else(|| "?".to_owned(), |s| clean(s, 16));
+            h.checks.insert(clean(k, 60), v);
+        }
+    }
+    d.health = Some(h);
+    Ingest::Accepted
+}
+
+fn read_event(d: &mut Device, payload: &[u8]) -> Ingest {
+    let Some(mut m) = json_object(d, "events", payload) else { return Ingest::Rejected("unreadable event") };
+    let mut bad = Vec::new();
+    let kind = text(&m, "kind", 32, &mut bad).unwrap_or_else(|| "?".into());
+    let ts = text(&m, "ts", 40, &mut bad);
+    let seq = m.get("seq").and_then(Value::as_u64);
+    for k in ["kind", "ts", "seq", "device_id", "fleet"] {
+        m.remove(k);
+    }
+    let detail = clean(&Value::Object(m).to_string(), MAX_TEXT);
+    if d.events.len() == EVENTS_KEPT {
+        d.events.pop_front();
+    }
+    d.events.push_back(EventView { seq, ts, kind, detail });
+    Ingest::Accepted
+}
+
+/// Counts first: what an operator reads before any row.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub gateways: u64,
+    pub online: u64,
+    pub offline: u64,
+    /// No or unreadable availability message.
+    pub availability_unknown: u64,
+    pub stale: u64,
+    pub attention: u64,
+    /// Every phase of [`PHASES`] (zero included), `unknown` and `other`.
+    pub by_phase: BTreeMap<String, u64>,
+    /// The most common revisions first (at most [`TOP_REVISIONS`]; `none` for
+    /// gateways with no revision).
+    pub by_revision: Vec<(String, u64)>,
+    /// Gateways on the revisions not listed.
+    pub other_revisions: u64,
+}
+
+impl Counts {
+    pub fn of<'a>(devices: impl Iterator<Item = &'a Device>) -> Counts {
+        let mut c = Counts::default();
+        for p in PHASES.iter().chain(&["unknown", "other"]) {
+            c.by_phase.insert((*p).to_owned(), 0);
+        }
+        let mut revs: BTreeMap<&str, u64> = BTreeMap::new();
+        for d in devices {
+            c.gateways += 1;
+            match d.availability {
+                "online" => c.online += 1,
+                "offline" => c.offline += 1,
+                _ => c.availability_unknown += 1,
+            }
+            c.stale += u64::from(d.stale);
+            c.attention += u64::from(d.attention);
+            *c.by_phase.entry(d.phase_label().to_owned()).or_default() += 1;
+            *revs.entry(d.revision.as_deref().unwrap_or("none")).or_default() += 1;
+        }
+        let mut revs: Vec<(String, u64)> = revs.into_iter().map(|(r, n)| (r.to_owned(), n)).collect();
+        revs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        c.other_revisions = revs.iter().skip(TOP_REVISIONS).map(|r| r.1).sum();
+        revs.truncate(TOP_REVISIONS);
+        c.by_revision = revs;
+        c
+    }
+}
+
+/// The first 12 characters of a revision, by characters (never splits one).
+pub fn short_rev(r: &str) -> String {
+    r.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet() -> Fleet {
+        Fleet::new("tend/v1/", Duration::from_secs(900))
+    }
+
+    fn status(phase: &str, rev: &str) -> Vec<u8> {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now());
+        format!(
+            r#"{{"device_id":"x","fleet":"acme","phase":"{phase}","revision":"{rev}","source":"ok","last_sync":"{now}","error":null,"resources":{{"total":3,"ready":3,"failed":0}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn an_honest_gateway_is_read_in_full() {
+        let mut f = fleet();
+        let now = SystemTime::now();
+        assert_eq!(f.ingest("tend/v1/acme/gw-1/availability", b"online", now), Ingest::Accepted);
+        assert_eq!(f.ingest("tend/v1/acme/gw-1/status", &status("synced", "3f2a9c01b7e4aa"), now), Ingest::Accepted);
+        let d = &f.devices[&("acme".into(), "gw-1".into())];
+        assert_eq!(d.phase, "synced");
+        assert_eq!(d.revision.as_deref(), Some("3f2a9c01b7e4aa"));
+        assert_eq!(d.resources, Some(Resources { total: 3, ready: 3, failed: 0 }));
+        assert!(!d.stale && !d.attention, "{d:?}");
+        let c = f.counts();
+        assert_eq!((c.gateways, c.online, c.attention), (1, 1, 0));
+        assert_eq!(c.by_phase["synced"], 1);
+        assert_eq!(c.by_revision, vec![("3f2a9c01b7e4aa".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn hostile_messages_are_marked_never_trusted() {
+        let mut f = fleet();
+        let now = SystemTime::now();
+        let cases: &[(&str, &[u8])] = &[
+            ("tend/v1/acme/a/status", b"\xff\xfe not utf-8"),
+            ("tend/v1/acme/b/status", b"[1,2,3]"),
+            ("tend/v1/acme/c/status", br#"{"phase":7,"revision":{"x":1},"resources":"all"}"#),
+            ("tend/v1/acme/d/status", "{\"phase\":\"synced\",\"revision\":\"é€😀\\u001b[2J\"}".as_bytes()),
+            ("tend/v1/acme/e/availability", b"\x1b]0;pwned\x07"),
+        ];
+        for (t, p) in cases {
+            f.ingest(t, p, now);
+        }
+        let get = |d: &str| &f.devices[&("acme".to_owned(), d.to_owned())];
+        assert_eq!(get("a").problems, vec!["status: not UTF-8"]);
+        assert_eq!(get("b").problems, vec!["status: not a JSON object"]);
+        assert!(get("c").problems[0].contains("phase, revision, resources"), "{:?}", get("c").problems);
+        assert_eq!(get("c").phase, "unknown");
+        assert_eq!(get("d").revision.as_deref(), Some("é€😀\u{FFFD}[2J"));
+        assert_eq!(short_rev("é€😀é€😀é€😀é€😀é€😀"), "é€😀é€😀é€😀é€😀");
+        assert_eq!(get("e").availability, "unknown");
+        assert!(!get("e").problems[0].contains('\u{1b}'));
+        assert!(f.devices.values().all(|d| d.attention));
+        // Oversized, odd ids, command topics.
+        let big = vec![b'x'; MAX_PAYLOAD + 1];
+        assert_eq!(f.ingest("tend/v1/acme/f/status", &big, now), Ingest::Rejected("message too large"));
+        let long = format!("tend/v1/acme/{}/status", "g".repeat(MAX_ID + 1));
+        assert!(matches!(f.ingest(&long, b"{}", now), Ingest::Rejected(_)));
+        assert!(matches!(f.ingest("tend/v1/acme/a\u{7}b/status", b"{}", now), Ingest::Rejected(_)));
+        assert_eq!(f.ingest("tend/v1/acme/_all/cmd", b"{}", now), Ingest::NotOurs);
+        assert_eq!(f.ingest("tend/v1/acme/x/status/extra", b"{}", now), Ingest::NotOurs);
+        assert_eq!(f.ingest("other/acme/x/status", b"{}", now), Ingest::NotOurs);
+        // Unknown phases count as other.
+        f.ingest("tend/v1/acme/h/status", &status("dancing", "r"), now);
+        assert_eq!(f.counts().by_phase["other"], 1);
+    }
+
+    #[test]
+    fn events_are_bounded_per_gateway() {
+        let mut f = fleet();
+        let now = SystemTime::now();
+        for i in 0..250 {
+            let e = format!(r#"{{"seq":{i},"kind":"drift_repaired","ts":"2026-01-01T00:00:00Z","files":["/etc/x"]}}"#);
+            f.ingest("tend/v1/acme/gw/events", e.as_bytes(), now);
+        }
+        let d = &f.devices[&("acme".into(), "gw".into())];
+        assert_eq!(d.events.len(), EVENTS_KEPT);
+        assert_eq!(d.events.front().unwrap().seq, Some(150));
+        assert_eq!(d.events.back().unwrap().detail, r#"{"files":["/etc/x"]}"#);
+    }
+
+    #[test]
+    fn clean_clips_by_characters_and_strips_controls() {
+        assert_eq!(clean("ab\u{1b}c\u{202e}d", 10), "ab\u{FFFD}c\u{FFFD}d");
+        assert_eq!(clean("äöüß", 2), "äö…");
+        assert_eq!(clean("\u{9b}31m", 10), "\u{FFFD}31m");
+    }
+}

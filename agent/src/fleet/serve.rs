@@ -1,0 +1,230 @@
+//! `tend fleet serve`: the fleet view, its JSON API and Prometheus metrics,
+//! served from memory on a local address. Read-only: GET and HEAD only, no
+//! state changes, every asset embedded (it works on an air-gapped network).
+//! A small HTTP/1.1 server of its own (one request per connection) rather
+//! than a framework: see docs/decisions/0004-fleet-serve.md.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::broker::Live;
+use super::model::{Device, Fleet};
+
+const PAGE: &str = include_str!("page.html");
+/// A request head larger than this is refused.
+const MAX_HEAD: usize = 8 * 1024;
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serve until the process ends.
+pub async fn serve(listener: TcpListener, live: Arc<Live>) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Time-based fields (stale, attention) change without any message.
+    let ticker = live.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            ticker.fleet.lock().unwrap_or_else(|e| e.into_inner()).refresh(SystemTime::now());
+        }
+    });
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
+        let live = live.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(30), connection(stream, &live)).await {
+                tracing::debug!(%peer, error = %e, "connection timed out");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Bind the address; a clear error if it is taken or not an address.
+pub async fn bind(addr: &str) -> Result<TcpListener, String> {
+    let parsed: SocketAddr = addr.parse().map_err(|_| format!("--listen {addr:?}: not an IP address and port"))?;
+    TcpListener::bind(parsed).await.map_err(|e| format!("--listen {addr}: {e}"))
+}
+
+struct Response {
+    status: &'static str,
+    content_type: &'static str,
+    body: Vec<u8>,
+    etag: Option<String>,
+}
+
+impl Response {
+    fn new(status: &'static str, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response { status, content_type, body: body.into(), etag: None }
+    }
+
+    fn json(status: &'static str, v: &Value) -> Response {
+        Response::new(status, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    }
+
+    fn error(status: &'static str, msg: &str) -> Response {
+        Response::json(status, &json!({ "error": msg }))
+    }
+}
+
+async fn connection(mut stream: TcpStream, live: &Live) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_HEAD {
+            return write(&mut stream, Response::error("431 Request Header Fields Too Large", "request head too large"), false)
+                .await;
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut lines = text.split("\r\n");
+    let request = lines.next().unwrap_or("");
+    let mut parts = request.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let if_none_match = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("if-none-match"))
+        .map(|(_, v)| v.trim().to_owned());
+    let head_only = method == "HEAD";
+    let response = if method != "GET" && !head_only {
+        Response::error("405 Method Not Allowed", "read-only: GET and HEAD only")
+    } else {
+        route(target, if_none_match.as_deref(), live)
+    };
+    write(&mut stream, response, head_only).await
+}
+
+async fn write(stream: &mut TcpStream, r: Response, head_only: bool) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-cache\r\nx-content-type-options: nosniff\r\ncontent-security-policy: default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; img-src 'self' data:\r\nconnection: close\r\n",
+        r.status,
+        r.content_type,
+        r.body.len()
+    );
+    if let Some(tag) = &r.etag {
+        let _ = write!(head, "etag: {tag}\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(&r.body).await?;
+    }
+    stream.shutdown().await
+}
+
+fn route(target: &str, if_none_match: Option<&str>, live: &Live) -> Response {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let now = SystemTime::now();
+    match path {
+        "/" | "/index.html" => Response::new("200 OK", "text/html; charset=utf-8", PAGE),
+        "/metrics" => {
+            let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
+            let body = super::metrics::render(&f, live.connected.load(Ordering::Relaxed), now);
+            Response::new("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+        }
+        "/api/devices" => {
+            let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
+            // The time is in the tag too: stale and attention change with it.
+            let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let tag = format!("\"{}-{}-{}\"", f.version, secs / 5, u8::from(live.connected.load(Ordering::Relaxed)));
+            if if_none_match == Some(tag.as_str()) {
+                let mut r = Response::new("304 Not Modified", "application/json", Vec::new());
+                r.etag = Some(tag);
+                return r;
+            }
+            let mut r = Response::json("200 OK", &devices_json(&f, live.connected.load(Ordering::Relaxed)));
+            r.etag = Some(tag);
+            r
+        }
+        "/healthz" => Response::new("200 OK", "text/plain", "ok\n"),
+        _ => match path.strip_prefix("/api/devices/") {
+            Some(id) => device(live, &percent_decode(id), query),
+            None => Response::error("404 Not Found", "no such page: try /, /api/devices or /metrics"),
+        },
+    }
+}
+
+fn devices_json(f: &Fleet, connected: bool) -> Value {
+    json!({
+        "generated_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "broker_connected": connected,
+        "stale_after_s": f.stale_after.as_secs(),
+        "counts": f.counts(),
+        "devices": f.devices.values().collect::<Vec<&Device>>(),
+    })
+}
+
+/// `/api/devices/{device_id}` (`?fleet=F` when the id is in more than one
+/// fleet): the device with its recent events and last health.
+fn device(live: &Live, id: &str, query: &str) -> Response {
+    let fleet = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "fleet")
+        .map(|(_, v)| percent_decode(v));
+    let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
+    let found: Vec<&Device> = f
+        .devices
+        .values()
+        .filter(|d| d.device_id == id && fleet.as_deref().is_none_or(|fl| d.fleet == fl))
+        .collect();
+    match found[..] {
+        [] => Response::error("404 Not Found", "no such gateway"),
+        [d] => {
+            let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
+            v["events"] = serde_json::to_value(d.events.iter().rev().collect::<Vec<_>>()).unwrap_or(Value::Null);
+            Response::json("200 OK", &v)
+        }
+        _ => Response::error("409 Conflict", "this id is in more than one fleet: add ?fleet=NAME"),
+    }
+}
+
+/// `%XX` decoded; invalid sequences are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_never_panics() {
+        assert_eq!(percent_decode("gw%2D01"), "gw-01");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%e"), "%e");
+        assert_eq!(percent_decode("%zz%C3%A9"), "%zzé");
+        assert_eq!(percent_decode("a%ff"), "a\u{FFFD}");
+        assert_eq!(percent_decode("é%"), "é%");
+        assert_eq!(percent_decode("%aé%é"), "%aé%é");
+    }
+}
