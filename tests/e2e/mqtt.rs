@@ -326,7 +326,11 @@ fn fleet_status_lists_every_gateway() {
     for line in table.stdout.lines() {
         assert!(line.chars().count() <= 80, "{line:?}");
     }
-    assert!(table.stdout.starts_with("3 gateways: 2 online, 1 offline; 0 stale; 1 need attention\n"), "{}", table.stdout);
+    assert!(
+        table.stdout.starts_with("3 gateways: 2 online, 1 offline; 0 stale; 1 need attention\n"),
+        "{}",
+        table.stdout
+    );
     assert!(table.stdout.lines().any(|l| l.starts_with("! test/gw-3") && l.contains("offline")), "{}", table.stdout);
     assert!(!table.stdout.contains("test/gw-1"), "only what needs attention is listed:\n{}", table.stdout);
     let every = gws[0].tend(&["fleet", "status", "--mqtt", &broker.url(), "--all"]);

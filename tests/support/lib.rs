@@ -5,6 +5,7 @@
 //! Every server binds 127.0.0.1 only and is killed when its handle drops.
 
 pub mod k3s;
+pub mod monitor;
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
@@ -43,7 +44,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+pub(crate) fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {

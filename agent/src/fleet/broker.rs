@@ -23,7 +23,8 @@ fn client_id(what: &str) -> String {
 fn filters(prefix: &str, fleet: Option<&str>, live: bool) -> Vec<String> {
     let prefix = prefix.trim_end_matches('/');
     let f = fleet.unwrap_or("+");
-    let kinds: &[&str] = if live { &["status", "availability", "health", "events"] } else { &["status", "availability"] };
+    let kinds: &[&str] =
+        if live { &["status", "availability", "health", "events"] } else { &["status", "availability"] };
     kinds.iter().map(|k| format!("{prefix}/{f}/+/{k}")).collect()
 }
 
@@ -32,7 +33,12 @@ fn filters(prefix: &str, fleet: Option<&str>, live: bool) -> Vec<String> {
 /// this client publishes to itself after its subscriptions are acknowledged
 /// (the broker queues it after them), or 400 ms of quiet if the broker's ACL
 /// drops the probe.
-pub async fn snapshot(settings: &Settings, prefix: &str, fleet: Option<&str>, stale_after: Duration) -> Result<Fleet, String> {
+pub async fn snapshot(
+    settings: &Settings,
+    prefix: &str,
+    fleet: Option<&str>,
+    stale_after: Duration,
+) -> Result<Fleet, String> {
     let id = client_id("status");
     let mut options = settings.options(&id, None)?;
     options.set_max_packet_size(READ_LIMIT, 64 * 1024);

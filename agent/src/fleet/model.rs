@@ -162,7 +162,8 @@ pub fn clean(s: &str, max: usize) -> String {
             out.push('…');
             break;
         }
-        let bad = c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        let bad =
+            c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
         out.push(if bad { '\u{FFFD}' } else { c });
     }
     out
@@ -332,9 +333,8 @@ fn read_status(d: &mut Device, payload: &[u8], now: SystemTime) -> Ingest {
     let phase = text(&m, "phase", 24, &mut bad);
     let revision = text(&m, "revision", 64, &mut bad);
     if revision != d.revision {
-        d.revision_seen_at = revision
-            .as_ref()
-            .map(|_| now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |t| t.as_secs()));
+        d.revision_seen_at =
+            revision.as_ref().map(|_| now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |t| t.as_secs()));
     }
     d.phase = phase.unwrap_or_else(|| "unknown".into());
     d.revision = revision;

@@ -85,8 +85,12 @@ async fn connection(mut stream: TcpStream, live: &Live) -> std::io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
         if head.len() > MAX_HEAD {
-            return write(&mut stream, Response::error("431 Request Header Fields Too Large", "request head too large"), false)
-                .await;
+            return write(
+                &mut stream,
+                Response::error("431 Request Header Fields Too Large", "request head too large"),
+                false,
+            )
+            .await;
         }
     }
     let text = String::from_utf8_lossy(&head);
@@ -176,11 +180,8 @@ fn device(live: &Live, id: &str, query: &str) -> Response {
         .find(|(k, _)| *k == "fleet")
         .map(|(_, v)| percent_decode(v));
     let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
-    let found: Vec<&Device> = f
-        .devices
-        .values()
-        .filter(|d| d.device_id == id && fleet.as_deref().is_none_or(|fl| d.fleet == fl))
-        .collect();
+    let found: Vec<&Device> =
+        f.devices.values().filter(|d| d.device_id == id && fleet.as_deref().is_none_or(|fl| d.fleet == fl)).collect();
     match found[..] {
         [] => Response::error("404 Not Found", "no such gateway"),
         [d] => {

@@ -32,11 +32,7 @@ pub fn report<'a>(devices: impl Iterator<Item = &'a Device> + Clone, all: bool, 
     out.push('\n');
     out.push_str(&table(&rows[..shown], now));
     if shown < rows.len() {
-        let _ = writeln!(
-            out,
-            "… {} more need attention (--all lists every gateway)",
-            rows.len() - shown
-        );
+        let _ = writeln!(out, "… {} more need attention (--all lists every gateway)", rows.len() - shown);
     }
     out
 }
@@ -66,14 +62,41 @@ pub fn summary(c: &Counts) -> String {
     if c.gateways == 0 {
         return out;
     }
-    let phases: Vec<String> = c.by_phase.iter().filter(|(_, n)| **n > 0).map(|(p, n)| format!("{n} {p}")).collect();
-    let _ = writeln!(out, "  phase     {}", phases.join(", "));
-    let mut revs: Vec<String> = c.by_revision.iter().take(5).map(|(r, n)| format!("{n} {}", short_rev(r))).collect();
-    let rest: u64 = c.by_revision.iter().skip(5).map(|r| r.1).sum::<u64>() + c.other_revisions;
-    if rest > 0 {
-        revs.push(format!("{rest} on other revisions"));
+    // Phases: all of them, on as many lines as it takes.
+    let mut line = String::from("  phase     ");
+    let mut first = true;
+    for (p, n) in c.by_phase.iter().filter(|(_, n)| **n > 0) {
+        let item = format!("{n} {p}");
+        if !first && line.chars().count() + 2 + item.chars().count() > 79 {
+            let _ = writeln!(out, "{},", line);
+            line = String::from("            ");
+            first = true;
+        }
+        if !first {
+            line.push_str(", ");
+        }
+        line.push_str(&item);
+        first = false;
     }
-    let _ = writeln!(out, "  revision  {}", revs.join(", "));
+    let _ = writeln!(out, "{line}");
+    // Revisions: the most common ones that fit on one line, then the rest summed.
+    let total: u64 = c.by_revision.iter().map(|r| r.1).sum::<u64>() + c.other_revisions;
+    let mut line = String::from("  revision  ");
+    let mut shown = 0u64;
+    for (i, (r, n)) in c.by_revision.iter().enumerate() {
+        let item = format!("{}{n} {}", if i > 0 { ", " } else { "" }, clean(&short_rev(r), 12));
+        let rest = total - shown - n;
+        let tail = if rest > 0 { format!(", {rest} on other revisions").chars().count() } else { 0 };
+        if line.chars().count() + item.chars().count() + tail > 79 {
+            break;
+        }
+        line.push_str(&item);
+        shown += n;
+    }
+    if total > shown {
+        let _ = write!(line, "{}{} on other revisions", if shown > 0 { ", " } else { "" }, total - shown);
+    }
+    let _ = writeln!(out, "{line}");
     out
 }
 
@@ -138,7 +161,11 @@ mod tests {
             let phase = if i < failing { "rolled_back" } else { "synced" };
             let status = format!(
                 r#"{{"phase":"{phase}","revision":"3f2a9c01b7e4aa","source":"ok","last_sync":"{ts}","error":{}}}"#,
-                if i < failing { "\"revision 3f2a9c01b7e4 is unhealthy: check api: tcp 127.0.0.1:8080: refused\"" } else { "null" }
+                if i < failing {
+                    "\"revision 3f2a9c01b7e4 is unhealthy: check api: tcp 127.0.0.1:8080: refused\""
+                } else {
+                    "null"
+                }
             );
             f.ingest(&format!("tend/v1/acme/gw-{i:05}/availability"), b"online", now);
             f.ingest(&format!("tend/v1/acme/gw-{i:05}/status"), status.as_bytes(), now);

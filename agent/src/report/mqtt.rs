@@ -281,6 +281,12 @@ impl Reporter {
                             self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
                         }
                     }
+                    Ok(Event::Incoming(Incoming::Publish(p))) if p.retain => {
+                        // A command is a request of the moment: one kept by the
+                        // broker would run again at every reconnect of every
+                        // gateway. (The broker flags only stored messages.)
+                        tracing::warn!(topic = %p.topic, "mqtt: a retained command is ignored (clear it with an empty retained message)");
+                    }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         let cmd = parse_command(&p.payload);
                         tracing::info!(topic = %p.topic, cmd = ?cmd.cmd.as_ref().map(CommandKind::name), "mqtt: command received");

@@ -17,8 +17,7 @@ use crate::store::Status;
 pub const REFRESH: Duration = Duration::from_secs(300);
 
 /// The phases of SPEC §4, each a series (1 for the phase the gateway is in).
-const PHASES: &[&str] =
-    &["synced", "progressing", "waiting", "held", "degraded", "rolled_back", "failed", "suspended"];
+const PHASES: &[&str] = &["synced", "progressing", "waiting", "held", "degraded", "rolled_back", "failed", "suspended"];
 
 /// What the textfile counts since the agent started (counters reset at a
 /// restart, as Prometheus expects of counters).
@@ -79,7 +78,12 @@ pub fn render(c: &Counters, s: &Snapshot<'_>) -> (String, String) {
     let i = c.lock();
     let st = s.status;
     let mut out = String::with_capacity(2048);
-    family(&mut out, "tend_agent_info", "gauge", "Always 1: the agent's version, identity and the revision applied now.");
+    family(
+        &mut out,
+        "tend_agent_info",
+        "gauge",
+        "Always 1: the agent's version, identity and the revision applied now.",
+    );
     let _ = writeln!(
         out,
         "tend_agent_info{{version=\"{}\",device_id=\"{}\",fleet=\"{}\",revision=\"{}\"}} 1",
@@ -102,7 +106,12 @@ pub fn render(c: &Counters, s: &Snapshot<'_>) -> (String, String) {
     let _ = writeln!(out, "tend_drift_repairs_total {}", i.events.get("drift_repaired").unwrap_or(&0));
     family(&mut out, "tend_rollbacks_total", "counter", "Rollbacks (automatic or asked for) since the agent started.");
     let _ = writeln!(out, "tend_rollbacks_total {}", i.events.get("rolled_back").unwrap_or(&0));
-    family(&mut out, "tend_resources", "gauge", "Files, containers and manifests of the revision applied now, by state.");
+    family(
+        &mut out,
+        "tend_resources",
+        "gauge",
+        "Files, containers and manifests of the revision applied now, by state.",
+    );
     let _ = writeln!(out, "tend_resources{{state=\"ready\"}} {}", st.resources.ready);
     let _ = writeln!(out, "tend_resources{{state=\"failed\"}} {}", st.resources.failed);
     let _ = writeln!(
@@ -121,9 +130,7 @@ pub fn render(c: &Counters, s: &Snapshot<'_>) -> (String, String) {
         family(&mut out, "tend_last_sync_duration_seconds", "gauge", "How long the last sync took.");
         let _ = writeln!(out, "tend_last_sync_duration_seconds {:.3}", d.as_secs_f64());
     }
-    let last = i.last_sync.or_else(|| {
-        st.last_sync.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok())
-    });
+    let last = i.last_sync.or_else(|| st.last_sync.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok()));
     if let Some(t) = last.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
         family(&mut out, "tend_last_sync_timestamp_seconds", "gauge", "When the last sync ended (Unix time).");
         let _ = writeln!(out, "tend_last_sync_timestamp_seconds {}", t.as_secs());
@@ -189,7 +196,9 @@ mod tests {
         assert!(text.contains("tend_syncs_total{result=\"applied\"} 1\n"), "{text}");
         assert!(text.contains("tend_phase{phase=\"synced\"} 1\n"), "{text}");
         assert!(text.contains("tend_last_sync_duration_seconds 0.120\n"), "{text}");
-        assert!(text.contains("tend_agent_info{version=\"0.1.0\",device_id=\"gw-1\",fleet=\"acme\",revision=\"3f2a9c01b7e4\"} 1"));
+        assert!(text.contains(
+            "tend_agent_info{version=\"0.1.0\",device_id=\"gw-1\",fleet=\"acme\",revision=\"3f2a9c01b7e4\"} 1"
+        ));
         // Only the time of the last sync moved: not rewritten.
         c.lock().last_sync = Some(SystemTime::now() + Duration::from_secs(60));
         assert!(!update(&path, &c, &snap).unwrap());
