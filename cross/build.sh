@@ -34,8 +34,15 @@ export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/
 # suite checks no build path is in the binaries. RUSTFLAGS stay the same in
 # every checkout, so cached dependencies stay valid.)
 export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$HOME/.cargo=~/.cargo"
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
+# gold with identical code folding (see the scripts), run from the build cache
+# (below) so that the linker's path, which cargo fingerprints, is the same from
+# every checkout and the cached dependencies stay valid.
+cache="${TEND_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tend-build}"
+for cc in aarch64-linux-gnu arm-linux-gnueabihf; do
+  cmp -s "cross/link-$cc" "$cache/bin/link-$cc" || install -D -m 755 "cross/link-$cc" "$cache/bin/link-$cc"
+done
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER="$cache/bin/link-aarch64-linux-gnu"
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER="$cache/bin/link-arm-linux-gnueabihf"
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
 export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
@@ -47,7 +54,6 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 # default ~/.cache/tend-build) like cargo's registry: the dependencies, fixed
 # by Cargo.lock, compile once per machine, and each build after that compiles
 # tend itself and links. The binary is copied to target/<triple>/release/tend.
-cache="${TEND_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tend-build}"
 # Gateway builds (ARM) leave out `tend fleet serve` (the `fleet-serve` feature):
 # gateways never run it and the aarch64 binary has an 8 MiB budget. The x86_64
 # build is the operators' and carries it (docs/decisions/0004-fleet-serve.md).

@@ -97,3 +97,56 @@ step "tend status"
 
 step "tend history"
 "$tend" history
+
+step "the fleet: a local broker, the gateway's daemon, fleet status and the fleet view"
+if ! command -v mosquitto >/dev/null 2>&1; then
+  echo "Mosquitto is not installed, so the fleet part is skipped. To see it:"
+  echo "  sudo apt-get install -y mosquitto && $0"
+  exit 0
+fi
+# Free loopback ports for the broker and the view.
+free_port() {
+  local p
+  for p in $(seq "$1" $(($1 + 50))); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+  echo "quickstart: no free port from $1" >&2; exit 1
+}
+mqtt_port="$(free_port 18830)"
+view_port="$(free_port 9700)"
+cat > "$work/mosquitto.conf" <<CONF
+listener $mqtt_port 127.0.0.1
+allow_anonymous true
+persistence false
+pid_file $work/mosquitto.pid
+CONF
+[ "$(id -u)" = 0 ] && echo "user root" >> "$work/mosquitto.conf"
+mosquitto -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
+echo $! > "$work/mosquitto.pid"
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
+cat >> "$work/agent.toml" <<TOML
+
+[mqtt]
+url = "mqtt://127.0.0.1:$mqtt_port"
+health_interval = "10s"
+TOML
+"$tend" run > "$work/tend-run.log" 2>&1 &
+echo $! > "$work/tend-run.pid"
+"$tend" fleet serve --mqtt "mqtt://127.0.0.1:$mqtt_port" --listen "127.0.0.1:$view_port" > "$work/fleet-serve.log" 2>&1 &
+echo $! > "$work/fleet-serve.pid"
+cat > "$work/stop.sh" <<STOP
+#!/bin/sh
+# Stop what the quickstart left running.
+for p in fleet-serve tend-run mosquitto; do [ -f "$work/\$p.pid" ] && kill "\$(cat "$work/\$p.pid")" 2>/dev/null; rm -f "$work/\$p.pid"; done
+true
+STOP
+chmod +x "$work/stop.sh"
+# The daemon publishes its status once connected.
+for _ in $(seq 100); do
+  "$tend" fleet status --mqtt "mqtt://127.0.0.1:$mqtt_port" --json 2>/dev/null | grep -q '"online":1' && break
+  sleep 0.2
+done
+"$tend" fleet status --mqtt "mqtt://127.0.0.1:$mqtt_port" --all
+echo
+echo "The fleet view:   http://127.0.0.1:$view_port/   (metrics: /metrics, JSON: /api/devices)"
+echo "Still running:    mosquitto, tend run and tend fleet serve; stop them with $work/stop.sh"

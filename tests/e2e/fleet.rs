@@ -63,7 +63,7 @@ fn the_fleet_view_lists_every_gateway_and_shows_a_new_revision_without_a_reload(
     let fleet = Fleet::new(tmp.path(), "fleet");
     let devices = ["gw-1", "gw-2", "gw-3"];
     let c1 = bundle(&fleet, "1", &devices);
-    let (gws, _daemons) = start_fleet(tmp.path(), &fleet, &broker, &devices);
+    let (gws, mut daemons) = start_fleet(tmp.path(), &fleet, &broker, &devices);
     let serve = FleetServe::start(tmp.path(), &broker.url(), &[]);
     serve.wait("three synced gateways on c1", Duration::from_secs(20), |v| {
         v["counts"]["gateways"] == 3 && devices.iter().all(|d| device(v, d)["revision"] == c1.as_str())
@@ -80,9 +80,6 @@ fn the_fleet_view_lists_every_gateway_and_shows_a_new_revision_without_a_reload(
     assert_eq!(b.eval("document.querySelector('#cards .card .n').innerText"), "3");
     // A mark that a reload would erase.
     b.eval("window.__tend_no_reload = 42");
-    let shot = b.screenshot();
-    assert!(shot.starts_with(b"\x89PNG"), "not a PNG");
-    std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-view.png"), &shot).unwrap();
 
     let c2 = bundle(&fleet, "2", &devices);
     let r = gws[0].tend(&["fleet", "sync", "--mqtt", &broker.url(), "--fleet", "test", "--all"]);
@@ -101,6 +98,17 @@ fn the_fleet_view_lists_every_gateway_and_shows_a_new_revision_without_a_reload(
         Duration::from_secs(10),
         "document.getElementById('detail').innerText.includes('healthy')",
     );
+    // A gateway dies: its Last Will makes it offline in the page.
+    daemons.pop().unwrap().kill();
+    b.wait(
+        "gw-3 offline",
+        Duration::from_secs(20),
+        "document.querySelector('#rows tr[data-device=\"gw-3\"]').children[1].innerText === 'offline'",
+    );
+    // The picture in docs/ and the README: target/tmp/fleet-view.png.
+    let shot = b.screenshot();
+    assert!(shot.starts_with(b"\x89PNG"), "not a PNG");
+    std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-view.png"), &shot).unwrap();
     assert_eq!(serve.get("/api/devices/nope").0, 404);
     assert_eq!(http_get(serve.port, "/", &[]).0, 200);
 }

@@ -327,7 +327,7 @@ fn fleet_status_lists_every_gateway() {
         assert!(line.chars().count() <= 80, "{line:?}");
     }
     assert!(
-        table.stdout.starts_with("3 gateways: 2 online, 1 offline; 0 stale; 1 need attention\n"),
+        table.stdout.starts_with("3 gateways: 2 online, 1 offline; 0 stale; 1 needs attention\n"),
         "{}",
         table.stdout
     );

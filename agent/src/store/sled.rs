@@ -29,6 +29,9 @@ pub struct SledStore {
     outbox: sled::Tree,
     /// Serialises outbox appends (sequence numbers must not repeat).
     outbox_lock: std::sync::Mutex<()>,
+    /// Objects of values that were replaced or removed: deleted once the
+    /// store no longer names them durably (at the next flush).
+    garbage: std::sync::Mutex<Vec<ContentHash>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -90,6 +93,7 @@ impl SledStore {
             meta: tree("meta")?,
             outbox: tree("outbox")?,
             outbox_lock: std::sync::Mutex::new(()),
+            garbage: std::sync::Mutex::new(Vec::new()),
             db,
             path,
         };
@@ -170,6 +174,38 @@ impl SledStore {
         Ok(encode_reference(&hash))
     }
 
+    /// Insert a value made by [`SledStore::value`]; the object of the value it
+    /// replaces becomes garbage (a drift repair rewrites the inventory: without
+    /// this, every repair of a 1,000-file gateway left a 240 KB file behind).
+    fn put_value(&self, tree: &sled::Tree, key: impl AsRef<[u8]>, value: Vec<u8>) -> Result<(), StoreError> {
+        let old = tree.insert(key, value.clone()).map_err(|e| self.err(e))?;
+        self.forget(old.as_deref(), Some(&value));
+        Ok(())
+    }
+
+    /// `old` (a value no longer in the store) names an object: garbage,
+    /// unless `new` names the same one.
+    fn forget(&self, old: Option<&[u8]>, new: Option<&[u8]>) {
+        if let Some(h) = old.and_then(reference)
+            && new.and_then(reference) != Some(h)
+        {
+            self.garbage.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+        }
+    }
+
+    /// Delete garbage objects nothing names any more (after a flush).
+    fn collect_garbage(&self) -> Result<(), StoreError> {
+        let garbage = std::mem::take(&mut *self.garbage.lock().unwrap_or_else(|e| e.into_inner()));
+        if garbage.is_empty() {
+            return Ok(());
+        }
+        let named = self.referenced_values()?;
+        for h in garbage.iter().filter(|h| !named.contains(h)) {
+            self.objects.remove(h).map_err(object_error)?;
+        }
+        Ok(())
+    }
+
     /// Decode a value written by [`SledStore::value`] (or inline by 0.1.0).
     fn read_value<T: for<'de> serde::Deserialize<'de>>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
         let Some(hash) = reference(bytes) else { return decode(key, bytes) };
@@ -222,8 +258,7 @@ impl Store for SledStore {
         // The contents it references are durable before the record is.
         self.objects.sync().map_err(object_error)?;
         let value = self.value(rec)?;
-        self.revisions.insert(rec.seq.to_be_bytes(), value).map_err(|e| self.err(e))?;
-        Ok(())
+        self.put_value(&self.revisions, rec.seq.to_be_bytes(), value)
     }
 
     fn revisions(&self) -> Result<Vec<RevisionRecord>, StoreError> {
@@ -257,8 +292,7 @@ impl Store for SledStore {
         // Originals it references (files taken over) are durable first.
         self.objects.sync().map_err(object_error)?;
         let value = self.value(inv)?;
-        self.meta.insert("inventory", value).map_err(|e| self.err(e))?;
-        Ok(())
+        self.put_value(&self.meta, "inventory", value)
     }
 
     fn status(&self) -> Result<Option<Status>, StoreError> {
@@ -325,7 +359,7 @@ impl Store for SledStore {
         self.db.flush().map_err(|e| self.err(e))?;
         write_marker(&marker_path(&self.path), generation)
             .map_err(|e| StoreError::Backend { path: marker_path(&self.path).display().to_string(), reason: e })?;
-        Ok(())
+        self.collect_garbage()
     }
 
     fn push_event(&self, event: &mut serde_json::Value, limit: usize) -> Result<u64, StoreError> {
@@ -378,12 +412,14 @@ impl Store for SledStore {
         match v {
             Some(v) => {
                 let value = self.value(v)?;
-                self.meta.insert("verified", value).map_err(|e| self.err(e))?;
+                self.put_value(&self.meta, "verified", value)?;
             }
             None => {
                 // Gone for good before anything is applied: a crash mid-apply
                 // must not leave a fingerprint that vouches for the files.
-                if self.meta.remove("verified").map_err(|e| self.err(e))?.is_some() {
+                let old = self.meta.remove("verified").map_err(|e| self.err(e))?;
+                self.forget(old.as_deref(), None);
+                if old.is_some() {
                     Store::flush(self)?;
                 }
             }
@@ -545,6 +581,41 @@ mod tests {
         drop(s);
         let s = SledStore::open(&dir.path().join("store"), &dir.path().join("objects")).unwrap();
         assert!(s.inventory().unwrap().dirty);
+    }
+
+    #[test]
+    fn a_replaced_large_value_leaves_no_object_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = dir.path().join("objects");
+        let s = SledStore::open(&dir.path().join("store"), &objects).unwrap();
+        let count = || s.objects.list().unwrap().len();
+        let mut inv = Inventory::default();
+        for round in 0..5 {
+            inv.files.clear();
+            for i in 0..400 {
+                inv.files.insert(
+                    RelPath::parse(&format!("etc/myapp/f{i:04}-{round}.conf")).unwrap(),
+                    Owned { hash: Some(ContentHash::of(b"x")), stat: None, original: None },
+                );
+            }
+            s.set_inventory(&inv).unwrap();
+            s.flush().unwrap();
+            assert_eq!(count(), 1, "round {round}: one inventory object, the old ones deleted");
+        }
+        assert_eq!(s.inventory().unwrap(), inv);
+        // Not before the flush: until then the durable store names the old one.
+        inv.files.clear();
+        inv.files.insert(RelPath::parse("etc/a").unwrap(), Owned { hash: None, stat: None, original: None });
+        for i in 0..400 {
+            inv.files.insert(
+                RelPath::parse(&format!("etc/myapp/g{i:04}.conf")).unwrap(),
+                Owned { hash: Some(ContentHash::of(b"y")), stat: None, original: None },
+            );
+        }
+        s.set_inventory(&inv).unwrap();
+        assert_eq!(count(), 2);
+        s.flush().unwrap();
+        assert_eq!(count(), 1);
     }
 
     #[test]
