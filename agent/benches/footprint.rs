@@ -264,6 +264,51 @@ fn line(name: &str, now: String, goal: &str, base: &str, ok: bool) {
     println!("  {name:<44} {now:<22} goal {goal:<14} 0.1.0 {base:<24} {}", if ok { "ok" } else { "MISSED" });
 }
 
+/// Many polls 10 ms apart, a file deleted every 500 ms: (RssAnon at the
+/// start, at the end, VmRSS growth, repairs).
+fn soak(s: &Setup, name: &str, mqtt: bool, soak_polls: usize) -> (i64, i64, i64, usize) {
+    let cfg = s.gateway(name, "10ms", mqtt, "");
+    assert!(tend(&cfg).arg("sync").stdout(Stdio::null()).status().unwrap().success());
+    let log = s.dir.join(format!("{name}.log"));
+    let d = Daemon::start(&cfg, &log, true);
+    let victim = s.dir.join(name).join("root/etc/myapp/d00/f0000.conf");
+    wait_polls(&log, 500, Duration::from_secs(300));
+    // RssAnon: what the process allocated. VmRSS also counts the pages
+    // of tend's own code, which the daemon unmaps between polls and the
+    // next poll maps back: noise of ±1 MiB, not growth.
+    let start_rss = proc_kib(d.pid(), "status", "RssAnon:");
+    let start_vm = proc_kib(d.pid(), "status", "VmRSS:");
+    let mut deleted = 0;
+    // RssAnon at each fifth of the soak: a plateau or a slope.
+    let mut curve = Vec::new();
+    while polls(&log) < 500 + soak_polls {
+        if victim.exists() {
+            let _ = std::fs::remove_file(&victim);
+            deleted += 1;
+        }
+        if polls(&log) >= 500 + curve.len() * soak_polls / 5 {
+            curve.push(format!("{:.1}", mib(proc_kib(d.pid(), "status", "RssAnon:"))));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("  {name}: RssAnon MiB at each fifth of the soak: {}", curve.join(", "));
+    let end_rss = proc_kib(d.pid(), "status", "RssAnon:");
+    let vm_growth = proc_kib(d.pid(), "status", "VmRSS:") - start_vm;
+    d.stop();
+    (start_rss, end_rss, vm_growth, deleted)
+}
+
+fn soak_only(s: &Setup, soak_polls: usize) {
+    let (a0, a1, avm, repairs) = soak(s, "soak", false, soak_polls);
+    println!(
+        "  soak, no MQTT: RssAnon over {soak_polls} polls ({repairs} repairs): {:+.2} MiB ({:.1} -> {:.1}; VmRSS {:+.2})",
+        mib(a1 - a0),
+        mib(a0),
+        mib(a1),
+        mib(avm)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--rusage") {
@@ -275,6 +320,14 @@ fn main() {
     }
     let soak_polls: usize = std::env::var("FOOTPRINT_SOAK_POLLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let s = Setup::new();
+    // FOOTPRINT_ONLY=soak: the soak alone (while looking for where memory goes).
+    if std::env::var("FOOTPRINT_ONLY").as_deref() == Ok("soak") {
+        write_files(&s.fleet, 0);
+        s.fleet.commit("v0");
+        let cfg = s.gateway("gw", "60s", false, "");
+        assert!(tend(&cfg).arg("sync").stdout(Stdio::null()).status().unwrap().success());
+        return soak_only(&s, soak_polls);
+    }
     println!(
         "tend footprint benchmark: {FILES} files, git:// and MQTT over TLS on loopback, binary {}",
         tend_bin().display()
@@ -358,33 +411,8 @@ fn main() {
     let cron_cpu = median(cron_cpu);
 
     // Soak: many polls, a file deleted now and then.
-    let soak = |name: &str, mqtt: bool| -> (i64, i64, i64, usize) {
-        let cfg = s.gateway(name, "10ms", mqtt, "");
-        assert!(tend(&cfg).arg("sync").stdout(Stdio::null()).status().unwrap().success());
-        let log = s.dir.join(format!("{name}.log"));
-        let d = Daemon::start(&cfg, &log, true);
-        let victim = s.dir.join(name).join("root/etc/myapp/d00/f0000.conf");
-        wait_polls(&log, 500, Duration::from_secs(300));
-        // RssAnon: what the process allocated. VmRSS also counts the pages
-        // of tend's own code, which the daemon unmaps between polls and the
-        // next poll maps back: noise of ±1 MiB, not growth.
-        let start_rss = proc_kib(d.pid(), "status", "RssAnon:");
-        let start_vm = proc_kib(d.pid(), "status", "VmRSS:");
-        let mut deleted = 0;
-        while polls(&log) < 500 + soak_polls {
-            if victim.exists() {
-                let _ = std::fs::remove_file(&victim);
-                deleted += 1;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        let end_rss = proc_kib(d.pid(), "status", "RssAnon:");
-        let vm_growth = proc_kib(d.pid(), "status", "VmRSS:") - start_vm;
-        d.stop();
-        (start_rss, end_rss, vm_growth, deleted)
-    };
-    let (a0, a1, avm, repairs) = soak("soak", false);
-    let (b0, b1, bvm, repairs_mqtt) = soak("soak-mqtt", true);
+    let (a0, a1, avm, repairs) = soak(&s, "soak", false, soak_polls);
+    let (b0, b1, bvm, repairs_mqtt) = soak(&s, "soak-mqtt", true, soak_polls);
 
     println!();
     line(

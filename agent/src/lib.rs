@@ -17,6 +17,7 @@ pub mod notify;
 pub mod process;
 pub mod reconcile;
 pub mod report;
+pub mod rollout;
 pub mod secrets;
 pub mod source;
 pub mod store;

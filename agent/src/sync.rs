@@ -1502,8 +1502,27 @@ pub async fn rollback(agent: &Arc<Agent>, revision: Option<String>) -> Result<Sy
 async fn rollback_inner(agent: &Arc<Agent>, revision: Option<String>) -> Result<SyncSummary, SyncError> {
     let target = blocking(agent, move |a| -> Result<RevisionRecord, SyncError> {
         match revision {
+            // As `helm rollback`: the newest healthy revision older than the
+            // one applied now, so a rollback always undoes something.
             None => {
-                a.last_good()?.ok_or_else(|| SyncError::Rollback("no last-known-good revision in the store yet".into()))
+                let current = a.store.pointers()?.current.ok_or_else(|| {
+                    SyncError::Rollback("nothing is applied yet: there is nothing to roll back".into())
+                })?;
+                a.history()?
+                    .into_iter()
+                    .filter(|r| {
+                        r.seq < current.seq
+                            && r.commit != current.commit
+                            && r.outcome == Outcome::Healthy
+                            && !r.desired.is_empty()
+                    })
+                    .max_by_key(|r| r.seq)
+                    .ok_or_else(|| {
+                        SyncError::Rollback(format!(
+                            "no healthy revision older than {} in the history: nothing to return to (see `tend history`)",
+                            short(&current.commit)
+                        ))
+                    })
             }
             Some(rev) => {
                 if rev.len() < 4 || !rev.chars().all(|c| c.is_ascii_hexdigit()) {

@@ -132,15 +132,26 @@ fn rollback_to_a_revision_and_to_last_known_good() {
     gw.tend(&["sync"]);
     assert_eq!(gw.snapshot(), snapshots[0]);
 
-    // `tend rollback` with no revision: to last-known-good (revision 1 is it now,
-    // since it passed its checks when rolled back to).
-    std::fs::remove_file(gw.path("/etc/myapp/only-1.conf")).unwrap();
-    assert_eq!(gw.tend(&["rollback"]).code, 0);
+    // `tend rollback` with no revision returns to the newest healthy revision
+    // older than the one applied now (as helm rollback does): at revision 1
+    // there is none, so it says so, exits 1 and changes nothing.
+    let r = gw.tend(&["rollback"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("no healthy revision older than") && r.stderr.contains("nothing to return to"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(gw.snapshot(), snapshots[0]);
 
     // --retry lifts the hold and goes back to the branch.
     assert_eq!(gw.tend(&["sync", "--retry"]).code, 0);
     assert_eq!(gw.snapshot(), snapshots[2]);
+    // Now two healthy revisions are older: it returns to the newer of them.
+    let r = gw.tend(&["rollback"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(gw.snapshot(), snapshots[1]);
+    assert_eq!(gw.tend(&["status", "--json"]).json()["revision"], commits[1]);
 
     // Unknown or ambiguous revisions are clear errors.
     let r = gw.tend(&["rollback", "deadbeef"]);
