@@ -3,6 +3,7 @@
 //! 127.0.0.1 and is killed when its handle drops.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt as _;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -260,7 +261,10 @@ impl Browser {
     pub fn start() -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let port = free_port();
+        // Its own process group: Debian's `chromium` is a script that starts
+        // the browser, which starts more processes; all of them go at drop.
         let mut child = Command::new("chromium")
+            .process_group(0)
             .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions"])
             .args(["--window-size=1280,900", "--remote-allow-origins=*"])
             .arg(format!("--remote-debugging-port={port}"))
@@ -343,6 +347,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         stop(&mut self.child);
     }
 }

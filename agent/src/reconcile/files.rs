@@ -15,6 +15,7 @@
 //!   changed or deleted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -69,10 +70,18 @@ impl Runner for ProcessRunner {
 /// The files of a revision as tend last verified them: a poll that finds
 /// them all unchanged has nothing to repair and reads nothing else
 /// ([`FileRoot::fingerprint`], [`FileRoot::unchanged`]).
+///
+/// It lives from poll to poll, so it is compact: the paths (relative to the
+/// root) in one string, the stats in one vector. One small allocation per
+/// file, made during a full check among its large transient ones, would pin a
+/// heap page each long after the check (the soak of `benches/footprint.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint {
-    files: Vec<(PathBuf, Stat)>,
-    dirs: Vec<(PathBuf, u64)>,
+    /// The files' paths, then the directories', each ended by a NUL.
+    paths: String,
+    files: Vec<Stat>,
+    /// The directories' inodes.
+    dirs: Vec<u64>,
 }
 
 impl Fingerprint {
@@ -129,21 +138,23 @@ impl FileRoot {
         if inv.dirty {
             return None;
         }
+        let mut paths = String::new();
         let mut files = Vec::new();
         let mut dirs = std::collections::BTreeSet::new();
         for path in desired {
-            files.push((self.full(path), inv.files.get(path)?.stat?));
+            files.push(inv.files.get(path)?.stat?);
+            let _ = write!(paths, "{path}\0");
             dirs.extend(ancestors(path));
         }
-        let dirs = dirs
-            .iter()
-            .map(|d| {
-                let full = self.full(d);
-                let m = std::fs::symlink_metadata(&full).ok().filter(|m| m.file_type().is_dir())?;
-                Some((full, m.ino()))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Fingerprint { files, dirs })
+        let mut inodes = Vec::with_capacity(dirs.len());
+        for d in &dirs {
+            let m = std::fs::symlink_metadata(self.full(d)).ok().filter(|m| m.file_type().is_dir())?;
+            inodes.push(m.ino());
+            let _ = write!(paths, "{d}\0");
+        }
+        paths.shrink_to_fit();
+        files.shrink_to_fit();
+        Some(Fingerprint { paths, files, dirs: inodes })
     }
 
     /// Whether every file and directory of `fp` is as recorded: the same
@@ -151,12 +162,22 @@ impl FileRoot {
     /// chmod or chown moves its ctime), the same directory (not a symlink) for
     /// a directory.
     pub fn unchanged(&self, fp: &Fingerprint) -> bool {
-        fp.dirs
+        let mut rel = fp.paths.split_terminator('\0');
+        let mut full = self.root.clone();
+        let mut at = |p: &str| -> std::io::Result<std::fs::Metadata> {
+            full.clone_from(&self.root);
+            full.push(p);
+            std::fs::symlink_metadata(&full)
+        };
+        let files_ok = fp
+            .files
             .iter()
-            .all(|(p, ino)| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir() && m.ino() == *ino))
-            && fp.files.iter().all(|(p, st)| {
-                std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file() && stat_of(&m) == *st)
-            })
+            .all(|st| rel.next().is_some_and(|p| at(p).is_ok_and(|m| m.file_type().is_file() && stat_of(&m) == *st)));
+        files_ok
+            && fp
+                .dirs
+                .iter()
+                .all(|ino| rel.next().is_some_and(|p| at(p).is_ok_and(|m| m.file_type().is_dir() && m.ino() == *ino)))
     }
 
     /// Look at each of `paths` as it is now. A file whose size, times and inode
