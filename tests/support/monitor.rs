@@ -3,8 +3,8 @@
 //! 127.0.0.1 and is killed when its handle drops.
 
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt as _;
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
