@@ -57,6 +57,35 @@ fn validate_accepts_a_good_bundle_and_rejects_a_broken_one() {
 }
 
 #[test]
+fn validate_checks_the_rollout_policy_and_the_including_bundle_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    fleet
+        .write(
+            "base/tend.toml",
+            "[rollout]\nwaves = [{ name = \"canary\", percent = 10 }, { name = \"all\", percent = 100, after = \"2h\" }]\nmax_failed = 3\nwindows = [\"Mon-Fri 22:00-05:00\"]\ntimezone = \"Europe/Berlin\"\n",
+        )
+        .write("base/files/etc/myapp/common.conf", "x\n")
+        .write("devices/gw-7/tend.toml", "include = [\"../../base\"]\n[rollout]\nwindows = [\"Sat,Sun 00:00-24:00\"]\n");
+    fleet.commit("rollout");
+    let dir = fleet.dir.join("devices/gw-7");
+    let dir = dir.to_str().unwrap();
+    let ok = tend(&["validate", dir, "--json"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    // A broken window in the base rejects the bundle, naming the base's tend.toml.
+    fleet.write("devices/gw-7/tend.toml", "include = [\"../../base\"]\n");
+    fleet.write(
+        "base/tend.toml",
+        "[rollout]\nwaves = [{ name = \"all\", percent = 90 }]\nwindows = [\"Mon-Fri 22:00\"]\n",
+    );
+    let r = tend(&["validate", dir]);
+    assert_eq!(r.code, 1, "{r:?}");
+    for want in ["base/tend.toml: [rollout].windows: window \"Mon-Fri 22:00\"", "the last wave must be 100 percent"] {
+        assert!(r.stderr.contains(want), "{want:?} not in {}", r.stderr);
+    }
+}
+
+#[test]
 fn bad_config_exits_2_naming_file_and_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("agent.toml");

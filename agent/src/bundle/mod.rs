@@ -9,6 +9,7 @@
 mod container;
 pub mod manifest;
 mod path;
+mod rollout;
 mod template;
 mod tree;
 
@@ -161,6 +162,9 @@ pub struct Desired {
     /// K3s manifests by their path under `k3s/`.
     #[serde(default)]
     pub manifests: BTreeMap<String, DesiredManifest>,
+    /// `[rollout]` (SPEC §7), from the bundle or its includes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::Policy>,
 }
 
 /// A manifest the bundle wants in K3s's auto-deploy directory.
@@ -290,6 +294,7 @@ struct Manifest {
     files: Vec<FileMeta>,
     #[serde(default, rename = "check")]
     checks: Vec<RawCheck>,
+    rollout: Option<rollout::RawRollout>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,6 +336,7 @@ struct Loader<'t, 'c> {
     checks: Vec<Check>,
     containers: BTreeMap<String, ContainerSpec>,
     manifests: BTreeMap<String, (Vec<u8>, Vec<manifest::ObjectRef>, RelPath)>,
+    rollout: rollout::Merged,
     bundles: Vec<String>,
     loads: usize,
     /// Problems of single files that do not stop the reading of the rest.
@@ -347,6 +353,7 @@ pub fn render(tree: &dyn Tree, bundle: &RelPath, ctx: &Context<'_>) -> Result<Re
         checks: Vec::new(),
         containers: BTreeMap::new(),
         manifests: BTreeMap::new(),
+        rollout: rollout::Merged::default(),
         bundles: Vec::new(),
         loads: 0,
         problems: Vec::new(),
@@ -448,6 +455,9 @@ impl Loader<'_, '_> {
         }
 
         if let Some(m) = manifest {
+            if let Some(r) = m.rollout {
+                self.rollout.add(r, &manifest_path);
+            }
             for meta in m.files {
                 let dest = parse_dest(&meta.path)
                     .map_err(|e| BundleError::new(&manifest_path, format!("[[file]] path {:?}: {e}", meta.path)))?;
@@ -644,7 +654,8 @@ impl Loader<'_, '_> {
     }
 
     fn finish(self) -> Result<Rendered, BundleError> {
-        let Loader { files, meta, checks, bundles, ctx, containers, manifests, .. } = self;
+        let Loader { files, meta, checks, bundles, ctx, containers, manifests, rollout, .. } = self;
+        let rollout = rollout.finish().map_err(BundleError::many)?;
         for (dest, (_, manifest)) in &meta {
             if !files.contains_key(dest) {
                 return Err(BundleError::new(
@@ -824,6 +835,7 @@ impl Loader<'_, '_> {
         }
         rendered.warnings.extend(duplicate_objects(&rendered.desired.manifests));
         rendered.desired.bundles = bundles;
+        rendered.desired.rollout = rollout;
         Ok(rendered)
     }
 }
