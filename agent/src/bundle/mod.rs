@@ -835,6 +835,12 @@ impl Loader<'_, '_> {
         }
         rendered.warnings.extend(duplicate_objects(&rendered.desired.manifests));
         rendered.desired.bundles = bundles;
+        if rollout.is_some() {
+            // Honest until the cycle acts on it (issue 15).
+            rendered.warnings.push(
+                "[rollout] is checked but not acted on yet by this version of tend: every gateway applies a new revision at once".into(),
+            );
+        }
         rendered.desired.rollout = rollout;
         Ok(rendered)
     }
