@@ -10,6 +10,11 @@ fn main() -> ExitCode {
     // Before any thread starts: one malloc arena (glibc only; see tend-sys).
     tend_sys::one_arena();
     let cli = Cli::parse();
+    if matches!(cli.command, tend::cli::Command::Run) {
+        // The daemon lives long: glibc's per-thread caches would keep freed
+        // memory it cannot give back (tend-sys). Re-executes once if needed.
+        tend_sys::without_thread_caches();
+    }
     init_logging(&cli);
     match tend::cli::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -342,3 +342,25 @@ fn the_idle_fast_path_misses_no_drift() {
     gw.wait_status("synced again", Duration::from_secs(20), |s| s["phase"] == "synced" && s["error"].is_null());
     daemon.terminate(Duration::from_secs(10));
 }
+
+#[test]
+fn the_daemon_runs_without_glibc_thread_caches_under_its_own_pid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    two_files(&fleet, "1");
+    fleet.commit("v1");
+    let gw = fast_gateway(tmp.path(), &fleet.url());
+    gw.sync_ok();
+    // Started without GLIBC_TUNABLES: tend re-executes itself once, keeping
+    // its PID (what systemd's Type=notify and the watchdog rely on).
+    let daemon = gw.start_daemon();
+    let pid = daemon.child.id();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    assert!(
+        vars.contains(&b"GLIBC_TUNABLES=glibc.malloc.tcache_count=0".as_slice()),
+        "{}",
+        String::from_utf8_lossy(&environ).replace('\0', "\n")
+    );
+    assert_eq!(gw.tend(&["status", "--json"]).code, 0);
+}
