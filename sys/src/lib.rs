@@ -130,9 +130,12 @@ pub fn without_thread_caches() {
     } else {
         format!("{current}:glibc.malloc.tcache_count=0")
     };
+    // The executable's real path, not /proc/self/exe: the process name
+    // (`comm`, what ps, pgrep and the journal show) comes from it.
+    let Ok(exe) = std::env::current_exe() else { return };
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_default();
-    let _failed = std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).env(TUNABLES, value).exec();
+    let _failed = std::process::Command::new(exe).arg0(arg0).args(args).env(TUNABLES, value).exec();
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

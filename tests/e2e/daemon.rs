@@ -362,5 +362,7 @@ fn the_daemon_runs_without_glibc_thread_caches_under_its_own_pid() {
         "{}",
         String::from_utf8_lossy(&environ).replace('\0', "\n")
     );
+    // Still named tend (ps, pgrep, the journal).
+    assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "tend");
     assert_eq!(gw.tend(&["status", "--json"]).code, 0);
 }
