@@ -15,6 +15,7 @@ pub mod hash;
 pub mod health;
 pub mod notify;
 pub mod process;
+pub mod prom;
 pub mod reconcile;
 pub mod report;
 pub mod rollout;

@@ -7,25 +7,7 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use super::model::{Counts, Fleet, PHASES};
-
-/// A label value: backslash, double quote and newline escaped.
-pub fn label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
+use crate::prom::{family, label};
 
 /// Everything `fleet serve` knows, as metrics. `connected`: the server's
 /// own MQTT session.

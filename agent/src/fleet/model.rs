@@ -25,8 +25,7 @@ pub const MAX_DEVICES: usize = 200_000;
 pub const TOP_REVISIONS: usize = 20;
 
 /// The phases of SPEC §4; anything else a gateway sends counts as `other`.
-pub const PHASES: &[&str] =
-    &["synced", "progressing", "waiting", "held", "degraded", "rolled_back", "failed", "suspended"];
+pub use crate::store::PHASES;
 
 /// One gateway.
 #[derive(Debug, Clone, Serialize)]

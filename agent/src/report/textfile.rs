@@ -11,13 +11,11 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::store::Status;
+use crate::prom::{family, label};
+use crate::store::{PHASES, Status};
 
 /// An unchanged file (only the timestamps moved) is rewritten this often.
 pub const REFRESH: Duration = Duration::from_secs(300);
-
-/// The phases of SPEC §4, each a series (1 for the phase the gateway is in).
-const PHASES: &[&str] = &["synced", "progressing", "waiting", "held", "degraded", "rolled_back", "failed", "suspended"];
 
 /// What the textfile counts since the agent started (counters reset at a
 /// restart, as Prometheus expects of counters).
@@ -63,14 +61,6 @@ pub struct Snapshot<'a> {
     pub outbox_queued: u64,
     pub outbox_dropped: u64,
     pub rss_bytes: u64,
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// The text: (everything, everything but the timestamp series).

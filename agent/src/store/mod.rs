@@ -182,6 +182,10 @@ pub struct Resources {
     pub failed: usize,
 }
 
+/// The phases a status may be in (SPEC §4).
+pub const PHASES: &[&str] =
+    &["synced", "progressing", "waiting", "held", "degraded", "rolled_back", "failed", "suspended"];
+
 /// The gateway's status, as `tend status` and MQTT show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
