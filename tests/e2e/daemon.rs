@@ -307,11 +307,7 @@ fn the_idle_fast_path_misses_no_drift() {
     gw.sync_ok();
     let daemon = gw.start_daemon_logging("tend=debug");
     // Two idle polls first, so the fingerprint is in place.
-    let start = Instant::now();
-    while daemon.log_text().matches("in sync").count() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(20), "{}", daemon.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    daemon.wait_log("two idle polls", Duration::from_secs(20), |l| l.matches("in sync").count() >= 2);
     let app = gw.path("/etc/myapp/app.conf");
 
     // Same size, mtime put back: only ctime and content tell.

@@ -627,6 +627,19 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait until `cond` holds on the daemon's log.
+    pub fn wait_log(&self, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            let log = self.log_text();
+            if cond(&log) {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}; the log:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn signal(&self, sig: nix::sys::signal::Signal) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
     }
