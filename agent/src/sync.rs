@@ -944,15 +944,19 @@ pub async fn boot(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, SyncError> 
 /// gate, rollback on failure), or re-enforce the current one if not.
 pub async fn sync(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, SyncError> {
     let started = Instant::now();
+    let rollbacks = agent.counters.events_of("rolled_back");
     let r = sync_inner(agent, opts).await;
     if !opts.dry_run {
-        agent.counters.sync_done(result_of(&r), started.elapsed());
+        // A failed sync that rolled back raised a `rolled_back` event,
+        // whatever failed (apply, health, a runtime).
+        let rolled_back = agent.counters.events_of("rolled_back") > rollbacks;
+        agent.counters.sync_done(result_of(&r, rolled_back), started.elapsed());
     }
     r
 }
 
 /// How a sync or rollback ended, for `tend_syncs_total`.
-fn result_of(r: &Result<SyncSummary, SyncError>) -> &'static str {
+fn result_of(r: &Result<SyncSummary, SyncError>, rolled_back: bool) -> &'static str {
     match r {
         Ok(s) => match s.action.as_str() {
             "applied" => "applied",
@@ -960,7 +964,7 @@ fn result_of(r: &Result<SyncSummary, SyncError>) -> &'static str {
             "rolled_back" => "rolled_back",
             _ => "unchanged",
         },
-        Err(SyncError::Unhealthy { after, .. }) if after.contains("rolled back") => "rolled_back",
+        Err(_) if rolled_back => "rolled_back",
         Err(_) => "failed",
     }
 }

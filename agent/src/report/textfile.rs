@@ -52,6 +52,11 @@ impl Counters {
     pub fn event(&self, kind: &'static str) {
         *self.lock().events.entry(kind).or_default() += 1;
     }
+
+    /// Events of `kind` raised since the agent started.
+    pub fn events_of(&self, kind: &str) -> u64 {
+        self.lock().events.get(kind).copied().unwrap_or(0)
+    }
 }
 
 /// What the text needs besides the counters.
