@@ -12,25 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use tend_e2e::Mosquitto;
-use tend_e2e::monitor::{FleetServe, http_get, publish_retained};
+use tend_e2e::monitor::{FleetServe, http_get, median, proc_kib, publish_retained};
 
 fn tend_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tend"))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn proc_kib(pid: u32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn main() {

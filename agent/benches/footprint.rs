@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tend_e2e::monitor::{median, proc_kib};
 use tend_e2e::{Fleet, GitDaemon, Mosquitto};
 
 const FILES: usize = 1000;
@@ -149,13 +150,6 @@ fn rusage_child(cmd: &[String]) {
     println!("{} {} {}", u.max_rss(), wall.as_micros(), us(u.user_time()) + us(u.system_time()));
 }
 
-fn proc_kib(pid: u32, file: &str, key: &str) -> i64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key).map(|v| v.split_whitespace().next().unwrap_or("0").parse().unwrap_or(0)))
-        .unwrap_or(0)
-}
-
 /// PSS by component, from /proc/PID/smaps: tend's own pages, the main heap,
 /// other anonymous memory (thread arenas, sled's buffers, stacks), shared
 /// libraries. (component, KiB)
@@ -249,11 +243,6 @@ fn wait_polls(log: &Path, n: usize, limit: Duration) {
         assert!(start.elapsed() < limit, "{} polls after {limit:?}", polls(log));
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn mib(kib: i64) -> f64 {

@@ -13,6 +13,21 @@ use serde_json::{Value, json};
 
 use crate::{free_port, tend_bin, wait_for_port};
 
+/// A `/proc/PID/FILE` figure in KiB (`VmRSS:` of `status`, `Pss:` of
+/// `smaps_rollup`, …); 0 when the process or the key is gone.
+pub fn proc_kib(pid: u32, file: &str, key: &str) -> i64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.split_whitespace().next().unwrap_or("0").parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
+/// The median of some timings.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Kill a child and reap it.
 fn stop(child: &mut Child) {
     let _ = child.kill();
