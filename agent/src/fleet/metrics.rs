@@ -11,7 +11,7 @@ use crate::prom::{family, label};
 
 /// Everything `fleet serve` knows, as metrics. `connected`: the server's
 /// own MQTT session.
-pub fn render(fleet: &Fleet, connected: bool, now: SystemTime) -> String {
+pub fn render(fleet: &Fleet, connected: bool) -> String {
     let c: Counts = fleet.counts();
     let mut out = String::with_capacity(256 + fleet.devices.len() * 300);
     family(&mut out, "tend_fleet_up", "gauge", "Whether fleet serve is connected to the broker.");
@@ -103,7 +103,6 @@ pub fn render(fleet: &Fleet, connected: bool, now: SystemTime) -> String {
             u8::from(d.stale)
         );
     }
-    let _ = now;
     out
 }
 
@@ -122,7 +121,7 @@ mod tests {
             now,
         );
         f.ingest("tend/v1/acme/ok/status", br#"{"phase":"synced","revision":"r1"}"#, now);
-        let text = render(&f, true, now);
+        let text = render(&f, true);
         assert!(text.contains(r#"device_id="gw\"} 1 x\\",phase="synced",revision="a\"b\\c�d""#), "{text}");
         assert!(text.contains("tend_fleet_gateways_by_phase{phase=\"synced\"} 2"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -136,7 +136,7 @@ fn route(target: &str, if_none_match: Option<&str>, live: &Live) -> Response {
         "/" | "/index.html" => Response::new("200 OK", "text/html; charset=utf-8", PAGE),
         "/metrics" => {
             let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
-            let body = super::metrics::render(&f, live.connected.load(Ordering::Relaxed), now);
+            let body = super::metrics::render(&f, live.connected.load(Ordering::Relaxed));
             Response::new("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
         }
         "/api/devices" => {
