@@ -13,11 +13,10 @@
 //! - an object is verified against its name when read: a damaged or missing
 //!   one is an error naming its path, never other content.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::hash::ContentHash;
 
@@ -35,16 +34,15 @@ pub enum ObjectError {
 #[derive(Debug)]
 pub struct Objects {
     root: PathBuf,
-    /// Fan-out directories written to since the last sync (their entries must
-    /// be made durable too).
-    dirty: Mutex<BTreeSet<PathBuf>>,
+    /// Objects were written since the last sync.
+    dirty: AtomicBool,
 }
 
 impl Objects {
     /// The object directory at `root` (created when missing).
     pub fn open(root: &Path) -> Result<Objects, ObjectError> {
         std::fs::create_dir_all(root).map_err(|e| io(root, e))?;
-        Ok(Objects { root: root.to_path_buf(), dirty: Mutex::new(BTreeSet::new()) })
+        Ok(Objects { root: root.to_path_buf(), dirty: AtomicBool::new(false) })
     }
 
     pub fn root(&self) -> &Path {
@@ -79,7 +77,7 @@ impl Objects {
             let _ = std::fs::remove_file(&tmp);
             return Err(io(&dest, e));
         }
-        self.dirty.lock().unwrap_or_else(|e| e.into_inner()).insert(dir);
+        self.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -103,13 +101,17 @@ impl Objects {
     /// entry with them (cheaper on slow flash than an fsync per file and per
     /// directory: up to 256 fan-out directories after a first sync).
     pub fn sync(&self) -> Result<(), ObjectError> {
-        let dirs = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
-        if dirs.is_empty() {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let root = std::fs::File::open(&self.root).map_err(|e| io(&self.root, e))?;
-        nix::unistd::syncfs(&root).map_err(|e| io(&self.root, std::io::Error::from(e)))?;
-        Ok(())
+        let synced = std::fs::File::open(&self.root)
+            .and_then(|root| nix::unistd::syncfs(&root).map_err(std::io::Error::from))
+            .map_err(|e| io(&self.root, e));
+        if synced.is_err() {
+            // Still to be made durable: the next sync tries again.
+            self.dirty.store(true, Ordering::Release);
+        }
+        synced
     }
 
     /// Every object's hash (files whose name is not a hash are skipped).
