@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gix::ObjectId;
+use gix::protocol::transport::client::blocking_io::Transport;
 use gix::protocol::transport::client::blocking_io::http::{Options as HttpOptions, reqwest::Options as ReqwestOptions};
+use gix::protocol::transport::client::git;
 use gix::remote::Direction;
 
 use super::{Fetched, SourceError};
@@ -157,7 +159,10 @@ impl GitSource {
             .map_err(|e| SourceError::permanent(format!("[source].url {url:?}: {}", error_chain(&e))))?
             .with_refspecs(Some(format!("+refs/heads/{}:{LOCAL_REF}", self.branch).as_str()), Direction::Fetch)
             .map_err(|e| SourceError::permanent(format!("[source].branch {:?}: {}", self.branch, error_chain(&e))))?;
-        let mut conn = remote.connect(Direction::Fetch).map_err(net)?;
+        let mut conn = match self.daemon_transport(&remote)? {
+            Some(t) => remote.to_connection_with_transport(t),
+            None => remote.connect(Direction::Fetch).map_err(net)?,
+        };
         // TLS is rustls on ring (reqwest builds its TLS config even for http://).
         let _ = rustls::crypto::ring::default_provider().install_default();
         if self.url.starts_with("https://") {
@@ -229,6 +234,48 @@ impl GitSource {
             .peel_to_id()
             .map_err(|e| SourceError::transient(format!("{url}: {}", error_chain(&e))))?;
         Ok(Fetched { commit: id.to_string(), received_pack })
+    }
+
+    /// A `git://` connection with Nagle's algorithm off; `None` for other URLs.
+    ///
+    /// A protocol v2 request goes out as several small packets. With Nagle on,
+    /// the second waits for the server to acknowledge the first, and the server
+    /// delays that acknowledgement because it has nothing to answer before the
+    /// request is complete: 40 ms of nothing in every poll, three times the
+    /// whole no-op sync (`git ls-remote git://` measured 48 ms over protocol
+    /// v2, 5 ms over v0; git and gix both leave Nagle on). Otherwise as gix's
+    /// own `git://` transport.
+    fn daemon_transport(&self, remote: &gix::Remote<'_>) -> Result<Option<Box<dyn Transport + Send>>, SourceError> {
+        use std::net::{TcpStream, ToSocketAddrs};
+        let (url, version) = remote
+            .sanitized_url_and_version(Direction::Fetch)
+            .map_err(|e| SourceError::permanent(format!("[source].url {:?}: {}", self.shown_url(), error_chain(&e))))?;
+        if url.scheme != gix::url::Scheme::Git {
+            return Ok(None);
+        }
+        let shown = self.shown_url();
+        let Some(host) = url.host() else {
+            return Err(SourceError::permanent(format!("[source].url {shown:?}: no host")));
+        };
+        let port = url.port.unwrap_or(9418);
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| SourceError::transient(format!("{shown}: cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| SourceError::transient(format!("{shown}: {host} has no address")))?;
+        let stream = TcpStream::connect_timeout(&addr, self.timeout.min(Duration::from_secs(30)))
+            .map_err(|e| SourceError::transient(format!("{shown}: cannot connect: {e}")))?;
+        stream.set_nodelay(true).map_err(|e| SourceError::transient(format!("{shown}: {e}")))?;
+        let write = stream.try_clone().map_err(|e| SourceError::transient(format!("{shown}: {e}")))?;
+        Ok(Some(Box::new(git::blocking_io::Connection::new(
+            stream,
+            write,
+            version,
+            url.path.clone(),
+            Some((host.to_owned(), url.port)),
+            git::ConnectMode::Daemon,
+            false,
+        ))))
     }
 
     /// The files of `commit`, which must have been fetched.
