@@ -63,6 +63,11 @@ pub enum Command {
         /// Apply the branch's revision even if it is quarantined as bad.
         #[arg(long)]
         retry: bool,
+        /// Apply a revision now even if its rollout wave is not due or no
+        /// maintenance window is open ([rollout], SPEC §7). Update locks still
+        /// hold it back: an app holding one must not be disturbed.
+        #[arg(long)]
+        now: bool,
         /// Print the result as one JSON document.
         #[arg(long)]
         json: bool,
@@ -177,6 +182,10 @@ pub enum FleetCommand {
         device: Option<String>,
         #[arg(long)]
         all: bool,
+        /// Go past rollout waves and maintenance windows (not update locks),
+        /// as `tend sync --now` on each gateway.
+        #[arg(long)]
+        now: bool,
     },
 }
 
@@ -278,8 +287,8 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             };
             daemon::run(agent).map_err(|e| Failure::Failed(e.into()))
         }
-        Command::Sync { dry_run, retry, json } => {
-            let req = Request::Sync { dry_run: *dry_run, retry: *retry };
+        Command::Sync { dry_run, retry, now, json } => {
+            let req = Request::Sync { dry_run: *dry_run, retry: *retry, now: *now };
             let v = call(cli, req)?;
             print_summary(&v, *json);
             Ok(())
@@ -339,10 +348,11 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
             Ok(())
         }
         FleetCommand::Serve { conn, fleet, listen, stale } => serve(&rt, conn, fleet.clone(), listen, (*stale).into()),
-        FleetCommand::Sync { conn, fleet: f, device, all } => {
+        FleetCommand::Sync { conn, fleet: f, device, all, now } => {
             let target = if *all { None } else { device.as_deref() };
-            let id =
-                rt.block_on(fleet::broker::sync(&conn.settings(), &conn.topic_prefix, f, target)).map_err(usage)?;
+            let id = rt
+                .block_on(fleet::broker::sync(&conn.settings(), &conn.topic_prefix, f, target, *now))
+                .map_err(usage)?;
             println!(
                 "sync requested from {} (command id {id})",
                 target.map_or_else(|| format!("every gateway of fleet {f}"), |d| format!("{f}/{d}"))
@@ -435,10 +445,12 @@ fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, Failure> {
     let failed = |e: SyncError| Failure::Failed(e.into());
     let result = rt.block_on(async {
         match req {
-            Request::Sync { dry_run, retry } => sync::sync(&agent, SyncOptions { dry_run, retry, no_heal: false })
-                .await
-                .map(|s| serde_json::to_value(s).expect("summary serialises"))
-                .map_err(failed),
+            Request::Sync { dry_run, retry, now } => {
+                sync::sync(&agent, SyncOptions { dry_run, retry, now, no_heal: false })
+                    .await
+                    .map(|s| serde_json::to_value(s).expect("summary serialises"))
+                    .map_err(failed)
+            }
             Request::Rollback { revision } => sync::rollback(&agent, revision)
                 .await
                 .map(|s| serde_json::to_value(s).expect("summary serialises"))
@@ -478,6 +490,11 @@ fn print_summary(v: &serde_json::Value, json: bool) {
     }
     for (name, result) in &s.checks {
         let _ = writeln!(out, "  check {name}: {result}");
+    }
+    if let Some(why) = s.waiting_for.as_deref().filter(|_| s.action == "waiting" || s.action == "held") {
+        let due = s.due_at.as_deref().map(|d| format!(" until {d}")).unwrap_or_default();
+        let _ = writeln!(out, "{} {commit}: not applied yet, waiting for its {why}{due} (see `tend status`)", s.action);
+        return;
     }
     if !s.dry_run {
         let what = match s.action.as_str() {
@@ -537,6 +554,14 @@ fn print_status(v: &serde_json::Value, json: bool) {
     );
     if let Some(e) = &s.error {
         let _ = writeln!(out, "error       {e}");
+    }
+    if let Some(w) = &s.wave {
+        let _ = writeln!(out, "wave        {w}");
+    }
+    if let Some(why) = &s.waiting_for {
+        let due = s.due_at.as_deref().map(|d| format!(" (due {d})")).unwrap_or_default();
+        let detail = s.waiting_detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+        let _ = writeln!(out, "waiting for {why}{detail}{due}");
     }
     if let Some(m) = v.get("mqtt").and_then(|m| m.as_str()) {
         let _ = writeln!(out, "mqtt        {m}");

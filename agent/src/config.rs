@@ -44,6 +44,10 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
 }
 
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
@@ -148,6 +152,13 @@ pub struct Apply {
     pub allow_empty: bool,
     #[serde(default)]
     pub retry: Retry,
+    /// Update locks (SPEC §7): while an app holds `flock(LOCK_SH)` on a file
+    /// here, nothing new is applied.
+    #[serde(default = "Apply::default_lock_dir")]
+    pub lock_dir: PathBuf,
+    /// How long a lock may hold a revision back; none: as long as it is held.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub lock_timeout: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -161,6 +172,9 @@ impl Apply {
     fn default_history() -> usize {
         20
     }
+    fn default_lock_dir() -> PathBuf {
+        PathBuf::from("/run/tend/locks")
+    }
 }
 
 impl Default for Apply {
@@ -173,6 +187,8 @@ impl Default for Apply {
             history: Self::default_history(),
             allow_empty: false,
             retry: Retry::default(),
+            lock_dir: Self::default_lock_dir(),
+            lock_timeout: None,
         }
     }
 }

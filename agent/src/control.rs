@@ -24,6 +24,8 @@ pub enum Request {
         dry_run: bool,
         #[serde(default)]
         retry: bool,
+        #[serde(default)]
+        now: bool,
     },
     Status,
     History,
@@ -101,7 +103,7 @@ mod tests {
     #[test]
     fn requests_round_trip_and_garbage_is_an_error() {
         for r in [
-            Request::Sync { dry_run: true, retry: false },
+            Request::Sync { dry_run: true, retry: false, now: false },
             Request::Status,
             Request::History,
             Request::Rollback { revision: Some("abcd".into()) },
@@ -109,7 +111,10 @@ mod tests {
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(parse_request(&text).unwrap(), r);
         }
-        assert_eq!(parse_request(r#"{"cmd":"sync"}"#).unwrap(), Request::Sync { dry_run: false, retry: false });
+        assert_eq!(
+            parse_request(r#"{"cmd":"sync"}"#).unwrap(),
+            Request::Sync { dry_run: false, retry: false, now: false }
+        );
         assert!(parse_request("not json").is_err());
         assert!(parse_request(r#"{"cmd":"format_disk"}"#).is_err());
         assert!(parse_request(r#"{"cmd":"sync","evil":1}"#).is_err());

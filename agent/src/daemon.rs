@@ -74,6 +74,14 @@ pub(crate) fn give_back_memory() {
     tracing::trace!(code, "memory given back");
 }
 
+/// How long until `rfc3339` (a waiting revision's `due_at`), a little after
+/// it; `None` if it cannot be read.
+fn until(rfc3339: &str) -> Option<Duration> {
+    let due: jiff::Timestamp = rfc3339.parse().ok()?;
+    let left = due.duration_since(jiff::Timestamp::now());
+    Some(Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_millis(50))
+}
+
 /// The delay before the next poll after `result`; `failures` counts consecutive
 /// transient failures. `jitter_fraction` is in [0, 1).
 pub fn next_poll(
@@ -173,8 +181,11 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                     _ = &mut shutdown => break,
                 };
                 let transient = result.as_ref().err().is_some_and(SyncError::is_transient);
+                let due = result.as_ref().ok().and_then(|s| s.due_at.as_deref()).and_then(until);
                 match &result {
                     Ok(s) if s.action == "unchanged" => tracing::debug!("in sync"),
+                    // Said once when it starts (`sync::wait`).
+                    Ok(s) if s.action == "waiting" || s.action == "held" => tracing::debug!(action = %s.action, "still waiting"),
                     Ok(s) => tracing::info!(revision = s.commit.as_deref().map(sync::short), action = %s.action, "sync done"),
                     Err(e) => tracing::warn!(error = %e, transient, "sync failed"),
                 }
@@ -207,7 +218,12 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                 // What the sync freed goes back to the system, not to glibc's
                 // free lists (an idle daemon stays as small as before it).
                 give_back_memory();
-                let delay = next_poll(&cfg.source, &cfg.apply, transient, &mut failures, fastrand::f64());
+                let mut delay = next_poll(&cfg.source, &cfg.apply, transient, &mut failures, fastrand::f64());
+                // A revision waiting for its wave or a window: look again
+                // when it is due, not an interval later.
+                if let Some(due) = due {
+                    delay = delay.min(due);
+                }
                 tracing::debug!(next_in = ?delay, "next poll");
                 next = Instant::now() + delay;
                 let now = status_now(&agent, suspended).await;
@@ -266,8 +282,9 @@ async fn fleet_command(agent: &Arc<Agent>, cmd: mqtt::Command, suspended: &mut b
     let name = cmd.cmd.as_ref().map(CommandKind::name).unwrap_or("invalid");
     let (result, resumed): (Result<Option<String>, String>, bool) = match cmd.cmd {
         Err(e) => (Err(e), false),
-        Ok(CommandKind::Sync) => {
-            (sync::sync(agent, SyncOptions::default()).await.map(|s| s.commit).map_err(|e| e.to_string()), false)
+        Ok(CommandKind::Sync { now }) => {
+            let opts = SyncOptions { now, ..Default::default() };
+            (sync::sync(agent, opts).await.map(|s| s.commit).map_err(|e| e.to_string()), false)
         }
         Ok(CommandKind::Rollback { revision }) => {
             (sync::rollback(agent, revision).await.map(|s| s.commit).map_err(|e| e.to_string()), false)
@@ -304,8 +321,8 @@ async fn handle(agent: &Arc<Agent>, req: Request, mqtt: &watch::Receiver<String>
         Err(e) => Response::err(e, 1),
     };
     match req {
-        Request::Sync { dry_run, retry } => {
-            summary(sync::sync(agent, SyncOptions { dry_run, retry, no_heal: false }).await)
+        Request::Sync { dry_run, retry, now } => {
+            summary(sync::sync(agent, SyncOptions { dry_run, retry, now, no_heal: false }).await)
         }
         Request::Rollback { revision } => summary(sync::rollback(agent, revision).await),
         Request::Status => {

@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cycle;
 pub mod daemon;
 pub mod fleet;
 pub mod hash;

@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::bundle::{self, BundleError, Desired, Limits, Policy, RelPath};
 use crate::config::Config;
+use crate::cycle::{self, Effect, ErrorKind, Event, Phase};
 use crate::hash::ContentHash;
 use crate::health::{self, Health};
 use crate::reconcile::containers::{self, ContainerOp, DockerRuntime, Runtime, RuntimeError};
@@ -32,6 +33,7 @@ use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRun
 use crate::reconcile::k3s::{self, ManifestOp};
 use crate::reconcile::plan::{Live, Op, Plan, plan};
 use crate::report::{Events, Kind};
+use crate::rollout::gate;
 use crate::secrets::AgeKeys;
 use crate::source::{AllowedSigners, Fetched, GitSource, SourceError};
 use crate::store::{
@@ -71,6 +73,9 @@ pub enum SyncError {
     Quarantined { commit: String, reason: String },
     #[error("{0}")]
     Rollback(String),
+    /// The revision's `[rollout]` does not fit this gateway.
+    #[error("rollout policy of {}: {error}", short(.commit))]
+    Rollout { commit: String, error: String },
     /// Contents a write needs are not in the store (it is damaged).
     #[error("revision {}: {} missing from the store{}; the store is damaged: with the source reachable, tend renders the revision from Git again at the next sync", short(.commit), .paths.first().map(String::as_str).unwrap_or(""), if .paths.len() > 1 { format!(" (and {} more contents)", .paths.len() - 1) } else { String::new() })]
     MissingContent { commit: String, paths: Vec<String> },
@@ -97,6 +102,11 @@ impl SyncError {
             _ => false,
         }
     }
+
+    /// How the cycle treats it ([`cycle::step`]).
+    pub fn kind(&self) -> ErrorKind {
+        if self.is_transient() { ErrorKind::Transient } else { ErrorKind::Permanent }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -107,6 +117,9 @@ pub struct SyncOptions {
     pub retry: bool,
     /// Do not repair drift when the revision did not change (`[apply].self_heal = false`).
     pub no_heal: bool,
+    /// Go past waves and maintenance windows (not update locks): `--now`.
+    #[serde(default)]
+    pub now: bool,
 }
 
 /// What a cycle found and did, as `tend sync` prints it (directly or through
@@ -135,6 +148,12 @@ pub struct SyncSummary {
     /// Check name → `pass` or the reason it failed.
     pub checks: BTreeMap<String, String>,
     pub timings: Timings,
+    /// With `action` `waiting` or `held`: why (`wave`, `window`, `lock`,
+    /// `fleet`) and when it may be applied (RFC 3339), if known.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
+    #[serde(default)]
+    pub due_at: Option<String>,
 }
 
 impl SyncSummary {
@@ -667,6 +686,22 @@ impl Agent {
         Ok(())
     }
 
+    /// Tell the cycle's decision step what happened; its pointers are stored
+    /// (one write) and its effects returned for the driver to perform.
+    pub fn decide(&self, event: &Event) -> Result<(Pointers, Vec<Effect>), StoreError> {
+        self.decide_at(event, jiff::Timestamp::now())
+    }
+
+    pub fn decide_at(&self, event: &Event, now: jiff::Timestamp) -> Result<(Pointers, Vec<Effect>), StoreError> {
+        let before = self.store.pointers()?;
+        let rules = cycle::Rules { retry_limit: self.cfg.apply.retry.limit };
+        let (after, effects) = cycle::step(&before, event, now, rules);
+        if after != before {
+            self.store.set_pointers(&after)?;
+        }
+        Ok((after, effects))
+    }
+
     pub fn update_pointers(&self, f: impl FnOnce(&mut Pointers)) -> Result<Pointers, StoreError> {
         let mut p = self.store.pointers()?;
         f(&mut p);
@@ -744,6 +779,10 @@ impl Agent {
             last_sync: None,
             error: None,
             resources: Resources::default(),
+            wave: None,
+            due_at: None,
+            waiting_for: None,
+            waiting_detail: None,
         }
     }
 
@@ -1041,27 +1080,20 @@ async fn sync_fetched(
 ) -> Result<SyncSummary, SyncError> {
     let commit = fetched.commit.clone();
 
-    // Quarantine: cleared when the branch moves; honoured otherwise.
-    let c = commit.clone();
-    let retry = opts.retry;
-    let ptr = blocking(agent, move |a| {
+    // The decision step: quarantine (cleared when the branch moves, honoured
+    // otherwise), the same revision (repair), or a new one (prepare).
+    let tip = Event::Tip { commit: commit.clone(), render_key: agent.render_key(), retry: opts.retry };
+    let (_, effects) = blocking(agent, move |a| {
         a.note_source(true, None);
-        a.update_pointers(|p| {
-            if !p.quarantine.contains_key(&c) {
-                p.quarantine.clear();
-            }
-            if retry {
-                p.quarantine.remove(&c);
-                p.transient = None;
-            }
-            if p.transient.as_ref().is_some_and(|(tc, _)| *tc != c) {
-                p.transient = None;
-            }
-        })
+        a.decide(&tip)
     })
     .await?;
-    if let Some(reason) = ptr.quarantine.get(&commit) {
-        let err = SyncError::Quarantined { commit: commit.clone(), reason: reason.clone() };
+    let refused = effects.iter().find_map(|e| match e {
+        Effect::Refuse { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    if let Some(reason) = refused {
+        let err = SyncError::Quarantined { commit: commit.clone(), reason };
         if !opts.dry_run {
             let healed = enforce_current(agent).await?;
             let msg = err.to_string();
@@ -1086,9 +1118,7 @@ async fn sync_fetched(
 
     // The same revision as applied now, its health decided: repair drift
     // (self-heal) without rendering or reading the revision twice.
-    let render_key = agent.render_key();
-    let unchanged =
-        ptr.current_gated && ptr.current.as_ref().is_some_and(|c| c.commit == commit && c.render_key == render_key);
+    let unchanged = !effects.contains(&Effect::Prepare);
     let healed = if unchanged && !opts.dry_run && !opts.no_heal {
         let t = Instant::now();
         let r = enforce_current(agent).await;
@@ -1193,6 +1223,48 @@ async fn sync_fetched(
         return Ok(s);
     }
 
+    // Rollout control (SPEC §7): due for this gateway's wave, inside a
+    // window, no update lock held?
+    let (c, policy, told) = (commit.clone(), prepared.desired.rollout.clone(), opts.now);
+    let gated = blocking(agent, move |a| -> Result<(Option<String>, Vec<Effect>), SyncError> {
+        let committed_at = a.source.committed_at(&c)?;
+        let local = gate::Local {
+            fleet: &a.cfg.fleet,
+            device_id: &a.cfg.device_id,
+            labels: &a.cfg.labels,
+            lock_dir: &a.cfg.apply.lock_dir,
+            lock_timeout: a.cfg.apply.lock_timeout,
+        };
+        let now = jiff::Timestamp::now();
+        let gate = gate::gather(policy.as_ref(), &local, committed_at, None, now)
+            .map_err(|error| SyncError::Rollout { commit: c.clone(), error })?;
+        let wave = gate.wave.as_ref().map(|(w, _)| w.clone());
+        let (_, effects) = a.decide_at(&Event::Prepared { commit: c, gate, now: told }, now)?;
+        Ok((wave, effects))
+    })
+    .await;
+    let (wave, effects) = match gated {
+        Ok(v) => v,
+        Err(e @ SyncError::Rollout { .. }) => {
+            reject(agent, &commit, &e).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some((phase, waiting)) = effects.iter().find_map(|e| match e {
+        Effect::Wait { phase, waiting } => Some((*phase, waiting.clone())),
+        _ => None,
+    }) {
+        return wait(agent, &commit, wave, phase, waiting, fetched.received_pack, timings).await;
+    }
+    let forced = effects.iter().find_map(|e| match e {
+        Effect::Apply { forced } => forced.clone(),
+        _ => None,
+    });
+    if let Some(f) = &forced {
+        tracing::info!(revision = short(&commit), forced = %f, "applying past the rollout policy");
+    }
+
     // A new revision.
     let c = commit.clone();
     blocking(agent, move |a| {
@@ -1201,6 +1273,10 @@ async fn sync_fetched(
             s.source = "ok".into();
             s.target_revision = Some(c);
             s.error = None;
+            s.wave = wave;
+            s.waiting_for = None;
+            s.due_at = None;
+            s.waiting_detail = None;
         })
     })
     .await?;
@@ -1212,18 +1288,19 @@ async fn sync_fetched(
     let prepared = Arc::new(prepared);
     let p = prepared.clone();
     let applied = blocking(agent, move |a| -> Result<(Plan, ApplyReport, u64), SyncError> {
-        a.event(Kind::SyncStarted, serde_json::json!({ "revision": p.commit }));
+        let mut started = serde_json::json!({ "revision": p.commit });
+        if let Some(f) = forced {
+            started["forced"] = f.into();
+        }
+        a.event(Kind::SyncStarted, started);
         let prune = a.cfg.apply.prune;
         let result = a.enforce(&p.commit, &p.desired, &blobs, prune);
         drop(blobs);
         match result {
             Ok((plan, report)) => {
                 let seq = a.record(&p, Outcome::Applied, None)?;
-                a.update_pointers(|ptr| {
-                    ptr.current = Some(RevRef { seq, commit: p.commit.clone(), render_key: p.render_key.clone() });
-                    ptr.current_gated = false;
-                    ptr.transient = None;
-                })?;
+                let current = RevRef { seq, commit: p.commit.clone(), render_key: p.render_key.clone() };
+                a.decide(&Event::Applied { current })?;
                 let (created, updated, deleted, hooks) = plan.counts();
                 a.event(
                     Kind::Applied,
@@ -1269,10 +1346,7 @@ async fn sync_fetched(
         blocking(agent, move |a| -> Result<(), StoreError> {
             a.set_outcome(seq, Outcome::Healthy, None)?;
             a.event(Kind::Healthy, serde_json::json!({ "revision": c }));
-            a.update_pointers(|p| {
-                p.last_good = p.current.clone();
-                p.current_gated = true;
-            })?;
+            a.decide(&Event::Health { healthy: true })?;
             a.gc()?;
             let resources = a.resources();
             a.set_status(|s| {
@@ -1293,6 +1367,60 @@ async fn sync_fetched(
         let e = SyncError::Unhealthy { commit: commit.clone(), failures, after: String::new() };
         Err(fail_and_roll_back(agent, &prepared, Some(seq), e).await)
     }
+}
+
+/// A prepared revision not applied yet (rollout control): the revision
+/// applied now is repaired as usual and the status says what it waits for.
+async fn wait(
+    agent: &Arc<Agent>,
+    commit: &str,
+    wave: Option<String>,
+    phase: Phase,
+    waiting: crate::rollout::Waiting,
+    received_pack: bool,
+    timings: Timings,
+) -> Result<SyncSummary, SyncError> {
+    if let Err(e) = enforce_current(agent).await {
+        tracing::warn!(error = %e, "could not re-enforce the current revision");
+    }
+    let due_at = waiting.due_at.map(|t| t.to_string());
+    let reason = waiting.waiting_for.as_str();
+    let held = (phase == Phase::Held).then(|| format!("held: revision {} {}", short(commit), waiting.detail));
+    let detail = match waiting.waiting_for {
+        crate::rollout::WaitingFor::Lock => format!("{} held since {}", waiting.detail, waiting.since),
+        _ => waiting.detail.clone(),
+    };
+    let (c, d) = (commit.to_owned(), due_at.clone());
+    let before = blocking(agent, move |a| -> Result<Status, StoreError> {
+        let before = a.status()?;
+        let resources = a.resources();
+        a.set_status(|s| {
+            s.phase = phase.as_str().into();
+            s.source = "ok".into();
+            s.target_revision = Some(c);
+            s.last_sync = Some(now_rfc3339());
+            s.error = held;
+            s.resources = resources;
+            s.wave = wave;
+            s.waiting_for = Some(reason.into());
+            s.due_at = d;
+            s.waiting_detail = Some(detail);
+        })?;
+        Ok(before)
+    })
+    .await?;
+    if before.waiting_for.as_deref() != Some(reason) || before.target_revision.as_deref() != Some(commit) {
+        tracing::info!(revision = short(commit), waiting_for = reason, detail = %waiting.detail, due_at = ?due_at, "{}", phase.as_str());
+    }
+    Ok(SyncSummary {
+        commit: Some(commit.to_owned()),
+        action: phase.as_str().into(),
+        received_pack,
+        timings,
+        waiting_for: Some(reason.into()),
+        due_at,
+        ..Default::default()
+    })
 }
 
 /// The bundle's checks, and one probe per container.
@@ -1385,9 +1513,8 @@ async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> Result<(), S
 /// last-known-good (from the store, no network), record and quarantine it.
 /// Returns the error to report, with what happened after.
 async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, error: SyncError) -> SyncError {
-    let transient = error.is_transient();
+    let kind = error.kind();
     let rollback_enabled = agent.cfg.apply.rollback;
-    let limit = agent.cfg.apply.retry.limit;
     let p = p.clone();
     let msg = error.to_string();
     let p2 = p.clone();
@@ -1398,17 +1525,6 @@ async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, 
             Some(s) => s,
             None => a.record(&p, Outcome::Failed, Some(msg.clone()))?,
         };
-        let tries = a
-            .update_pointers(|ptr| {
-                let n = match &ptr.transient {
-                    Some((c, n)) if *c == p.commit => n + 1,
-                    _ => 1,
-                };
-                ptr.transient = transient.then(|| (p.commit.clone(), n));
-            })?
-            .transient
-            .map_or(0, |(_, n)| n);
-        let quarantine = !transient || tries >= limit;
         let after;
         let mut phase = "failed";
         if rollback_enabled {
@@ -1444,13 +1560,10 @@ async fn fail_and_roll_back(agent: &Arc<Agent>, p: &Prepared, seq: Option<u64>, 
             phase = "degraded";
             after = "rollback is off ([apply].rollback = false)".into();
         }
-        if quarantine {
-            let why = if transient { format!("failed {tries} times") } else { format!("{phase}: bad revision") };
-            a.update_pointers(|ptr| {
-                ptr.quarantine.insert(p.commit.clone(), why);
-                ptr.transient = None;
-            })?;
-        }
+        // Once back on last-known-good: the decision step counts a transient
+        // failure or quarantines the commit (a crash before this line leaves
+        // it to be tried again, never a quarantined revision in place).
+        a.decide(&Event::Failed { commit: p.commit.clone(), kind })?;
         let kind = if phase == "rolled_back" { Kind::RolledBack } else { Kind::Failed };
         a.event(
             kind,
@@ -1569,18 +1682,8 @@ async fn rollback_to(agent: &Arc<Agent>, target: RevisionRecord) -> Result<SyncS
     let t3 = target.clone();
     blocking(agent, move |a| -> Result<(), StoreError> {
         let status = a.status()?;
-        a.update_pointers(|p| {
-            p.current = Some(RevRef::of(&t3));
-            p.current_gated = true;
-            if healthy {
-                p.last_good = Some(RevRef::of(&t3));
-            }
-            if let Some(tip) = &status.target_revision
-                && *tip != t3.commit
-            {
-                p.quarantine.insert(tip.clone(), format!("held: an operator rolled back to {}", short(&t3.commit)));
-            }
-        })?;
+        // The branch's tip is held so the next poll does not undo this.
+        a.decide(&Event::OperatorRollback { to: RevRef::of(&t3), tip: status.target_revision.clone(), healthy })?;
         if healthy {
             a.set_outcome(t3.seq, Outcome::Healthy, None)?;
         }

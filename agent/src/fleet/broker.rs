@@ -125,13 +125,23 @@ pub async fn follow(settings: Settings, prefix: String, fleet: Option<String>, l
 }
 
 /// Publish a `sync` command to one gateway or to the whole fleet; returns the id.
-pub async fn sync(settings: &Settings, prefix: &str, fleet: &str, device: Option<&str>) -> Result<String, String> {
+pub async fn sync(
+    settings: &Settings,
+    prefix: &str,
+    fleet: &str,
+    device: Option<&str>,
+    now: bool,
+) -> Result<String, String> {
     let options = settings.options(&client_id("cmd"), None)?;
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let prefix = prefix.trim_end_matches('/');
     let topic = format!("{prefix}/{fleet}/{}/cmd", device.unwrap_or("_all"));
     let id = format!("fleet-{:08x}", fastrand::u32(..));
-    let payload = json!({ "cmd": "sync", "id": id }).to_string();
+    let mut payload = json!({ "cmd": "sync", "id": id });
+    if now {
+        payload["now"] = true.into();
+    }
+    let payload = payload.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut sent_pkid = None;
     loop {

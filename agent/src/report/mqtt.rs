@@ -140,8 +140,13 @@ pub struct Command {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandKind {
-    Sync,
-    Rollback { revision: Option<String> },
+    /// `now`: go past waves and windows (`tend sync --now`).
+    Sync {
+        now: bool,
+    },
+    Rollback {
+        revision: Option<String>,
+    },
     Suspend,
     Resume,
 }
@@ -149,7 +154,7 @@ pub enum CommandKind {
 impl CommandKind {
     pub fn name(&self) -> &'static str {
         match self {
-            CommandKind::Sync => "sync",
+            CommandKind::Sync { .. } => "sync",
             CommandKind::Rollback { .. } => "rollback",
             CommandKind::Suspend => "suspend",
             CommandKind::Resume => "resume",
@@ -169,6 +174,8 @@ pub fn parse_command(payload: &[u8]) -> Command {
         id: Option<Value>,
         #[serde(default)]
         revision: Option<String>,
+        #[serde(default)]
+        now: Option<bool>,
     }
     if payload.len() > MAX_COMMAND {
         return Command { id: None, cmd: Err(format!("command larger than {MAX_COMMAND} bytes")) };
@@ -183,8 +190,12 @@ pub fn parse_command(payload: &[u8]) -> Command {
         Ok(r) => r,
         Err(e) => return Command { id, cmd: Err(format!("malformed command: {e}")) },
     };
+    let now = raw.now;
     let cmd = match (raw.cmd.as_str(), raw.revision) {
-        ("sync", None) => Ok(CommandKind::Sync),
+        ("sync", None) => Ok(CommandKind::Sync { now: now.unwrap_or(false) }),
+        (c, _) if c != "sync" && now.is_some() => {
+            Err(format!("command {:?} takes no \"now\"", c.chars().take(40).collect::<String>()))
+        }
         ("rollback", revision) => Ok(CommandKind::Rollback { revision }),
         ("suspend", None) => Ok(CommandKind::Suspend),
         ("resume", None) => Ok(CommandKind::Resume),
@@ -459,7 +470,10 @@ mod tests {
     #[test]
     fn commands_parse_and_hostile_payloads_do_not_panic() {
         let c = parse_command(br#"{"cmd":"sync","id":"abc"}"#);
-        assert_eq!(c.cmd, Ok(CommandKind::Sync));
+        assert_eq!(c.cmd, Ok(CommandKind::Sync { now: false }));
+        assert_eq!(parse_command(br#"{"cmd":"sync","now":true}"#).cmd, Ok(CommandKind::Sync { now: true }));
+        assert!(parse_command(br#"{"cmd":"resume","now":true}"#).cmd.is_err());
+        assert!(parse_command(br#"{"cmd":"sync","now":"yes"}"#).cmd.is_err());
         assert_eq!(c.id, Some(json!("abc")));
         let c = parse_command(br#"{"cmd":"rollback","revision":"1234abcd","id":7}"#);
         assert_eq!(c.cmd, Ok(CommandKind::Rollback { revision: Some("1234abcd".into()) }));

@@ -175,6 +175,10 @@ mod tests {
             last_sync: Some("2026-11-27T10:00:00Z".into()),
             error: None,
             resources: Resources { total: 4, ready: 4, failed: 0 },
+            wave: None,
+            due_at: None,
+            waiting_for: None,
+            waiting_detail: None,
         }
     }
 

@@ -289,6 +289,19 @@ impl GitSource {
         Ok(GitTree { repo, root: tree_id, cache: RefCell::new(HashMap::new()) })
     }
 
+    /// The committer time of `commit` (a wave is due after it), which must
+    /// have been fetched.
+    pub fn committed_at(&self, commit: &str) -> Result<jiff::Timestamp, SourceError> {
+        let repo = self.open()?;
+        let id = ObjectId::from_hex(commit.as_bytes())
+            .map_err(|e| SourceError::permanent(format!("commit {commit}: {e}")))?;
+        let time =
+            repo.find_commit(id).map_err(|e| error_chain(&e)).and_then(|c| c.time().map_err(|e| error_chain(&e)));
+        let time = time.map_err(|e| SourceError::transient(format!("commit {commit}: no committer time: {e}")))?;
+        jiff::Timestamp::from_second(time.seconds)
+            .map_err(|e| SourceError::permanent(format!("commit {commit}: committer time {}: {e}", time.seconds)))
+    }
+
     /// The raw commit object of `commit` (headers, signature and message), as
     /// signed; it must have been fetched.
     pub fn commit_object(&self, commit: &str) -> Result<Vec<u8>, SourceError> {

@@ -172,6 +172,9 @@ pub struct Pointers {
     /// until one succeeds).
     #[serde(default)]
     pub heal_failed: bool,
+    /// The fetched revision not applied yet (rollout control, SPEC §7).
+    #[serde(default)]
+    pub waiting: Option<crate::rollout::Waiting>,
 }
 
 /// The resources summary of SPEC §4.
@@ -200,6 +203,19 @@ pub struct Status {
     pub last_sync: Option<String>,
     pub error: Option<String>,
     pub resources: Resources,
+    /// The gateway's wave, when the revision's `[rollout]` has waves (SPEC §7).
+    #[serde(default)]
+    pub wave: Option<String>,
+    /// When the revision waited for may be applied, if known (RFC 3339).
+    #[serde(default)]
+    pub due_at: Option<String>,
+    /// `wave`, `window`, `lock` or `fleet` while waiting or held; else null.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
+    /// What it waits for, for people: the wave, the windows, the locks held
+    /// and since when, the failing gateways.
+    #[serde(default)]
+    pub waiting_detail: Option<String>,
 }
 
 /// The local store, in our own types.

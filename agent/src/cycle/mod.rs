@@ -1,0 +1,278 @@
+//! The sync cycle's decisions, as one pure function (decision 0005):
+//! `step(pointers, event, now) -> (pointers, effects)`.
+//!
+//! The driver (`sync`) fetches, renders, applies, probes and rolls back; it
+//! tells `step` what happened, persists the pointers it returns in one write
+//! and performs the effects. Everything that decides whether a revision may be
+//! applied lives here, so it is tested under a fake clock (`tests.rs`):
+//!
+//! - a quarantined commit is never applied unless an operator retries it;
+//! - an operator's rollback holds the branch tip it left until the branch moves;
+//! - nothing new is applied before its wave is due, outside a maintenance
+//!   window, or while an update lock is held, unless told `--now` (waves and
+//!   windows) or the lock's `lock_timeout` passed (locks: `--now` does not
+//!   break them);
+//! - a revision the fleet reports failing on `max_failed` gateways is held;
+//! - transient failures are retried up to `[apply].retry.limit` times, then
+//!   quarantined; permanent ones are quarantined at once;
+//! - the revision applied now is repaired (drift) in every decision but a
+//!   suspended gateway's.
+
+#[cfg(test)]
+mod tests;
+
+use jiff::Timestamp;
+
+pub use crate::rollout::Gate;
+use crate::rollout::{Waiting, WaitingFor};
+use crate::store::{Pointers, RevRef};
+
+/// How a failure is retried, decided by the error's type (`SyncError::kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// May fix itself (the network, a busy runtime): retried with backoff.
+    Transient,
+    /// Will fail the same way again (a bad bundle, an unhealthy revision).
+    Permanent,
+}
+
+/// The phases of SPEC §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Synced,
+    Progressing,
+    Waiting,
+    Held,
+    Degraded,
+    RolledBack,
+    Failed,
+    Suspended,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Synced => "synced",
+            Phase::Progressing => "progressing",
+            Phase::Waiting => "waiting",
+            Phase::Held => "held",
+            Phase::Degraded => "degraded",
+            Phase::RolledBack => "rolled_back",
+            Phase::Failed => "failed",
+            Phase::Suspended => "suspended",
+        }
+    }
+}
+
+/// What happened, as the driver tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The branch's tip, fetched. `retry`: `tend sync --retry`.
+    Tip {
+        commit: String,
+        render_key: String,
+        retry: bool,
+    },
+    /// The tip is new and prepared (verified, rendered): may it be applied?
+    /// `now`: `tend sync --now`.
+    Prepared {
+        commit: String,
+        gate: Gate,
+        now: bool,
+    },
+    /// Preparing or applying `commit` failed (`applied`: after the first write).
+    Failed {
+        commit: String,
+        kind: ErrorKind,
+    },
+    /// `current` was applied; its health window starts.
+    Applied {
+        current: RevRef,
+    },
+    /// The health window of the revision applied now ended.
+    Health {
+        healthy: bool,
+    },
+    /// An operator rolled back to `to`; `tip` is the branch's tip then.
+    OperatorRollback {
+        to: RevRef,
+        tip: Option<String>,
+        healthy: bool,
+    },
+    Suspend,
+    Resume,
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Repair drift of the revision applied now.
+    Heal,
+    /// The tip is quarantined: report why (and apply nothing).
+    Refuse { reason: String },
+    /// Verify, render (and pull the images of) the tip.
+    Prepare,
+    /// Not yet: report the phase and why.
+    Wait { phase: Phase, waiting: Waiting },
+    /// Apply the prepared tip; `forced` says what it went past, for the
+    /// history and the events (`--now`, a lock's timeout).
+    Apply { forced: Option<String> },
+    /// Run the health window of the revision just applied.
+    RunHealth,
+    /// It passed: it is last-known-good now.
+    Promote,
+    /// Return to last-known-good (or leave it, with rollback off);
+    /// `quarantined`: the failed commit is not applied again automatically.
+    RollBack { quarantined: bool, tries: u32 },
+}
+
+/// The rules `step` needs from the local config.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// `[apply].retry.limit`: transient failures of one commit before it is
+    /// quarantined.
+    pub retry_limit: u32,
+}
+
+/// The decision step. Pure: the same input gives the same output.
+pub fn step(ptr: &Pointers, event: &Event, now: Timestamp, rules: Rules) -> (Pointers, Vec<Effect>) {
+    let mut p = ptr.clone();
+    let effects = match event {
+        Event::Tip { commit, render_key, retry } => tip(&mut p, commit, render_key, *retry),
+        Event::Prepared { commit, gate, now: told } => prepared(&mut p, commit, gate, *told, now),
+        Event::Failed { commit, kind } => failed(&mut p, commit, *kind, rules),
+        Event::Applied { current } => {
+            p.current = Some(current.clone());
+            p.current_gated = false;
+            p.transient = None;
+            p.waiting = None;
+            vec![Effect::RunHealth]
+        }
+        Event::Health { healthy: true } => {
+            p.last_good.clone_from(&p.current);
+            p.current_gated = true;
+            vec![Effect::Promote]
+        }
+        Event::Health { healthy: false } => match p.current.clone() {
+            Some(c) => failed(&mut p, &c.commit, ErrorKind::Permanent, rules),
+            None => Vec::new(),
+        },
+        Event::OperatorRollback { to, tip, healthy } => {
+            p.current = Some(to.clone());
+            p.current_gated = true;
+            if *healthy {
+                p.last_good = Some(to.clone());
+            }
+            p.waiting = None;
+            p.transient = None;
+            if let Some(t) = tip.as_ref().filter(|t| **t != to.commit) {
+                p.quarantine.insert(t.clone(), format!("held: an operator rolled back to {}", short(&to.commit)));
+            }
+            Vec::new()
+        }
+        Event::Suspend => {
+            p.suspended = true;
+            Vec::new()
+        }
+        Event::Resume => {
+            p.suspended = false;
+            Vec::new()
+        }
+    };
+    (p, effects)
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn tip(p: &mut Pointers, commit: &str, render_key: &str, retry: bool) -> Vec<Effect> {
+    // The branch moved: what held the old tip no longer applies.
+    if !p.quarantine.contains_key(commit) {
+        p.quarantine.clear();
+    }
+    if p.transient.as_ref().is_some_and(|(c, _)| c != commit) {
+        p.transient = None;
+    }
+    if p.waiting.as_ref().is_some_and(|w| w.commit != commit) {
+        p.waiting = None;
+    }
+    if retry {
+        p.quarantine.remove(commit);
+        p.transient = None;
+    }
+    if p.suspended {
+        return vec![Effect::Heal];
+    }
+    if let Some(reason) = p.quarantine.get(commit) {
+        return vec![Effect::Refuse { reason: reason.clone() }, Effect::Heal];
+    }
+    let unchanged =
+        p.current_gated && p.current.as_ref().is_some_and(|c| c.commit == commit && c.render_key == render_key);
+    if unchanged { vec![Effect::Heal] } else { vec![Effect::Prepare] }
+}
+
+fn prepared(p: &mut Pointers, commit: &str, gate: &Gate, told: bool, now: Timestamp) -> Vec<Effect> {
+    let previous = p.waiting.take().filter(|w| w.commit == commit);
+    let since = |reason: WaitingFor| previous.as_ref().filter(|w| w.waiting_for == reason).map_or(now, |w| w.since);
+    let mut wait = |phase: Phase, waiting_for: WaitingFor, due_at: Option<Timestamp>, detail: String| {
+        let waiting = Waiting { commit: commit.to_owned(), waiting_for, due_at, since: since(waiting_for), detail };
+        p.waiting = Some(waiting.clone());
+        vec![Effect::Wait { phase, waiting }, Effect::Heal]
+    };
+    // The fleet's failures first: a held revision is the news, whatever else
+    // it would wait for.
+    if let (Some(failing), Some(max)) = (&gate.failing, gate.max_failed)
+        && failing.len() >= max as usize
+        && !told
+    {
+        let detail = format!("failed on {} gateways (max_failed {max}): {}", failing.len(), failing.join(", "));
+        return wait(Phase::Held, WaitingFor::Fleet, None, detail);
+    }
+    let mut forced = Vec::new();
+    if let Some((wave, due)) = &gate.wave
+        && *due > now
+    {
+        if !told {
+            return wait(Phase::Waiting, WaitingFor::Wave, Some(*due), format!("wave {wave}"));
+        }
+        forced.push(format!("wave {wave} not due until {due}"));
+    }
+    if let Some((opens, windows)) = &gate.window_closed {
+        if !told {
+            return wait(Phase::Waiting, WaitingFor::Window, *opens, format!("windows {windows}"));
+        }
+        forced.push(format!("outside the windows {windows}"));
+    }
+    if told && !forced.is_empty() {
+        forced.insert(0, "--now".into());
+    }
+    if !gate.locks.is_empty() {
+        let since = since(WaitingFor::Lock);
+        let timeout_at = gate.lock_timeout.and_then(|t| jiff::SignedDuration::try_from(t).ok()).map(|t| since + t);
+        match timeout_at {
+            Some(at) if at <= now => forced.push(format!("lock_timeout: {} held since {since}", gate.locks.join(", "))),
+            _ => return wait(Phase::Waiting, WaitingFor::Lock, timeout_at, gate.locks.join(", ")),
+        }
+    }
+    vec![Effect::Apply { forced: (!forced.is_empty()).then(|| forced.join("; ")) }]
+}
+
+fn failed(p: &mut Pointers, commit: &str, kind: ErrorKind, rules: Rules) -> Vec<Effect> {
+    let tries = match (&p.transient, kind) {
+        (Some((c, n)), ErrorKind::Transient) if c == commit => n + 1,
+        (_, ErrorKind::Transient) => 1,
+        (_, ErrorKind::Permanent) => 0,
+    };
+    let quarantined = kind == ErrorKind::Permanent || tries >= rules.retry_limit.max(1);
+    p.transient = (!quarantined && kind == ErrorKind::Transient).then(|| (commit.to_owned(), tries));
+    p.waiting = None;
+    if quarantined {
+        let why = match kind {
+            ErrorKind::Transient => format!("failed {tries} times"),
+            ErrorKind::Permanent => "bad revision".to_owned(),
+        };
+        p.quarantine.insert(commit.to_owned(), why);
+    }
+    vec![Effect::RollBack { quarantined, tries }]
+}
