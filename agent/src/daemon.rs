@@ -46,7 +46,11 @@ pub enum DaemonError {
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
-pub fn run(agent: Agent) -> Result<(), DaemonError> {
+pub fn run(mut agent: Agent) -> Result<(), DaemonError> {
+    if agent.cfg.mqtt.url.is_some() {
+        let b = crate::report::breaker::Breaker::new(&agent.cfg.mqtt.topic_prefix, &agent.cfg.fleet);
+        agent.breaker = Some(Arc::new(b));
+    }
     let agent = Arc::new(agent);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

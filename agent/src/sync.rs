@@ -236,6 +236,9 @@ pub struct Agent {
     pending_last_sync: std::sync::Mutex<Option<String>>,
     /// Counts for `[metrics] textfile`.
     pub counters: crate::report::textfile::Counters,
+    /// The fleet's failure reports (SPEC §7), read by the daemon's MQTT
+    /// reporter; `None` without `[mqtt]` or in a one-shot command.
+    pub breaker: Option<Arc<crate::report::breaker::Breaker>>,
 }
 
 /// How long a fingerprint stands in for the full check: past it, a poll reads
@@ -288,6 +291,7 @@ impl Agent {
             verified: std::sync::Mutex::new(None),
             pending_last_sync: std::sync::Mutex::new(None),
             counters: Default::default(),
+            breaker: None,
             store,
             cfg,
         })
@@ -1226,7 +1230,7 @@ async fn sync_fetched(
     // Rollout control (SPEC §7): due for this gateway's wave, inside a
     // window, no update lock held?
     let (c, policy, told) = (commit.clone(), prepared.desired.rollout.clone(), opts.now);
-    let gated = blocking(agent, move |a| -> Result<(Option<String>, Vec<Effect>), SyncError> {
+    let gated = blocking(agent, move |a| -> Result<Gated, SyncError> {
         let committed_at = a.source.committed_at(&c)?;
         let local = gate::Local {
             fleet: &a.cfg.fleet,
@@ -1236,14 +1240,22 @@ async fn sync_fetched(
             lock_timeout: a.cfg.apply.lock_timeout,
         };
         let now = jiff::Timestamp::now();
-        let gate = gate::gather(policy.as_ref(), &local, committed_at, None, now)
+        let failing = a.breaker.as_ref().and_then(|b| b.failing(&c));
+        // Why the breaker cannot hold anything now, for the status.
+        let breaker_off = match (&a.breaker, &failing) {
+            _ if policy.as_ref().is_none_or(|p| p.max_failed.is_none()) => None,
+            (None, _) => Some("circuit breaker off: no [mqtt] (or a one-shot command)"),
+            (Some(_), None) => Some("circuit breaker: the fleet's reports not read yet"),
+            _ => None,
+        };
+        let gate = gate::gather(policy.as_ref(), &local, committed_at, failing, now)
             .map_err(|error| SyncError::Rollout { commit: c.clone(), error })?;
         let wave = gate.wave.as_ref().map(|(w, _)| w.clone());
         let (_, effects) = a.decide_at(&Event::Prepared { commit: c, gate, now: told }, now)?;
-        Ok((wave, effects))
+        Ok(Gated { wave, breaker_off, effects })
     })
     .await;
-    let (wave, effects) = match gated {
+    let Gated { wave, breaker_off, effects } = match gated {
         Ok(v) => v,
         Err(e @ SyncError::Rollout { .. }) => {
             reject(agent, &commit, &e).await?;
@@ -1255,7 +1267,8 @@ async fn sync_fetched(
         Effect::Wait { phase, waiting } => Some((*phase, waiting.clone())),
         _ => None,
     }) {
-        return wait(agent, &commit, wave, phase, waiting, fetched.received_pack, timings).await;
+        let summary = (fetched.received_pack, timings);
+        return wait(agent, &commit, wave, phase, waiting, breaker_off, summary).await;
     }
     let forced = effects.iter().find_map(|e| match e {
         Effect::Apply { forced } => forced.clone(),
@@ -1369,6 +1382,15 @@ async fn sync_fetched(
     }
 }
 
+/// What the rollout gate decided for a prepared revision.
+struct Gated {
+    /// The gateway's wave, if the revision has waves.
+    wave: Option<String>,
+    /// Why the circuit breaker cannot hold anything now, if it cannot.
+    breaker_off: Option<&'static str>,
+    effects: Vec<Effect>,
+}
+
 /// A prepared revision not applied yet (rollout control): the revision
 /// applied now is repaired as usual and the status says what it waits for.
 async fn wait(
@@ -1377,8 +1399,8 @@ async fn wait(
     wave: Option<String>,
     phase: Phase,
     waiting: crate::rollout::Waiting,
-    received_pack: bool,
-    timings: Timings,
+    note: Option<&'static str>,
+    (received_pack, timings): (bool, Timings),
 ) -> Result<SyncSummary, SyncError> {
     if let Err(e) = enforce_current(agent).await {
         tracing::warn!(error = %e, "could not re-enforce the current revision");
@@ -1386,10 +1408,13 @@ async fn wait(
     let due_at = waiting.due_at.map(|t| t.to_string());
     let reason = waiting.waiting_for.as_str();
     let held = (phase == Phase::Held).then(|| format!("held: revision {} {}", short(commit), waiting.detail));
-    let detail = match waiting.waiting_for {
+    let mut detail = match waiting.waiting_for {
         crate::rollout::WaitingFor::Lock => format!("{} held since {}", waiting.detail, waiting.since),
         _ => waiting.detail.clone(),
     };
+    if let Some(note) = note {
+        detail = format!("{detail}; {note}");
+    }
     let (c, d) = (commit.to_owned(), due_at.clone());
     let before = blocking(agent, move |a| -> Result<Status, StoreError> {
         let before = a.status()?;

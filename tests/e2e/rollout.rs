@@ -165,3 +165,127 @@ fn an_update_lock_holds_a_revision_until_its_app_dies_or_its_timeout() {
     app.kill().unwrap();
     app.wait().unwrap();
 }
+
+/// Waves of 10 % / 50 % / 100 % by the `wave` label, `after` 0, `early`, `all`.
+fn waves(early: &str, all: &str) -> String {
+    format!(
+        "[rollout]\nwaves = [{{ name = \"canary\", percent = 10 }}, {{ name = \"early\", percent = 50, after = \"{early}\" }}, {{ name = \"all\", percent = 100, after = \"{all}\" }}]\nmax_failed = 2\n"
+    )
+}
+
+/// The bundle every gateway of the fleet shares: `check` is the command its
+/// health check runs.
+fn shared(fleet: &Fleet, v: &str, check: &str, rollout: &str) -> String {
+    fleet.write("shared/files/etc/myapp/app.conf", format!("version = {v}\n")).write(
+        "shared/tend.toml",
+        format!("[[check]]\nname = \"app\"\ncommand = [\"{check}\"]\ninterval = \"1s\"\n\n{rollout}"),
+    );
+    fleet.commit(v)
+}
+
+fn wave_of(i: usize) -> &'static str {
+    match i {
+        0..2 => "canary",
+        2..10 => "early",
+        _ => "all",
+    }
+}
+
+/// `kind` events for `revision`, by device: the RFC 3339 time of each.
+fn events_of(lines: &[String], kind: &str, revision: &str) -> std::collections::BTreeMap<String, u64> {
+    tend_e2e::payloads(lines)
+        .iter()
+        .filter(|e| e["kind"] == kind && e["revision"] == revision)
+        .map(|e| (e["device_id"].as_str().unwrap().to_owned(), rfc3339_secs(e["ts"].as_str().unwrap())))
+        .collect()
+}
+
+#[test]
+fn twenty_gateways_roll_out_in_waves_and_hold_what_failed_on_the_canaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let broker = tend_e2e::Mosquitto::start();
+    let v1 = shared(&fleet, "1", "true", "");
+    let devices: Vec<String> = (0..20).map(|i| format!("gw-{i:02}")).collect();
+    let mut gateways = Vec::new();
+    let mut daemons = Vec::new();
+    for (i, dev) in devices.iter().enumerate() {
+        let gw = Gateway::new(
+            &tmp.path().join(dev),
+            &fleet.url(),
+            &format!(
+                "[apply]\nhealth_timeout = \"2s\"\n[mqtt]\nurl = \"{}\"\nhealth_interval = \"30s\"\n",
+                broker.url()
+            ),
+        );
+        let text = std::fs::read_to_string(&gw.config)
+            .unwrap()
+            .replace("device_id = \"gw-1\"", &format!("device_id = \"{dev}\""))
+            .replace("labels = { site = \"berlin\" }", &format!("labels = {{ wave = \"{}\" }}", wave_of(i)))
+            .replace("path = \"devices/{device_id}\"", "path = \"shared\"\ninterval = \"1s\"\njitter = \"0s\"");
+        std::fs::write(&gw.config, text).unwrap();
+        daemons.push(gw.start_daemon());
+        gateways.push(gw);
+    }
+    let events = tend_e2e::Subscription::start(&broker, "tend/v1/test/+/events", "rollout-events");
+    for gw in &gateways {
+        gw.wait_status("v1", Duration::from_secs(60), |s| s["phase"] == "synced" && s["revision"] == v1.as_str());
+    }
+
+    // v2 rolls out in wave order, each wave no earlier than it is due.
+    let v2 = shared(&fleet, "2", "true", &waves("5s", "10s"));
+    let committed = committer_time(&fleet, &v2);
+    gateways[0].wait_status("a canary has v2", Duration::from_secs(30), |s| s["revision"] == v2.as_str());
+    let s = gateways[19].wait_status("gw-19 saw v2", Duration::from_secs(30), |s| s["target_revision"] == v2.as_str());
+    assert_eq!(
+        (s["phase"].as_str(), s["waiting_for"].as_str(), s["wave"].as_str()),
+        (Some("waiting"), Some("wave"), Some("all")),
+        "{s}"
+    );
+    let lines =
+        events.wait("v2 healthy everywhere", Duration::from_secs(90), |l| events_of(l, "healthy", &v2).len() == 20);
+    let applied = events_of(&lines, "applied", &v2);
+    let at = |w: &str| -> Vec<u64> {
+        devices.iter().enumerate().filter(|(i, _)| wave_of(*i) == w).map(|(_, d)| applied[d]).collect()
+    };
+    let (canary, early, all) = (at("canary"), at("early"), at("all"));
+    assert!(early.iter().all(|t| *t >= committed + 5), "an early gateway applied before its wave was due: {applied:?}");
+    assert!(all.iter().all(|t| *t >= committed + 10), "a gateway applied before its wave was due: {applied:?}");
+    assert!(
+        canary.iter().max() <= early.iter().min() && early.iter().max() <= all.iter().min(),
+        "not in wave order: {applied:?}"
+    );
+
+    // v3 fails its health check on the canaries: they roll back and report
+    // it; every later gateway holds it.
+    let v3 = shared(&fleet, "3", "false", &waves("12s", "14s"));
+    let committed = committer_time(&fleet, &v3);
+    let lines = events
+        .wait("the canaries rolled v3 back", Duration::from_secs(60), |l| events_of(l, "rolled_back", &v3).len() == 2);
+    assert_eq!(events_of(&lines, "rolled_back", &v3).keys().collect::<Vec<_>>(), ["gw-00", "gw-01"]);
+    for gw in &gateways[2..] {
+        let s = gw.wait_status("held", Duration::from_secs(60), |s| s["phase"] == "held");
+        assert_eq!((s["revision"].as_str(), s["waiting_for"].as_str()), (Some(v2.as_str()), Some("fleet")), "{s}");
+        let error = s["error"].as_str().unwrap();
+        assert!(error.contains("failed on 2 gateways") && error.contains("gw-00, gw-01"), "{s}");
+    }
+    // Held before their waves were due, and still held after: nobody else
+    // applies it.
+    while SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() < committed + 17 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for gw in &gateways[2..] {
+        let s = gw.tend(&["status", "--json"]).json();
+        assert_eq!((s["phase"].as_str(), s["revision"].as_str()), (Some("held"), Some(v2.as_str())), "{s}");
+    }
+    assert_eq!(events_of(&events.lines(), "applied", &v3).len(), 2, "only the canaries applied v3");
+
+    // The next good commit rolls out to every gateway.
+    let v4 = shared(&fleet, "4", "true", &waves("2s", "4s"));
+    events.wait("v4 healthy everywhere", Duration::from_secs(90), |l| events_of(l, "healthy", &v4).len() == 20);
+    for gw in &gateways {
+        let s = gw.tend(&["status", "--json"]).json();
+        assert_eq!((s["phase"].as_str(), s["revision"].as_str()), (Some("synced"), Some(v4.as_str())), "{s}");
+    }
+    drop(daemons);
+}

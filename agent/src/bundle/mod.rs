@@ -835,12 +835,6 @@ impl Loader<'_, '_> {
         }
         rendered.warnings.extend(duplicate_objects(&rendered.desired.manifests));
         rendered.desired.bundles = bundles;
-        if rollout.as_ref().is_some_and(|r| r.max_failed.is_some()) {
-            // Honest until the breaker reads the fleet's reports (issue 15).
-            rendered.warnings.push(
-                "[rollout].max_failed is checked but not acted on yet by this version of tend: waves, windows and update locks are, the fleet-wide circuit breaker is not".into(),
-            );
-        }
         rendered.desired.rollout = rollout;
         Ok(rendered)
     }

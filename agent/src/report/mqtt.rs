@@ -250,6 +250,12 @@ impl Reporter {
         let mut backoff = Duration::from_millis(500);
         let mut last_error = String::new();
         let mut last_status = Value::Null;
+        let breaker = self.agent.breaker.clone();
+        // Subscriptions in the order made (the revision of a rollout one),
+        // then by packet id until acknowledged.
+        let mut subs: VecDeque<Option<String>> = VecDeque::new();
+        let mut sub_acks: HashMap<u16, Option<String>> = HashMap::new();
+        let mut rollout_sub: Option<String> = None;
         loop {
             tokio::select! {
                 ev = eventloop.poll() => match ev {
@@ -263,8 +269,16 @@ impl Reporter {
                         acks.clear();
                         last_sent = 0;
                         in_flight = 0;
+                        subs.clear();
+                        sub_acks.clear();
                         for t in [self.topics.cmd(), self.topics.all_cmd.clone()] {
-                            let _ = client.try_subscribe(t, QoS::AtLeastOnce);
+                            if client.try_subscribe(t, QoS::AtLeastOnce).is_ok() {
+                                subs.push_back(None);
+                            }
+                        }
+                        rollout_sub = None;
+                        if let Some(b) = &breaker {
+                            rollout_sub = watch_reports(&client, b, None, &mut subs);
                         }
                         publish(&client, &mut fifo, self.topics.availability(), QoS::AtLeastOnce, true, b"online".to_vec());
                         last_status = self.status.borrow().clone();
@@ -278,6 +292,16 @@ impl Reporter {
                     }
                         self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
                     }
+                    Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+                        sub_acks.insert(pkid, subs.pop_front().flatten());
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                        if let (Some(Some(rev)), Some(b)) = (sub_acks.remove(&ack.pkid), &breaker) {
+                            b.subscribed(&rev);
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p)))
+                        if breaker.as_ref().is_some_and(|b| b.receive(&p.topic, &p.payload)) => {}
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         let tag = fifo.pop_front().unwrap_or(Tag::Other);
                         if pkid != 0 {
@@ -319,6 +343,9 @@ impl Reporter {
                         eventloop.pending.clear();
                         fifo.clear();
                         acks.clear();
+                        if let Some(b) = &breaker {
+                            b.disconnected();
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = self.stop.changed() => return,
@@ -326,6 +353,10 @@ impl Reporter {
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 },
+                _ = async { breaker.as_ref().expect("checked").changed.notified().await }, if connected && breaker.is_some() => {
+                    let b = breaker.as_ref().expect("checked");
+                    rollout_sub = watch_reports(&client, b, rollout_sub.take(), &mut subs);
+                }
                 _ = wake.notified(), if connected => {
                     self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
                 }
@@ -384,6 +415,12 @@ impl Reporter {
             Err(_) => return,
         };
         for (seq, event) in batch {
+            // A failed revision is reported to the fleet too (retained, for
+            // the circuit breaker of the gateways that have not applied it).
+            if let (Some(b), Some((revision, report))) = (&self.agent.breaker, super::breaker::report_of(&event)) {
+                let topic = b.report_topic(&revision, &self.agent.cfg.device_id);
+                publish(client, fifo, topic, QoS::AtLeastOnce, true, report.to_string().into_bytes());
+            }
             let payload = event.to_string().into_bytes();
             if client.try_publish(self.topics.events(), QoS::AtLeastOnce, false, payload).is_err() {
                 break;
@@ -417,6 +454,28 @@ impl Reporter {
         payload["events_dropped"] = dropped.into();
         publish(client, fifo, self.topics.health(), QoS::AtMostOnce, true, payload.to_string().into_bytes());
     }
+}
+
+/// Subscribe to the reports of the revision the breaker watches now, and
+/// leave `previous`'s; returns the revision subscribed to.
+fn watch_reports(
+    client: &AsyncClient,
+    b: &super::breaker::Breaker,
+    previous: Option<String>,
+    subs: &mut VecDeque<Option<String>>,
+) -> Option<String> {
+    let now = b.watched();
+    if now == previous {
+        return now;
+    }
+    if let Some(old) = previous {
+        let _ = client.try_unsubscribe(format!("{}/{old}/+", b.root));
+    }
+    let rev = now?;
+    if client.try_subscribe(format!("{}/{rev}/+", b.root), QoS::AtLeastOnce).is_ok() {
+        subs.push_back(Some(rev.clone()));
+    }
+    Some(rev)
 }
 
 fn publish(client: &AsyncClient, fifo: &mut VecDeque<Tag>, topic: String, qos: QoS, retain: bool, payload: Vec<u8>) {
