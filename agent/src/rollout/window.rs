@@ -186,6 +186,26 @@ mod tests {
     }
 
     #[test]
+    fn windows_follow_berlins_clock_across_both_dst_changes() {
+        let utc = |s: &str| s.parse::<Timestamp>().unwrap();
+        let w = vec![Window::parse("Sun 01:00-04:00").unwrap()];
+        let tz = berlin();
+        // 2026-03-29: 02:00 CET becomes 03:00 CEST; the window lasts 2 real hours.
+        assert_eq!(next_open(&w, &tz, utc("2026-03-28T12:00:00Z")), Some(utc("2026-03-29T00:00:00Z")));
+        assert!(!open(&w, &tz, utc("2026-03-28T23:59:00Z")));
+        assert!(open(&w, &tz, utc("2026-03-29T00:30:00Z"))); // 01:30 CET
+        assert!(open(&w, &tz, utc("2026-03-29T01:30:00Z"))); // 03:30 CEST
+        assert!(!open(&w, &tz, utc("2026-03-29T02:00:00Z"))); // 04:00 CEST
+        // 2026-10-25: 03:00 CEST becomes 02:00 CET; the window lasts 4 real
+        // hours, the repeated hour inside it both times.
+        assert_eq!(next_open(&w, &tz, utc("2026-10-24T12:00:00Z")), Some(utc("2026-10-24T23:00:00Z")));
+        for inside in ["2026-10-24T23:00:00Z", "2026-10-25T00:30:00Z", "2026-10-25T01:30:00Z", "2026-10-25T02:59:00Z"] {
+            assert!(open(&w, &tz, utc(inside)), "{inside}");
+        }
+        assert!(!open(&w, &tz, utc("2026-10-25T03:00:00Z"))); // 04:00 CET
+    }
+
+    #[test]
     fn whole_days_and_no_windows() {
         let w = vec![Window::parse("Sat,Sun 00:00-24:00").unwrap()];
         let tz = berlin();
