@@ -253,6 +253,22 @@ fn tls_with_client_certificates_and_an_acl() {
         .args(["-q", "1", "-r", "-t", "tend/v1/test/gw-2/status", "-m", "forged"])
         .status();
     assert_eq!(admin("tend/v1/test/gw-2/status"), "", "a device wrote another device's topic");
+    // Rollout reports (the circuit breaker): for itself, not for another.
+    let report = |device: &str| {
+        let _ = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "--cafile", ca.to_str().unwrap()])
+            .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .args(["-q", "1", "-r", "-t", &format!("tend/v1/test/_rollout/{c1}/{device}")])
+            .args(["-m", &format!(r#"{{"revision":"{c1}","outcome":"rolled_back"}}"#)])
+            .status();
+    };
+    report("gw-1");
+    report("gw-2");
+    assert!(
+        admin(&format!("tend/v1/test/_rollout/{c1}/gw-1")).contains("rolled_back"),
+        "a device cannot report for itself"
+    );
+    assert_eq!(admin(&format!("tend/v1/test/_rollout/{c1}/gw-2")), "", "a device reported for another");
     let (code, _) = daemon.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0));
 

@@ -723,7 +723,7 @@ impl Mosquitto {
         let d = dir.path();
         make_ca_and_server_cert(d);
         let acl = format!(
-            "user admin\ntopic readwrite #\n\npattern readwrite {prefix}/+/%u/#\npattern read {prefix}/+/_all/cmd\n"
+            "user admin\ntopic readwrite #\n\npattern readwrite {prefix}/+/%u/#\npattern read {prefix}/+/_all/cmd\npattern write {prefix}/+/_rollout/+/%u\npattern read {prefix}/+/_rollout/#\npattern read {prefix}/+/_source/#\n"
         );
         std::fs::write(d.join("acl"), acl).unwrap();
         let conf = format!(
