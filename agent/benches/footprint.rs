@@ -253,43 +253,54 @@ fn line(name: &str, now: String, goal: &str, base: &str, ok: bool) {
     println!("  {name:<44} {now:<22} goal {goal:<14} 0.1.0 {base:<24} {}", if ok { "ok" } else { "MISSED" });
 }
 
-/// What a process keeps between polls: the least `RssAnon` of 20 samples
-/// 25 ms apart. One sample taken in the middle of a poll (a repair holds a
+/// What a process keeps between polls: the least `RssAnon` of 40 samples
+/// 50 ms apart. One sample taken in the middle of a poll (a repair holds a
 /// revision's contents for a moment) reads up to 2 MiB more, and a leak or a
 /// queue raises the floor as well as the peaks.
 fn floor(pid: u32) -> i64 {
-    (0..20)
+    (0..40)
         .map(|_| {
             let kib = proc_kib(pid, "status", "RssAnon:");
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(Duration::from_millis(50));
             kib
         })
         .min()
         .unwrap()
 }
 
-/// Many polls 10 ms apart, a file deleted every 500 ms: (RssAnon at the
-/// start, at the end, VmRSS growth, repairs).
+/// Many polls 10 ms apart, a file deleted every 500 ms from the start: (RssAnon
+/// at the start, at the end, VmRSS growth, repairs). The start is taken after
+/// 500 polls with repairs, so it holds what a repair needs once (its working
+/// set, a step of about 1 MiB over an idle daemon's heap): growth is what
+/// comes after.
 fn soak(s: &Setup, name: &str, mqtt: bool, soak_polls: usize) -> (i64, i64, i64, usize) {
     let cfg = s.gateway(name, "10ms", mqtt, "");
     assert!(tend(&cfg).arg("sync").stdout(Stdio::null()).status().unwrap().success());
     let log = s.dir.join(format!("{name}.log"));
     let d = Daemon::start(&cfg, &log, true);
     let victim = s.dir.join(name).join("root/etc/myapp/d00/f0000.conf");
-    wait_polls(&log, 500, Duration::from_secs(300));
+    let mut deleted = 0;
+    let mut delete = || {
+        if victim.exists() {
+            let _ = std::fs::remove_file(&victim);
+            deleted += 1;
+        }
+    };
+    let warm = Instant::now();
+    while polls(&log) < 500 {
+        assert!(warm.elapsed() < Duration::from_secs(300), "{} polls after 300 s", polls(&log));
+        delete();
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // RssAnon: what the process allocated. VmRSS also counts the pages
     // of tend's own code, which the daemon unmaps between polls and the
     // next poll maps back: noise of ±1 MiB, not growth.
     let start_rss = floor(d.pid());
     let start_vm = proc_kib(d.pid(), "status", "VmRSS:");
-    let mut deleted = 0;
     // RssAnon at each fifth of the soak: a plateau or a slope.
     let mut curve = Vec::new();
     while polls(&log) < 500 + soak_polls {
-        if victim.exists() {
-            let _ = std::fs::remove_file(&victim);
-            deleted += 1;
-        }
+        delete();
         if polls(&log) >= 500 + curve.len() * soak_polls / 5 {
             curve.push(format!("{:.1}", mib(floor(d.pid()))));
         }

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::bundle::Identity;
+use crate::bundle::{Policy, RelPath};
+
 /// The default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/tend/agent.toml";
 
@@ -337,47 +340,6 @@ pub struct Config {
     pub control: Control,
 }
 
-/// What the placeholders `{device_id}`, `{fleet}`, `{labels.KEY}` stand for.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Identity {
-    pub device_id: String,
-    pub fleet: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Identity {
-    /// The value of a placeholder name (`device_id`, `fleet`, `labels.KEY`).
-    pub fn lookup(&self, name: &str) -> Option<&str> {
-        match name {
-            "device_id" => Some(&self.device_id),
-            "fleet" => Some(&self.fleet),
-            _ => name.strip_prefix("labels.").and_then(|k| self.labels.get(k)).map(String::as_str),
-        }
-    }
-
-    /// Replace `{name}` placeholders in a config string. An unknown name is an error.
-    pub fn expand(&self, s: &str) -> Result<String, String> {
-        let mut out = String::with_capacity(s.len());
-        let mut rest = s;
-        while let Some(start) = rest.find('{') {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 1..];
-            let end = after.find('}').ok_or_else(|| format!("unclosed '{{' in {s:?}"))?;
-            let name = after[..end].trim();
-            let value = self.lookup(name).ok_or_else(|| {
-                format!("unknown placeholder {{{name}}} in {s:?} (known: device_id, fleet, labels.KEY)")
-            })?;
-            out.push_str(value);
-            rest = &after[end + 1..];
-        }
-        if rest.contains('}') {
-            return Err(format!("stray '}}' in {s:?}"));
-        }
-        out.push_str(rest);
-        Ok(out)
-    }
-}
-
 impl Config {
     pub fn identity(&self) -> Identity {
         Identity { device_id: self.device_id.clone(), fleet: self.fleet.clone(), labels: self.labels.clone() }
@@ -396,7 +358,7 @@ impl Config {
         // commit: a broken allowed-signers file or key is a config error.
         let mut problems = Vec::new();
         if let Some(p) = &cfg.source.allowed_signers
-            && let Err(e) = crate::source::AllowedSigners::load(p)
+            && let Err(e) = crate::trust::AllowedSigners::load(p)
         {
             problems.push(e);
         }
@@ -623,6 +585,52 @@ pub fn hostname() -> String {
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The local policy a bundle is checked against comes from this file.
+impl Policy {
+    pub fn from_config(files: &Files) -> Policy {
+        let allow = files
+            .allow
+            .iter()
+            .filter_map(|p| RelPath::parse(p.to_string_lossy().trim_start_matches('/')).ok())
+            .collect();
+        Policy {
+            allow: Some(allow),
+            allow_privileged: None,
+            allow_hooks: Some(files.allow_hooks),
+            protected: Vec::new(),
+        }
+    }
+
+    /// The whole local policy of a configuration.
+    pub fn from_agent_config(cfg: &Config) -> Policy {
+        let own: Vec<&std::path::Path> = [
+            cfg.file.parent(),
+            Some(cfg.file.as_path()),
+            Some(cfg.state_dir.as_path()),
+            cfg.source.allowed_signers.as_deref(),
+            cfg.source.token_file.as_deref(),
+            cfg.source.ssh_key.as_deref(),
+            cfg.source.ca_file.as_deref(),
+            cfg.files.age_identity.as_deref(),
+            cfg.mqtt.ca_file.as_deref(),
+            cfg.mqtt.cert_file.as_deref(),
+            cfg.mqtt.key_file.as_deref(),
+            cfg.mqtt.password_file.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|p| p.is_absolute() && *p != std::path::Path::new("/"))
+        .collect();
+        let protected = own
+            .iter()
+            .filter_map(|p| p.strip_prefix(&cfg.files.root).ok())
+            .filter_map(|rel| RelPath::parse(&rel.to_string_lossy()).ok())
+            .filter(|rel| !rel.is_root())
+            .collect();
+        Policy { allow_privileged: Some(cfg.containers.allow_privileged), protected, ..Policy::from_config(&cfg.files) }
+    }
 }
 
 #[cfg(test)]

@@ -24,3 +24,4 @@ pub mod secrets;
 pub mod source;
 pub mod store;
 pub mod sync;
+pub mod trust;

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::hash::ContentHash;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
@@ -536,6 +538,40 @@ fn object<'a>(doc: &'a Node, inherit: Option<&(String, String)>) -> Result<Decla
         }
     }
     Ok(Declared::One(ObjectRef { api_version, kind, name, namespace }))
+}
+
+/// What every file name tend writes starts with.
+pub const PREFIX: &str = "tend-";
+
+/// The longest slug of the bundle path kept in a file name: the Addon name
+/// stays within 63 characters, a DNS label, so it fits wherever K3s or a
+/// controller copies it (labels, event names), not only the 253 of a name.
+const SLUG_MAX: usize = 40;
+
+/// The file name of the manifest at `rel` under `k3s/` (the directory is flat).
+///
+/// `tend-<slug>-<hash>.yaml`: the slug is the path without its extension,
+/// lowercased, every run of other characters than `a-z0-9` made one `-`, cut
+/// at 40 characters; the hash is the first 8 hex digits of the SHA-256 of the
+/// path, so two paths with one slug (`apps/web.yaml`, `apps-web.yml`,
+/// `Web.yaml` and `web.yaml`) still get two names. The name has no dot before
+/// `.yaml`, so the Addon name (base name up to the first dot) is the whole
+/// stem, an RFC 1123 label.
+pub fn file_name(rel: &str) -> String {
+    let stem = rel.strip_suffix(".yaml").or_else(|| rel.strip_suffix(".yml")).unwrap_or(rel);
+    let mut slug = String::with_capacity(stem.len());
+    for c in stem.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    slug.truncate(SLUG_MAX);
+    let slug = slug.trim_end_matches('-');
+    let hash = &ContentHash::of(rel.as_bytes()).to_string()[..8];
+    if slug.is_empty() { format!("{PREFIX}{hash}.yaml") } else { format!("{PREFIX}{slug}-{hash}.yaml") }
 }
 
 #[cfg(test)]

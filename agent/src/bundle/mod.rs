@@ -20,10 +20,9 @@ use serde::{Deserialize, Serialize};
 
 pub use container::{ContainerSpec, HealthSpec, Pull, Restart, is_name as is_container_name, parse_port};
 pub use path::RelPath;
-pub use template::render as render_template;
+pub use template::{Identity, render as render_template};
 pub use tree::{DirTree, EntryKind, Tree, TreeError, enclosing_repo_root};
 
-use crate::config::Identity;
 use crate::hash::ContentHash;
 use crate::secrets::{self, AgeKeys};
 
@@ -210,49 +209,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(files: &crate::config::Files) -> Policy {
-        let allow = files
-            .allow
-            .iter()
-            .filter_map(|p| RelPath::parse(p.to_string_lossy().trim_start_matches('/')).ok())
-            .collect();
-        Policy {
-            allow: Some(allow),
-            allow_privileged: None,
-            allow_hooks: Some(files.allow_hooks),
-            protected: Vec::new(),
-        }
-    }
-
-    /// The whole local policy of a configuration.
-    pub fn from_agent_config(cfg: &crate::config::Config) -> Policy {
-        let own: Vec<&std::path::Path> = [
-            cfg.file.parent(),
-            Some(cfg.file.as_path()),
-            Some(cfg.state_dir.as_path()),
-            cfg.source.allowed_signers.as_deref(),
-            cfg.source.token_file.as_deref(),
-            cfg.source.ssh_key.as_deref(),
-            cfg.source.ca_file.as_deref(),
-            cfg.files.age_identity.as_deref(),
-            cfg.mqtt.ca_file.as_deref(),
-            cfg.mqtt.cert_file.as_deref(),
-            cfg.mqtt.key_file.as_deref(),
-            cfg.mqtt.password_file.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|p| p.is_absolute() && *p != std::path::Path::new("/"))
-        .collect();
-        let protected = own
-            .iter()
-            .filter_map(|p| p.strip_prefix(&cfg.files.root).ok())
-            .filter_map(|rel| RelPath::parse(&rel.to_string_lossy()).ok())
-            .filter(|rel| !rel.is_root())
-            .collect();
-        Policy { allow_privileged: Some(cfg.containers.allow_privileged), protected, ..Policy::from_config(&cfg.files) }
-    }
-
     fn allows(&self, dest: &RelPath) -> bool {
         match &self.allow {
             None => true,
@@ -822,7 +778,7 @@ impl Loader<'_, '_> {
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (rel, (bytes, objects, from)) in manifests {
             // Two paths must not land on the same file name in the flat directory.
-            let flat = crate::reconcile::k3s::file_name(&rel);
+            let flat = manifest::file_name(&rel);
             if let Some(other) = names.insert(flat.clone(), rel.clone()) {
                 return Err(BundleError::new(
                     &from,

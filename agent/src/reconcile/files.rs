@@ -24,6 +24,7 @@ use std::time::Duration;
 use super::plan::{Live, Op, Plan, Target, ancestors, shell_words};
 use crate::bundle::RelPath;
 use crate::hash::ContentHash;
+pub use crate::store::Fingerprint;
 use crate::store::{Inventory, Owned, Stat, Store, StoreError};
 
 /// One failed file operation: the destination, what was being done, and why.
@@ -65,23 +66,6 @@ impl Runner for ProcessRunner {
         output.push_str(&out.stderr);
         if out.status.success() { Ok(output) } else { Err(format!("{}; output: {}", out.status, output.trim())) }
     }
-}
-
-/// The files of a revision as tend last verified them: a poll that finds
-/// them all unchanged has nothing to repair and reads nothing else
-/// ([`FileRoot::fingerprint`], [`FileRoot::unchanged`]).
-///
-/// It lives from poll to poll, so it is compact: the paths (relative to the
-/// root) in one string, the stats in one vector. One small allocation per
-/// file, made during a full check among its large transient ones, would pin a
-/// heap page each long after the check (the soak of `benches/footprint.rs`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Fingerprint {
-    /// The files' paths, then the directories', each ended by a NUL.
-    paths: String,
-    files: Vec<Stat>,
-    /// The directories' inodes.
-    dirs: Vec<u64>,
 }
 
 impl Fingerprint {

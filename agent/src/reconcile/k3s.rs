@@ -21,45 +21,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::bundle::DesiredManifest;
 use crate::bundle::manifest::{ObjectKey, ObjectRef};
+pub use crate::bundle::manifest::{PREFIX, file_name};
 use crate::hash::ContentHash;
-
-/// What every file name tend writes starts with.
-pub const PREFIX: &str = "tend-";
-
-/// The longest slug of the bundle path kept in a file name: the Addon name
-/// stays within 63 characters, a DNS label, so it fits wherever K3s or a
-/// controller copies it (labels, event names), not only the 253 of a name.
-const SLUG_MAX: usize = 40;
-
-/// The file name of the manifest at `rel` under `k3s/` (the directory is flat).
-///
-/// `tend-<slug>-<hash>.yaml`: the slug is the path without its extension,
-/// lowercased, every run of other characters than `a-z0-9` made one `-`, cut
-/// at 40 characters; the hash is the first 8 hex digits of the SHA-256 of the
-/// path, so two paths with one slug (`apps/web.yaml`, `apps-web.yml`,
-/// `Web.yaml` and `web.yaml`) still get two names. The name has no dot before
-/// `.yaml`, so the Addon name (base name up to the first dot) is the whole
-/// stem, an RFC 1123 label.
-pub fn file_name(rel: &str) -> String {
-    let stem = rel.strip_suffix(".yaml").or_else(|| rel.strip_suffix(".yml")).unwrap_or(rel);
-    let mut slug = String::with_capacity(stem.len());
-    for c in stem.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            slug.push(c);
-        } else if !slug.ends_with('-') && !slug.is_empty() {
-            slug.push('-');
-        }
-    }
-    slug.truncate(SLUG_MAX);
-    let slug = slug.trim_end_matches('-');
-    let hash = &ContentHash::of(rel.as_bytes()).to_string()[..8];
-    if slug.is_empty() { format!("{PREFIX}{hash}.yaml") } else { format!("{PREFIX}{slug}-{hash}.yaml") }
-}
+pub use crate::store::OwnedManifest;
 
 /// The Addon K3s makes of a file: its base name up to the first dot
 /// (K3s `pkg/deploy/controller.go`, `objectMeta`).
@@ -80,13 +46,6 @@ pub fn is_valid_addon_name(name: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
-}
-
-/// A manifest file tend wrote, and the objects it declared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OwnedManifest {
-    pub hash: ContentHash,
-    pub objects: Vec<ObjectRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

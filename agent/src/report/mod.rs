@@ -16,7 +16,11 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::store::{Store, StoreError};
-use crate::sync::now_rfc3339;
+
+/// Now, as RFC 3339 to the second (event and status times).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
 
 /// Events kept while the broker is unreachable; past this the oldest are dropped
 /// (and counted in health as `events_dropped`).

@@ -7,10 +7,9 @@
 //! a retry would fix until the repository or the local config changes).
 
 mod git;
-pub mod signature;
 
+pub use crate::trust::AllowedSigners;
 pub use git::{GitSource, GitTree};
-pub use signature::AllowedSigners;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

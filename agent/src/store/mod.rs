@@ -132,7 +132,7 @@ pub struct Inventory {
     pub containers: BTreeSet<String>,
     /// Manifest files tend wrote in `[k3s].manifests_dir`, with their objects.
     #[serde(default)]
-    pub manifests: BTreeMap<String, crate::reconcile::k3s::OwnedManifest>,
+    pub manifests: BTreeMap<String, OwnedManifest>,
 }
 
 /// A reference to a revision record, with what is needed to decide without
@@ -270,7 +270,7 @@ pub struct Verified {
     pub seq: u64,
     pub commit: String,
     pub at: u64,
-    pub fingerprint: crate::reconcile::files::Fingerprint,
+    pub fingerprint: Fingerprint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -326,4 +326,28 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> R
     let full: Versioned<T> = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     debug_assert_eq!(full.v, SCHEMA_VERSION);
     Ok(full.data)
+}
+
+/// A manifest file tend wrote, and the objects it declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedManifest {
+    pub hash: ContentHash,
+    pub objects: Vec<crate::bundle::manifest::ObjectRef>,
+}
+
+/// The files of a revision as tend last verified them: a poll that finds
+/// them all unchanged has nothing to repair and reads nothing else
+/// (`reconcile::files::FileRoot::fingerprint` and `unchanged`).
+///
+/// It lives from poll to poll, so it is compact: the paths (relative to the
+/// root) in one string, the stats in one vector. One small allocation per
+/// file, made during a full check among its large transient ones, would pin a
+/// heap page each long after the check (the soak of `benches/footprint.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// The files' paths, then the directories', each ended by a NUL.
+    pub(crate) paths: String,
+    pub(crate) files: Vec<Stat>,
+    /// The directories' inodes.
+    pub(crate) dirs: Vec<u64>,
 }

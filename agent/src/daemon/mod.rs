@@ -10,6 +10,8 @@
 //! - SIGTERM or SIGINT stops the loop; a step already running on the blocking
 //!   pool (an apply) finishes, the store is flushed, and the process exits 0.
 
+mod reporter;
+
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use tokio::time::Instant;
 use crate::config::{Apply, Source};
 use crate::control::{self, Request, Response};
 use crate::report::Kind;
-use crate::report::mqtt::{self, CommandKind, Reporter, Settings};
+use crate::report::mqtt::{self, CommandKind, Settings};
 use crate::store::Store;
 use crate::sync::{self, Agent, SyncError, SyncOptions};
 
@@ -137,7 +139,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     let reporter = Settings::from_config(&cfg.mqtt).map(|settings| {
         let _ = conn_tx.send("connecting".into());
         tokio::spawn(
-            Reporter {
+            reporter::Reporter {
                 agent: agent.clone(),
                 settings,
                 topics: crate::report::Topics::new(&cfg.mqtt.topic_prefix, &cfg.fleet, &cfg.device_id),
@@ -277,7 +279,7 @@ async fn read_suspended(agent: &Arc<Agent>) -> bool {
 
 async fn status_now(agent: &Arc<Agent>, suspended: bool) -> serde_json::Value {
     let a = agent.clone();
-    tokio::task::spawn_blocking(move || mqtt::status_payload(&a, suspended)).await.unwrap_or_default()
+    tokio::task::spawn_blocking(move || reporter::status_payload(&a, suspended)).await.unwrap_or_default()
 }
 
 /// A command from the fleet: carry it out and answer with a `command` event

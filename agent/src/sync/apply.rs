@@ -1,0 +1,379 @@
+//! The blocking steps that act: open the store, render and verify a commit,
+//! plan, and apply files, containers and manifests.
+
+use super::*;
+
+impl Agent {
+    /// Open the store under `state_dir` (one process at a time).
+    pub fn open(cfg: Config) -> Result<Agent, StoreError> {
+        let store = SledStore::open(&cfg.state_dir.join("store"), &cfg.state_dir.join("objects"))?;
+        Ok(Agent {
+            events: Events::new(&cfg.device_id, &cfg.fleet, cfg.mqtt.url.is_some()),
+            source: GitSource::new(&cfg),
+            root: FileRoot::new(cfg.files.root.clone()),
+            runner: Box::new(ProcessRunner { timeout: Duration::from_secs(300) }),
+            limits: Limits::default(),
+            runtime: std::sync::OnceLock::new(),
+            verified: std::sync::Mutex::new(None),
+            pending_last_sync: std::sync::Mutex::new(None),
+            counters: Default::default(),
+            breaker: None,
+            store,
+            cfg,
+        })
+    }
+
+    /// Everything besides the commit that shapes the rendered bundle.
+    pub fn render_key(&self) -> String {
+        let c = &self.cfg;
+        // Trust settings too: a new allowed-signers file re-verifies, a new
+        // key re-decrypts, hooks switched off re-checks the bundle.
+        let signers = c.source.allowed_signers.as_ref().map(|p| match std::fs::read(p) {
+            Ok(b) => ContentHash::of(&b).short(),
+            Err(_) => "unreadable".into(),
+        });
+        let text = format!(
+            "{}\0{}\0{:?}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{}",
+            c.device_id,
+            c.fleet,
+            c.labels,
+            c.source.path,
+            c.files.allow,
+            self.limits,
+            signers,
+            c.files.age_identity,
+            c.files.allow_hooks
+        );
+        ContentHash::of(text.as_bytes()).short()
+    }
+
+    pub(super) fn bundle_path(&self) -> RelPath {
+        RelPath::parse(&self.cfg.source.path).unwrap_or_default()
+    }
+
+    /// Render the bundle of `commit` from the fetched repository.
+    pub fn render_commit(&self, commit: &str) -> Result<bundle::Rendered, SyncError> {
+        self.verify_signature(commit)?;
+        let tree = self.source.tree(commit)?;
+        let identity = self.cfg.identity();
+        let policy = Policy::from_agent_config(&self.cfg);
+        let keys = self.age_keys()?;
+        let secrets = keys.as_ref().map_or(bundle::Secrets::Missing, bundle::Secrets::Keys);
+        let ctx = bundle::Context { identity: &identity, policy: &policy, limits: &self.limits, secrets };
+        let rendered = bundle::render(&tree, &self.bundle_path(), &ctx)
+            .map_err(|error| SyncError::Bundle { commit: commit.to_owned(), error })?;
+        for w in &rendered.warnings {
+            tracing::warn!("{w}");
+        }
+        if rendered.desired.is_empty() && !self.cfg.apply.allow_empty {
+            return Err(SyncError::Bundle {
+                commit: commit.to_owned(),
+                error: BundleError::new(
+                    &self.cfg.source.path,
+                    "the bundle declares nothing; refusing to prune everything (set [apply].allow_empty = true to allow it)",
+                ),
+            });
+        }
+        Ok(rendered)
+    }
+
+    /// SPEC §3 step 2: with `allowed_signers` set, `commit` must carry a valid
+    /// SSH signature by a listed key, or nothing of it is applied.
+    pub fn verify_signature(&self, commit: &str) -> Result<(), SyncError> {
+        let Some(path) = &self.cfg.source.allowed_signers else { return Ok(()) };
+        let signers = AllowedSigners::load(path).map_err(SyncError::Trust)?;
+        let raw = self.source.commit_object(commit)?;
+        let signer =
+            signers.verify_commit(&raw).map_err(|reason| SyncError::Untrusted { commit: commit.to_owned(), reason })?;
+        tracing::info!(signer = %signer, "commit signature verified");
+        Ok(())
+    }
+
+    /// The gateway's age keys, when `[files].age_identity` is set.
+    pub(super) fn age_keys(&self) -> Result<Option<AgeKeys>, SyncError> {
+        match &self.cfg.files.age_identity {
+            Some(path) => AgeKeys::load(path).map(Some).map_err(SyncError::Trust),
+            None => Ok(None),
+        }
+    }
+
+    /// The desired state of `commit`: from the store when this commit was
+    /// applied before with the same local identity, else rendered.
+    pub fn prepare(&self, commit: &str) -> Result<Prepared, SyncError> {
+        let render_key = self.render_key();
+        let ptr = self.store.pointers()?;
+        for rr in [ptr.current, ptr.last_good].into_iter().flatten() {
+            if rr.commit == commit
+                && rr.render_key == render_key
+                && let Some(r) = self.store.revision(rr.seq)?
+                // A content missing from a damaged store is rendered again.
+                && crate::store::referenced_blobs([&r], &Default::default())
+                    .iter()
+                    .all(|h| self.store.has_blob(h).unwrap_or(false))
+            {
+                return Ok(Prepared {
+                    commit: commit.into(),
+                    render_key,
+                    desired: r.desired,
+                    blobs: HashMap::new(),
+                    rendered: false,
+                });
+            }
+        }
+        let r = self.render_commit(commit)?;
+        // Verify owners and groups now, so a bundle naming an unknown user is
+        // rejected before anything is written.
+        files::targets(&r.desired).map_err(|error| SyncError::Bundle { commit: commit.into(), error })?;
+        Ok(Prepared { commit: commit.into(), render_key, desired: r.desired, blobs: r.blobs, rendered: true })
+    }
+
+    /// The container runtime: `[containers].socket`, or the first of Podman's and
+    /// Docker's usual sockets.
+    pub fn runtime(&self, commit: &str) -> Result<Arc<dyn Runtime>, SyncError> {
+        if let Some(rt) = self.runtime.get() {
+            return Ok(rt.clone());
+        }
+        let socket = self.cfg.containers.socket.clone().or_else(containers::default_socket).ok_or_else(|| {
+            SyncError::Container {
+                commit: commit.to_owned(),
+                error: RuntimeError::Unavailable {
+                    socket: "/run/podman/podman.sock or /var/run/docker.sock".into(),
+                    reason: "no container runtime socket found; set [containers].socket".into(),
+                },
+            }
+        })?;
+        let rt: Arc<dyn Runtime> = Arc::new(DockerRuntime::new(&socket));
+        Ok(self.runtime.get_or_init(|| rt).clone())
+    }
+
+    /// Plan the containers: pure diff after one labelled list call; an
+    /// unlabelled container holding a declared name is a conflict.
+    pub(super) fn plan_containers(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        inv: &Inventory,
+        prune: bool,
+    ) -> Result<Vec<ContainerOp>, SyncError> {
+        if desired.containers.is_empty() && inv.containers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let err = |error| SyncError::Container { commit: commit.to_owned(), error };
+        let rt = self.runtime(commit)?;
+        let live = rt.list_managed().map_err(err)?;
+        for name in desired.containers.keys() {
+            if !live.iter().any(|c| &c.name == name)
+                && let Some(other) = rt.find_by_name(name).map_err(err)?
+                && !other.managed
+            {
+                return Err(err(RuntimeError::Conflict { name: name.clone() }));
+            }
+        }
+        Ok(containers::plan(&desired.containers, &live, prune))
+    }
+
+    /// Plan the K3s manifests (reads only tend's files in the directory).
+    pub(super) fn plan_manifests(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        inv: &Inventory,
+        prune: bool,
+    ) -> Result<Vec<k3s::ManifestOp>, SyncError> {
+        if desired.manifests.is_empty() && inv.manifests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dir = &self.cfg.k3s.manifests_dir;
+        let files = desired.manifests.keys().map(|r| k3s::file_name(r)).chain(inv.manifests.keys().cloned());
+        let live = k3s::observe(dir, files);
+        let ops = k3s::plan(&desired.manifests, &live, &inv.manifests, prune);
+        // A new file must not share its Addon with a file tend did not write.
+        if ops.iter().any(|op| matches!(op, ManifestOp::Write { create: true, .. })) {
+            let ours = desired.manifests.keys().map(|r| k3s::file_name(r)).collect();
+            let blocked = k3s::addon_collisions(dir, &ours);
+            if !blocked.is_empty() {
+                return Err(SyncError::Blocked { commit: commit.to_owned(), blocked });
+            }
+        }
+        Ok(ops)
+    }
+
+    /// The plan that takes the gateway to `desired`: files, containers and
+    /// manifests, against the inventory `inv` (read once per sync).
+    pub fn plan(&self, commit: &str, desired: &Desired, inv: &Inventory, prune: bool) -> Result<Plan, SyncError> {
+        let targets =
+            files::targets(desired).map_err(|error| SyncError::Bundle { commit: commit.to_owned(), error })?;
+        let paths: BTreeSet<&RelPath> = targets.keys().chain(inv.files.keys()).collect();
+        let live = self
+            .root
+            .observe(paths.iter().copied(), inv)
+            .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?;
+        let mut plan = plan(&targets, &live, inv, prune);
+        if plan.blocked.is_empty() {
+            plan.containers = self.plan_containers(commit, desired, inv, prune)?;
+            plan.manifests = self.plan_manifests(commit, desired, inv, prune)?;
+        }
+        Ok(plan)
+    }
+
+    /// Make the gateway match `desired` (contents from `blobs` or the store).
+    pub fn enforce(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        blobs: &HashMap<ContentHash, Vec<u8>>,
+        prune: bool,
+    ) -> Result<(Plan, ApplyReport), SyncError> {
+        // Whatever this changes, the fingerprint no longer stands for it.
+        *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.store.set_verified(None)?;
+        let mut inv = self.store.inventory()?;
+        if inv.dirty {
+            let paths: BTreeSet<&RelPath> = desired.files.keys().chain(inv.files.keys()).collect();
+            self.root.clean_temporaries(paths);
+        }
+        // Containers are planned, and their images pulled, before anything
+        // changes: an unreachable runtime or a failed pull leaves files alone.
+        let plan = self.plan(commit, desired, &inv, prune)?;
+        if !plan.blocked.is_empty() {
+            let blocked =
+                plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
+            return Err(SyncError::Blocked { commit: commit.to_owned(), blocked });
+        }
+        if !plan.containers.is_empty() {
+            let rt = self.runtime(commit)?;
+            rt.ping().map_err(|error| SyncError::Container { commit: commit.to_owned(), error })?;
+            containers::ensure_images(rt.as_ref(), &desired.containers, &plan.containers)
+                .map_err(|error| SyncError::Container { commit: commit.to_owned(), error })?;
+        }
+        for (h, data) in blobs {
+            self.store.put_blob(h, data)?;
+        }
+        if plan.is_empty() {
+            return Ok((plan, ApplyReport::default()));
+        }
+        // Every content a write or a restore needs is there, or nothing is
+        // written (a secret is kept as its ciphertext).
+        let sealed: HashMap<ContentHash, ContentHash> =
+            desired.files.values().filter_map(|f| f.sealed.map(|c| (f.hash, c))).collect();
+        let needed = plan
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Write { target, .. } => Some(sealed.get(&target.hash).copied().unwrap_or(target.hash)),
+                Op::Delete { restore: Some(o), .. } => Some(o.hash),
+                _ => None,
+            })
+            .chain(plan.manifests.iter().filter_map(|m| match m {
+                ManifestOp::Write { hash, .. } => Some(*hash),
+                ManifestOp::Delete { .. } => None,
+            }));
+        let mut missing = Vec::new();
+        for h in needed {
+            if !blobs.contains_key(&h) && !self.store.has_blob(&h)? {
+                missing.push(self.store.blob_path(&h));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(SyncError::MissingContent { commit: commit.to_owned(), paths: missing });
+        }
+        for op in &plan.ops {
+            if op.changes_disk() {
+                tracing::info!("{op}");
+            }
+        }
+        for op in &plan.containers {
+            tracing::info!("{op}");
+        }
+        for op in &plan.manifests {
+            if let ManifestOp::Write { .. } = op {
+                tracing::info!("{op}");
+            } else if let Some(first) = op.lines().first() {
+                // The pruned objects are logged as kubectl deletes them.
+                tracing::info!("{first}");
+            }
+        }
+        let stored = |h: &ContentHash| -> Result<Vec<u8>, String> {
+            match blobs.get(h) {
+                Some(b) => Ok(b.clone()),
+                None => self
+                    .store
+                    .get_blob(h)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: missing from the store (content {}); the store is damaged: with the source reachable, `tend sync --retry` renders the revision from Git again",
+                            self.store.blob_path(h),
+                            h.short()
+                        )
+                    }),
+            }
+        };
+        // Secrets are stored as ciphertext and decrypted only on the way to
+        // their destination.
+        let keys = if sealed.is_empty() { None } else { self.age_keys()? };
+        let content = |h: &ContentHash| -> Result<Vec<u8>, String> {
+            let Some(cipher) = sealed.get(h) else { return stored(h) };
+            let keys = keys.as_ref().ok_or("secrets need [files].age_identity")?;
+            let plain = keys.decrypt(&stored(cipher)?, self.limits.max_file_size).map_err(|e| format!("secret {e}"))?;
+            if ContentHash::of(&plain) != *h {
+                return Err(format!("secret {} decrypts to other content than when it was rendered", cipher.short()));
+            }
+            Ok(plain)
+        };
+        let report = if plan.ops.is_empty() {
+            ApplyReport::default()
+        } else {
+            self.root
+                .apply(&plan, &content, &self.store, &mut inv, self.runner.as_ref())
+                .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?
+        };
+        if !plan.containers.is_empty() {
+            self.apply_containers(commit, desired, &plan.containers, &mut inv)?;
+        }
+        if !plan.manifests.is_empty() {
+            let kubectl = k3s::Kubectl { command: &self.cfg.k3s.kubectl, timeout: self.cfg.k3s.timeout };
+            let result =
+                k3s::apply(&self.cfg.k3s.manifests_dir, &plan.manifests, &content, &kubectl, &mut inv.manifests);
+            self.store.set_inventory(&inv)?;
+            self.store.flush()?;
+            result.map_err(|error| SyncError::K3s { commit: commit.to_owned(), error })?;
+        }
+        Ok((plan, report))
+    }
+
+    pub(super) fn apply_containers(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        ops: &[ContainerOp],
+        inv: &mut Inventory,
+    ) -> Result<(), SyncError> {
+        let rt = self.runtime(commit)?;
+        let err = |error| SyncError::Container { commit: commit.to_owned(), error };
+        let mut result = Ok(());
+        for op in ops {
+            let r = match op {
+                ContainerOp::Create { name } => {
+                    inv.containers.insert(name.clone());
+                    rt.create_and_start(name, &desired.containers[name], commit).map(|_| ())
+                }
+                ContainerOp::Replace { name, old_id } => rt
+                    .remove(old_id)
+                    .and_then(|_| rt.create_and_start(name, &desired.containers[name], commit))
+                    .map(|_| ()),
+                ContainerOp::Start { id, .. } => rt.start(id),
+                ContainerOp::Remove { name, id } => rt.remove(id).map(|_| {
+                    inv.containers.remove(name);
+                }),
+            };
+            if let Err(e) = r {
+                result = Err(err(e));
+                break;
+            }
+        }
+        self.store.set_inventory(inv)?;
+        self.store.flush()?;
+        result
+    }
+}

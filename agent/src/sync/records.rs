@@ -1,0 +1,275 @@
+//! What the store says and keeps: revision records, the decision step's
+//! pointers, the status, history, events and the metrics textfile.
+
+use super::*;
+
+impl Agent {
+    /// Add a revision record; returns its sequence number.
+    pub fn record(&self, p: &Prepared, outcome: Outcome, error: Option<String>) -> Result<u64, StoreError> {
+        // A failing commit polled again does not flood the history: the record
+        // of the same failure is updated in place.
+        let latest = self.store.latest_revision()?;
+        let seq = match latest {
+            Some(l)
+                if outcome == Outcome::Failed
+                    && l.outcome == Outcome::Failed
+                    && l.commit == p.commit
+                    && l.render_key == p.render_key =>
+            {
+                l.seq
+            }
+            _ => self.store.next_seq()?,
+        };
+        self.store.put_revision(&RevisionRecord {
+            seq,
+            commit: p.commit.clone(),
+            bundle: self.cfg.source.path.clone(),
+            render_key: p.render_key.clone(),
+            applied_at: now_rfc3339(),
+            outcome,
+            error,
+            desired: p.desired.clone(),
+        })?;
+        Ok(seq)
+    }
+
+    /// Change the outcome of a recorded revision.
+    pub fn set_outcome(&self, seq: u64, outcome: Outcome, error: Option<String>) -> Result<(), StoreError> {
+        if let Some(mut r) = self.store.revision(seq)? {
+            r.outcome = outcome;
+            r.error = error;
+            self.store.put_revision(&r)?;
+        }
+        Ok(())
+    }
+
+    /// Tell the cycle's decision step what happened; its pointers are stored
+    /// (one write) and its effects returned for the driver to perform.
+    pub fn decide(&self, event: &Event) -> Result<(Pointers, Vec<Effect>), StoreError> {
+        self.decide_at(event, jiff::Timestamp::now())
+    }
+
+    pub fn decide_at(&self, event: &Event, now: jiff::Timestamp) -> Result<(Pointers, Vec<Effect>), StoreError> {
+        let before = self.store.pointers()?;
+        let rules = cycle::Rules { retry_limit: self.cfg.apply.retry.limit };
+        let (after, effects) = cycle::step(&before, event, now, rules);
+        if after != before {
+            self.store.set_pointers(&after)?;
+        }
+        Ok((after, effects))
+    }
+
+    pub fn update_pointers(&self, f: impl FnOnce(&mut Pointers)) -> Result<Pointers, StoreError> {
+        let mut p = self.store.pointers()?;
+        f(&mut p);
+        self.store.set_pointers(&p)?;
+        Ok(p)
+    }
+
+    /// The summary of a poll with nothing to repair, when the fingerprint of
+    /// the revision applied now says so; `None`: check in full.
+    pub(super) fn verified_unchanged(&self) -> Result<Option<SyncSummary>, StoreError> {
+        let mut guard = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = self.store.verified()?;
+        }
+        let Some(v) = guard.as_ref() else { return Ok(None) };
+        let current = self.store.pointers()?.current.map(|c| c.seq);
+        let age = Duration::from_secs(unix_now().saturating_sub(v.at));
+        if current != Some(v.seq) || age > FULL_CHECK_EVERY || !self.root.unchanged(&v.fingerprint) {
+            return Ok(None);
+        }
+        Ok(Some(SyncSummary {
+            commit: Some(v.commit.clone()),
+            action: "unchanged".into(),
+            files: v.fingerprint.len(),
+            ..Default::default()
+        }))
+    }
+
+    /// The revision applied now, if any.
+    pub fn current(&self) -> Result<Option<RevisionRecord>, StoreError> {
+        match self.store.pointers()?.current {
+            Some(r) => self.store.revision(r.seq),
+            None => Ok(None),
+        }
+    }
+
+    pub fn last_good(&self) -> Result<Option<RevisionRecord>, StoreError> {
+        match self.store.pointers()?.last_good {
+            Some(r) => self.store.revision(r.seq),
+            None => Ok(None),
+        }
+    }
+
+    /// The status as stored, or the initial one.
+    pub fn status(&self) -> Result<Status, StoreError> {
+        let mut s = self.store.status()?.unwrap_or_else(|| self.initial_status());
+        if let Some(t) = self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            s.last_sync = Some(t);
+        }
+        Ok(s)
+    }
+
+    /// Write a `last_sync` kept in memory (see [`Agent::set_status`]) to the
+    /// store; the daemon calls it before it flushes.
+    pub fn persist_status(&self) -> Result<(), StoreError> {
+        let pending = self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = pending {
+            let mut s = self.store.status()?.unwrap_or_else(|| self.initial_status());
+            s.last_sync = Some(t);
+            self.store.set_status(&s)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn initial_status(&self) -> Status {
+        Status {
+            device_id: self.cfg.device_id.clone(),
+            fleet: self.cfg.fleet.clone(),
+            agent_version: AGENT_VERSION.into(),
+            phase: "progressing".into(),
+            revision: None,
+            target_revision: None,
+            last_good_revision: None,
+            source: "ok".into(),
+            last_sync: None,
+            error: None,
+            resources: Resources::default(),
+            wave: None,
+            due_at: None,
+            waiting_for: None,
+            waiting_detail: None,
+        }
+    }
+
+    /// Update the stored status; revision pointers are filled in from the store.
+    pub fn set_status(&self, f: impl FnOnce(&mut Status)) -> Result<Status, StoreError> {
+        let mut s = self.status()?;
+        s.device_id = self.cfg.device_id.clone();
+        s.fleet = self.cfg.fleet.clone();
+        s.agent_version = AGENT_VERSION.into();
+        let ptr = self.store.pointers()?;
+        s.revision = ptr.current.map(|r| r.commit);
+        s.last_good_revision = ptr.last_good.map(|r| r.commit);
+        f(&mut s);
+        // An idle poll changes nothing but the time of the last sync: that
+        // is kept in memory (and persisted with the next change or flush),
+        // so an idle gateway writes nothing to its flash.
+        let mut stored = self.store.status()?;
+        if let Some(st) = stored.as_mut() {
+            st.last_sync.clone_from(&s.last_sync);
+        }
+        if stored.as_ref() == Some(&s) {
+            *self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()) = s.last_sync.clone();
+        } else {
+            self.store.set_status(&s)?;
+            *self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        Ok(s)
+    }
+
+    /// Desired files of the current revision that are as desired on disk now.
+    pub fn resources(&self) -> Resources {
+        let count = || -> Result<Resources, SyncError> {
+            let Some(rev) = self.current()? else { return Ok(Resources::default()) };
+            let targets = files::targets(&rev.desired)
+                .map_err(|error| SyncError::Bundle { commit: rev.commit.clone(), error })?;
+            let inv = self.store.inventory()?;
+            let live = self
+                .root
+                .observe(targets.keys(), &inv)
+                .map_err(|error| SyncError::Apply { commit: rev.commit.clone(), error })?;
+            let ready = targets
+                .iter()
+                .filter(|(p, t)| {
+                    matches!(live.get(*p), Some(Live::File { hash, mode, .. }) if *hash == t.hash && *mode == t.mode)
+                })
+                .count();
+            Ok(Resources { total: targets.len(), ready, failed: targets.len() - ready })
+        };
+        count().unwrap_or_default()
+    }
+
+    /// History, newest first.
+    pub fn history(&self) -> Result<Vec<RevisionRecord>, StoreError> {
+        self.store.revisions()
+    }
+
+    /// History as JSON entries, with the current, last-good and bad marks.
+    pub fn history_json(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let ptr = self.store.pointers()?;
+        Ok(self
+            .history()?
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "seq": r.seq,
+                    "revision": r.commit,
+                    "bundle": r.bundle,
+                    "applied_at": r.applied_at,
+                    "outcome": r.outcome.as_str(),
+                    "bad": ptr.quarantine.contains_key(&r.commit),
+                    "current": ptr.current.as_ref().is_some_and(|c| c.seq == r.seq),
+                    "last_good": ptr.last_good.as_ref().is_some_and(|c| c.seq == r.seq),
+                    "error": r.error,
+                    "files": r.desired.files.len(),
+                    "checks": r.desired.checks.len(),
+                })
+            })
+            .collect())
+    }
+
+    /// Raise an event (blocking: it is written to the store first). A failure to
+    /// queue it is logged, never fatal to the sync.
+    pub fn event(&self, kind: Kind, fields: serde_json::Value) {
+        self.counters.event(kind.as_str());
+        if let Err(e) = self.events.raise(&self.store, kind, fields) {
+            tracing::warn!(error = %e, kind = kind.as_str(), "could not queue an event");
+        }
+    }
+
+    /// Record whether the source answered, raising `source_unreachable` or
+    /// `source_restored` when that changes.
+    pub(super) fn note_source(&self, reachable: bool, error: Option<&str>) {
+        let was = self.status().map(|s| s.source).unwrap_or_default();
+        match (was.as_str(), reachable) {
+            ("unreachable", true) => self.event(Kind::SourceRestored, serde_json::json!({})),
+            (w, false) if w != "unreachable" => {
+                self.event(Kind::SourceUnreachable, serde_json::json!({ "error": error }))
+            }
+            _ => {}
+        }
+    }
+
+    /// Trim history per `[apply].history`, then make the store durable (called
+    /// when a revision's fate is decided).
+    pub(super) fn gc(&self) -> Result<(), StoreError> {
+        let gc = self.store.gc(self.cfg.apply.history)?;
+        if gc.revisions_removed + gc.blobs_removed > 0 {
+            tracing::debug!(revisions = gc.revisions_removed, blobs = gc.blobs_removed, "history trimmed");
+        }
+        self.store.flush()
+    }
+}
+
+impl Agent {
+    /// Write `[metrics] textfile`, if configured (after a sync or a health
+    /// tick; see `report::textfile` for when it is actually rewritten).
+    pub fn write_textfile(&self) {
+        let Some(path) = &self.cfg.metrics.textfile else { return };
+        let status = match self.status() {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(error = %e, "metrics textfile: cannot read the status"),
+        };
+        let snap = crate::report::textfile::Snapshot {
+            status: &status,
+            outbox_queued: self.store.queued_events(),
+            outbox_dropped: self.store.dropped_events().unwrap_or(0),
+            rss_bytes: crate::report::read_own_rss(),
+        };
+        if let Err(e) = crate::report::textfile::update(path, &self.counters, &snap) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
+        }
+    }
+}

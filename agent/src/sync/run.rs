@@ -1,0 +1,574 @@
+//! The cycle itself, async: boot, one sync (fetch, decide, prepare, wait or
+//! apply, health gate), and drift repair of what is applied.
+
+use super::rollback::{fail_and_roll_back, reject};
+use super::*;
+
+/// Run a blocking step of the cycle on the blocking pool.
+pub(super) async fn blocking<T: Send + 'static>(agent: &Arc<Agent>, f: impl FnOnce(&Agent) -> T + Send + 'static) -> T {
+    let a = agent.clone();
+    match tokio::task::spawn_blocking(move || f(&a)).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Re-enforce the revision applied now from the store (self-heal, offline, boot).
+/// Returns what was repaired; `None` when no revision was ever applied.
+///
+/// When every file of the revision is as tend last verified it (a stat each,
+/// [`files::Fingerprint`]), there is nothing to repair and neither the
+/// revision nor the inventory is read: an idle poll costs a stat per file.
+/// Revisions with containers or K3s manifests, whose state is not on disk, are
+/// checked in full each time, and so is every revision once an hour.
+pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, SyncError> {
+    blocking(agent, |a| {
+        if let Some(s) = a.verified_unchanged()? {
+            return Ok(Some(s));
+        }
+        let Some(cur) = a.current()? else { return Ok(None) };
+        let (plan, _) = a.enforce(&cur.commit, &cur.desired, &HashMap::new(), true)?;
+        if cur.desired.containers.is_empty() && cur.desired.manifests.is_empty() {
+            let inv = a.store.inventory()?;
+            let v = a.root.fingerprint(cur.desired.files.keys(), &inv).map(|fingerprint| Verified {
+                seq: cur.seq,
+                commit: cur.commit.clone(),
+                at: unix_now(),
+                fingerprint,
+            });
+            // Kept in the store too, so a one-shot `tend sync` has it.
+            a.store.set_verified(v.as_ref())?;
+            *a.verified.lock().unwrap_or_else(|e| e.into_inner()) = v;
+        }
+        let mut s = SyncSummary::from_plan(&plan);
+        s.commit = Some(cur.commit.clone());
+        s.set_counts(&cur.desired);
+        let changed =
+            plan.ops.iter().any(|o| o.changes_disk()) || !plan.containers.is_empty() || !plan.manifests.is_empty();
+        s.action = if changed { "repaired" } else { "unchanged" }.into();
+        if s.action == "repaired" {
+            tracing::info!(revision = short(&cur.commit), "drift repaired");
+            a.event(Kind::DriftRepaired, serde_json::json!({ "revision": cur.commit, "operations": s.operations }));
+        }
+        Ok(Some(s))
+    })
+    .await
+}
+
+/// At start, before any fetch: re-enforce last-known-good from the store. When
+/// the agent stopped during a revision's health window, that revision is not
+/// last-known-good: the gateway returns to the one that is (the interrupted
+/// revision is gated again when the source is reachable).
+pub async fn boot(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, SyncError> {
+    let interrupted = blocking(agent, |a| -> Result<Option<String>, StoreError> {
+        let p = a.store.pointers()?;
+        Ok(match (&p.current, p.current_gated) {
+            (Some(c), false) => Some(c.commit.clone()),
+            _ => None,
+        })
+    })
+    .await?;
+    if let Some(commit) = interrupted {
+        tracing::info!(revision = short(&commit), "its health window was interrupted: returning to last-known-good");
+        blocking(agent, |a| -> Result<(), SyncError> {
+            let lkg = a.last_good()?;
+            let desired = lkg.as_ref().map(|r| r.desired.clone()).unwrap_or_default();
+            let commit = lkg.as_ref().map(|r| r.commit.clone()).unwrap_or_default();
+            a.enforce(&commit, &desired, &HashMap::new(), true)?;
+            a.update_pointers(|p| {
+                p.current = lkg.as_ref().map(RevRef::of);
+                p.current_gated = true;
+            })?;
+            a.store.flush()?;
+            Ok(())
+        })
+        .await?;
+    }
+    enforce_current(agent).await
+}
+
+/// One sync cycle: fetch, then apply the branch's revision if it is new (health
+/// gate, rollback on failure), or re-enforce the current one if not.
+pub async fn sync(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, SyncError> {
+    let started = Instant::now();
+    let rollbacks = agent.counters.events_of("rolled_back");
+    let r = sync_inner(agent, opts).await;
+    if !opts.dry_run {
+        // A failed sync that rolled back raised a `rolled_back` event,
+        // whatever failed (apply, health, a runtime).
+        let rolled_back = agent.counters.events_of("rolled_back") > rollbacks;
+        agent.counters.sync_done(result_of(&r, rolled_back), started.elapsed());
+    }
+    r
+}
+
+/// How a sync or rollback ended, for `tend_syncs_total`.
+pub(super) fn result_of(r: &Result<SyncSummary, SyncError>, rolled_back: bool) -> &'static str {
+    match r {
+        Ok(s) => match s.action.as_str() {
+            "applied" => "applied",
+            "repaired" => "repaired",
+            "rolled_back" => "rolled_back",
+            _ => "unchanged",
+        },
+        Err(_) if rolled_back => "rolled_back",
+        Err(_) => "failed",
+    }
+}
+
+pub(super) async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, SyncError> {
+    let mut timings = Timings::default();
+    let t = Instant::now();
+    let fetched: Result<Fetched, SourceError> = blocking(agent, |a| a.source.fetch()).await;
+    timings.fetch_ms = ms(t.elapsed());
+    let fetched = match fetched {
+        Ok(f) => f,
+        Err(e) => {
+            if opts.dry_run {
+                return Err(e.into());
+            }
+            // Offline: keep enforcing what is applied.
+            let healed = if opts.no_heal { Ok(None) } else { enforce_current(agent).await };
+            let msg = format!("source: {e}");
+            let heal_err = healed.as_ref().err().map(ToString::to_string);
+            let shown = e.to_string();
+            blocking(agent, move |a| {
+                a.note_source(false, Some(&shown));
+                let resources = a.resources();
+                a.set_status(|s| {
+                    s.source = "unreachable".into();
+                    s.last_sync = Some(now_rfc3339());
+                    s.error = Some(match heal_err {
+                        Some(h) => format!("{msg}; {h}"),
+                        None => msg,
+                    });
+                    s.resources = resources;
+                    if s.revision.is_none() {
+                        s.phase = "failed".into();
+                    }
+                })
+            })
+            .await?;
+            return Err(match healed {
+                Err(repair) => SyncError::Offline { source: e, repair: Box::new(repair) },
+                Ok(_) => e.into(),
+            });
+        }
+    };
+    let span = tracing::info_span!("sync", revision = %short(&fetched.commit));
+    sync_fetched(agent, opts, fetched, timings).instrument(span).await
+}
+
+pub(super) async fn sync_fetched(
+    agent: &Arc<Agent>,
+    opts: SyncOptions,
+    fetched: Fetched,
+    mut timings: Timings,
+) -> Result<SyncSummary, SyncError> {
+    let commit = fetched.commit.clone();
+
+    // The decision step: quarantine (cleared when the branch moves, honoured
+    // otherwise), the same revision (repair), or a new one (prepare).
+    let tip = Event::Tip { commit: commit.clone(), render_key: agent.render_key(), retry: opts.retry };
+    let (_, effects) = blocking(agent, move |a| {
+        a.note_source(true, None);
+        a.decide(&tip)
+    })
+    .await?;
+    let refused = effects.iter().find_map(|e| match e {
+        Effect::Refuse { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    if let Some(reason) = refused {
+        let err = SyncError::Quarantined { commit: commit.clone(), reason };
+        if !opts.dry_run {
+            let healed = enforce_current(agent).await?;
+            let msg = err.to_string();
+            let c = commit.clone();
+            blocking(agent, move |a| {
+                let resources = a.resources();
+                a.set_status(|s| {
+                    s.source = "ok".into();
+                    s.target_revision = Some(c);
+                    s.last_sync = Some(now_rfc3339());
+                    s.error = Some(msg);
+                    s.resources = resources;
+                })
+            })
+            .await?;
+            if let Some(h) = healed {
+                tracing::debug!(action = %h.action, "current revision enforced");
+            }
+        }
+        return Err(err);
+    }
+
+    // The same revision as applied now, its health decided: repair drift
+    // (self-heal) without rendering or reading the revision twice.
+    let unchanged = !effects.contains(&Effect::Prepare);
+    let healed = if unchanged && !opts.dry_run && !opts.no_heal {
+        let t = Instant::now();
+        let r = enforce_current(agent).await;
+        timings.apply_ms = ms(t.elapsed());
+        match r {
+            // A damaged store lacks contents the repair needs: the revision
+            // is rendered from Git again, below, as if it were new.
+            Err(e @ SyncError::MissingContent { .. }) => {
+                tracing::warn!(error = %e, "rendering the revision from Git again");
+                None
+            }
+            Err(e) => {
+                // The revision applied now cannot be enforced (something in
+                // the way, a runtime down): the status says so.
+                let msg = e.to_string();
+                blocking(agent, move |a| -> Result<(), StoreError> {
+                    a.update_pointers(|p| p.heal_failed = true)?;
+                    a.set_status(|st| {
+                        st.source = "ok".into();
+                        st.last_sync = Some(now_rfc3339());
+                        st.phase = "degraded".into();
+                        st.error = Some(msg);
+                    })?;
+                    Ok(())
+                })
+                .await?;
+                return Err(e);
+            }
+            Ok(s) => Some(s.unwrap_or_default()),
+        }
+    } else {
+        None
+    };
+    if unchanged && !opts.dry_run && (opts.no_heal || healed.is_some()) {
+        let mut s = match healed {
+            Some(s) => s,
+            None => SyncSummary { commit: Some(commit.clone()), action: "unchanged".into(), ..Default::default() },
+        };
+        s.received_pack = fetched.received_pack;
+        s.timings = timings;
+        let files = s.files;
+        let healed = !opts.no_heal;
+        blocking(agent, move |a| -> Result<(), StoreError> {
+            // Enforced again after a failed repair: no longer degraded.
+            let recovered = healed && a.store.pointers()?.heal_failed;
+            if recovered {
+                a.update_pointers(|p| p.heal_failed = false)?;
+            }
+            a.set_status(|st| {
+                st.source = "ok".into();
+                st.last_sync = Some(now_rfc3339());
+                if healed {
+                    st.resources = Resources { total: files, ready: files, failed: 0 };
+                }
+                if recovered || (st.phase != "degraded" && st.phase != "rolled_back") {
+                    st.phase = "synced".into();
+                    st.error = None;
+                }
+                st.target_revision = st.revision.clone();
+            })?;
+            Ok(())
+        })
+        .await?;
+        return Ok(s);
+    }
+
+    let t = Instant::now();
+    let c = commit.clone();
+    let prepared = blocking(agent, move |a| a.prepare(&c)).await;
+    timings.render_ms = ms(t.elapsed());
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            if !opts.dry_run {
+                reject(agent, &commit, &e).await?;
+            }
+            return Err(e);
+        }
+    };
+
+    if opts.dry_run {
+        let t = Instant::now();
+        let p = prepared.clone();
+        let plan = blocking(agent, move |a| -> Result<Plan, SyncError> {
+            let inv = a.store.inventory()?;
+            a.plan(&p.commit, &p.desired, &inv, a.cfg.apply.prune)
+        })
+        .await?;
+        timings.plan_ms = ms(t.elapsed());
+        let mut s = SyncSummary::from_plan(&plan);
+        if !plan.blocked.is_empty() {
+            let blocked =
+                plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
+            return Err(SyncError::Blocked { commit, blocked });
+        }
+        s.commit = Some(commit);
+        s.action = "planned".into();
+        s.dry_run = true;
+        s.received_pack = fetched.received_pack;
+        s.set_counts(&prepared.desired);
+        s.timings = timings;
+        return Ok(s);
+    }
+
+    // Rollout control (SPEC §7): due for this gateway's wave, inside a
+    // window, no update lock held?
+    let (c, policy, told) = (commit.clone(), prepared.desired.rollout.clone(), opts.now);
+    let gated = blocking(agent, move |a| -> Result<Gated, SyncError> {
+        let committed_at = a.source.committed_at(&c)?;
+        let local = gate::Local {
+            fleet: &a.cfg.fleet,
+            device_id: &a.cfg.device_id,
+            labels: &a.cfg.labels,
+            lock_dir: &a.cfg.apply.lock_dir,
+            lock_timeout: a.cfg.apply.lock_timeout,
+        };
+        let now = jiff::Timestamp::now();
+        let failing = a.breaker.as_ref().and_then(|b| b.failing(&c));
+        // Why the breaker cannot hold anything now, for the status.
+        let breaker_off = match (&a.breaker, &failing) {
+            _ if policy.as_ref().is_none_or(|p| p.max_failed.is_none()) => None,
+            (None, _) => Some("circuit breaker off: no [mqtt] (or a one-shot command)"),
+            (Some(_), None) => Some("circuit breaker: the fleet's reports not read yet"),
+            _ => None,
+        };
+        let gate = gate::gather(policy.as_ref(), &local, committed_at, failing, now)
+            .map_err(|error| SyncError::Rollout { commit: c.clone(), error })?;
+        let wave = gate.wave.as_ref().map(|(w, _)| w.clone());
+        let (_, effects) = a.decide_at(&Event::Prepared { commit: c, gate, now: told }, now)?;
+        Ok(Gated { wave, breaker_off, effects })
+    })
+    .await;
+    let Gated { wave, breaker_off, effects } = match gated {
+        Ok(v) => v,
+        Err(e @ SyncError::Rollout { .. }) => {
+            reject(agent, &commit, &e).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some((phase, waiting)) = effects.iter().find_map(|e| match e {
+        Effect::Wait { phase, waiting } => Some((*phase, waiting.clone())),
+        _ => None,
+    }) {
+        let summary = (fetched.received_pack, timings);
+        return wait(agent, &commit, wave, phase, waiting, breaker_off, summary).await;
+    }
+    let forced = effects.iter().find_map(|e| match e {
+        Effect::Apply { forced } => forced.clone(),
+        _ => None,
+    });
+    if let Some(f) = &forced {
+        tracing::info!(revision = short(&commit), forced = %f, "applying past the rollout policy");
+    }
+
+    // A new revision.
+    let c = commit.clone();
+    blocking(agent, move |a| {
+        a.set_status(|s| {
+            s.phase = "progressing".into();
+            s.source = "ok".into();
+            s.target_revision = Some(c);
+            s.error = None;
+            s.wave = wave;
+            s.waiting_for = None;
+            s.due_at = None;
+            s.waiting_detail = None;
+        })
+    })
+    .await?;
+    let t = Instant::now();
+    // The contents go to the apply (and the store) and are dropped there; the
+    // rest is shared with the health gate and a rollback, not copied.
+    let mut prepared = prepared;
+    let blobs = std::mem::take(&mut prepared.blobs);
+    let prepared = Arc::new(prepared);
+    let p = prepared.clone();
+    let applied = blocking(agent, move |a| -> Result<(Plan, ApplyReport, u64), SyncError> {
+        let mut started = serde_json::json!({ "revision": p.commit });
+        if let Some(f) = forced {
+            started["forced"] = f.into();
+        }
+        a.event(Kind::SyncStarted, started);
+        let prune = a.cfg.apply.prune;
+        let result = a.enforce(&p.commit, &p.desired, &blobs, prune);
+        drop(blobs);
+        match result {
+            Ok((plan, report)) => {
+                let seq = a.record(&p, Outcome::Applied, None)?;
+                let current = RevRef { seq, commit: p.commit.clone(), render_key: p.render_key.clone() };
+                a.decide(&Event::Applied { current })?;
+                let (created, updated, deleted, hooks) = plan.counts();
+                a.event(
+                    Kind::Applied,
+                    serde_json::json!({ "revision": p.commit, "created": created, "updated": updated, "deleted": deleted, "hooks": hooks }),
+                );
+                a.store.flush()?;
+                Ok((plan, report, seq))
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    timings.apply_ms = ms(t.elapsed());
+    let (plan, _report, seq) = match applied {
+        Ok(v) => v,
+        // Refused before the first write: nothing to roll back.
+        Err(e @ SyncError::Blocked { .. }) => {
+            reject(agent, &commit, &e).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(fail_and_roll_back(agent, &prepared, None, e).await),
+    };
+    let mut summary = SyncSummary::from_plan(&plan);
+    summary.commit = Some(commit.clone());
+    summary.action = "applied".into();
+    summary.received_pack = fetched.received_pack;
+    summary.set_counts(&prepared.desired);
+
+    // Health gate.
+    let t = Instant::now();
+    let probes = probes_for(agent, &commit, &prepared.desired)?;
+    let health = if probes.is_empty() {
+        Health::default()
+    } else {
+        tracing::info!(checks = probes.len(), timeout = ?agent.cfg.apply.health_timeout, "waiting for health checks");
+        health::window(&probes, agent.cfg.apply.health_timeout).await
+    };
+    timings.health_ms = ms(t.elapsed());
+    summary.checks = checks_json(&health);
+    summary.timings = timings;
+    if health.healthy() {
+        let c = commit.clone();
+        blocking(agent, move |a| -> Result<(), StoreError> {
+            a.set_outcome(seq, Outcome::Healthy, None)?;
+            a.event(Kind::Healthy, serde_json::json!({ "revision": c }));
+            a.decide(&Event::Health { healthy: true })?;
+            a.gc()?;
+            let resources = a.resources();
+            a.set_status(|s| {
+                s.phase = "synced".into();
+                s.target_revision = Some(c);
+                s.last_sync = Some(now_rfc3339());
+                s.error = None;
+                s.resources = resources;
+            })?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(revision = short(&commit), "revision healthy");
+        Ok(summary)
+    } else {
+        let failures = health.failures();
+        tracing::info!(revision = short(&commit), %failures, "revision unhealthy");
+        let e = SyncError::Unhealthy { commit: commit.clone(), failures, after: String::new() };
+        Err(fail_and_roll_back(agent, &prepared, Some(seq), e).await)
+    }
+}
+
+/// What the rollout gate decided for a prepared revision.
+pub(super) struct Gated {
+    /// The gateway's wave, if the revision has waves.
+    wave: Option<String>,
+    /// Why the circuit breaker cannot hold anything now, if it cannot.
+    breaker_off: Option<&'static str>,
+    effects: Vec<Effect>,
+}
+
+/// A prepared revision not applied yet (rollout control): the revision
+/// applied now is repaired as usual and the status says what it waits for.
+pub(super) async fn wait(
+    agent: &Arc<Agent>,
+    commit: &str,
+    wave: Option<String>,
+    phase: Phase,
+    waiting: crate::rollout::Waiting,
+    note: Option<&'static str>,
+    (received_pack, timings): (bool, Timings),
+) -> Result<SyncSummary, SyncError> {
+    if let Err(e) = enforce_current(agent).await {
+        tracing::warn!(error = %e, "could not re-enforce the current revision");
+    }
+    let due_at = waiting.due_at.map(|t| t.to_string());
+    let reason = waiting.waiting_for.as_str();
+    let held = (phase == Phase::Held).then(|| format!("held: revision {} {}", short(commit), waiting.detail));
+    let mut detail = match waiting.waiting_for {
+        crate::rollout::WaitingFor::Lock => format!("{} held since {}", waiting.detail, waiting.since),
+        _ => waiting.detail.clone(),
+    };
+    if let Some(note) = note {
+        detail = format!("{detail}; {note}");
+    }
+    let (c, d) = (commit.to_owned(), due_at.clone());
+    let before = blocking(agent, move |a| -> Result<Status, StoreError> {
+        let before = a.status()?;
+        let resources = a.resources();
+        a.set_status(|s| {
+            s.phase = phase.as_str().into();
+            s.source = "ok".into();
+            s.target_revision = Some(c);
+            s.last_sync = Some(now_rfc3339());
+            s.error = held;
+            s.resources = resources;
+            s.wave = wave;
+            s.waiting_for = Some(reason.into());
+            s.due_at = d;
+            s.waiting_detail = Some(detail);
+        })?;
+        Ok(before)
+    })
+    .await?;
+    if before.waiting_for.as_deref() != Some(reason) || before.target_revision.as_deref() != Some(commit) {
+        tracing::info!(revision = short(commit), waiting_for = reason, detail = %waiting.detail, due_at = ?due_at, "{}", phase.as_str());
+    }
+    Ok(SyncSummary {
+        commit: Some(commit.to_owned()),
+        action: phase.as_str().into(),
+        received_pack,
+        timings,
+        waiting_for: Some(reason.into()),
+        due_at,
+        ..Default::default()
+    })
+}
+
+/// The bundle's checks, and one probe per container.
+pub(super) fn probes_for(
+    agent: &Agent,
+    commit: &str,
+    desired: &Desired,
+) -> Result<Vec<Box<dyn health::Probe>>, SyncError> {
+    let mut probes = health::probes_for(&desired.checks);
+    for o in k3s::rollouts(&desired.manifests) {
+        probes.push(Box::new(health::RolloutProbe::new(o, agent.cfg.k3s.kubectl.clone(), agent.cfg.k3s.timeout)));
+    }
+    if !desired.containers.is_empty() {
+        let rt = agent.runtime(commit)?;
+        for (name, spec) in &desired.containers {
+            let interval =
+                spec.health.as_ref().map_or(Duration::from_secs(1), |h| h.interval.min(Duration::from_secs(2)));
+            probes.push(Box::new(health::ContainerProbe {
+                name: format!("container {name}"),
+                container: name.clone(),
+                command: spec.health.as_ref().map(|h| h.command.clone()),
+                runtime: rt.clone(),
+                interval,
+            }));
+        }
+    }
+    Ok(probes)
+}
+
+pub(super) fn checks_json(h: &Health) -> BTreeMap<String, String> {
+    h.results
+        .iter()
+        .map(|(n, r)| {
+            (
+                n.clone(),
+                match r {
+                    Ok(()) => "pass".to_owned(),
+                    Err(e) => e.clone(),
+                },
+            )
+        })
+        .collect()
+}
