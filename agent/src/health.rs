@@ -61,7 +61,7 @@ impl Probe for CheckProbeImpl {
                     .await
                     .map(|_| ())
                     .map_err(|e| format!("tcp {addr}: {e}")),
-                CheckProbe::Command(cmd) => run_command(cmd).await,
+                CheckProbe::Command(cmd) => run_command(cmd, self.timeout()).await,
             }
         })
     }
@@ -152,28 +152,23 @@ impl Probe for RolloutProbe {
     }
     fn probe(&self) -> ProbeFuture<'_> {
         Box::pin(async move {
-            let (prog, args) = self.kubectl.split_first().ok_or("[k3s].kubectl is empty")?;
-            let mut cmd = tokio::process::Command::new(prog);
             // `kind.group/name`: a Deployment of apps, not of another group.
             let resource = format!("{}.{}/{}", self.object.kind.to_lowercase(), self.object.group(), self.object.name);
-            cmd.args(args).arg("rollout").arg("status").arg(resource).arg("--timeout=5s");
+            let mut cmd = self.kubectl.clone();
+            cmd.extend(["rollout".into(), "status".into(), resource, "--timeout=5s".into()]);
             if let Some(ns) = self.object.effective_namespace() {
-                cmd.arg("-n").arg(ns);
+                cmd.extend(["-n".into(), ns.to_owned()]);
             }
-            let out = cmd
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|e| format!("kubectl ({}) cannot be run: {e}", self.kubectl.join(" ")))?;
+            let out =
+                run(cmd, self.timeout()).await.map_err(|e| format!("kubectl ({}) {e}", self.kubectl.join(" ")))?;
             if out.status.success() {
                 Ok(())
             } else {
-                let text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+                let text = out.stderr.trim();
                 Err(format!(
                     "not rolled out ({}){}",
                     out.status,
-                    if text.is_empty() { String::new() } else { format!(": {}", truncate(&text, 200)) }
+                    if text.is_empty() { String::new() } else { format!(": {}", truncate(text, 200)) }
                 ))
             }
         })
@@ -216,21 +211,26 @@ async fn http_get(url: &str) -> Result<(), String> {
     if (200..300).contains(&code) { Ok(()) } else { Err(format!("http {url}: status {code}")) }
 }
 
-async fn run_command(cmd: &[String]) -> Result<(), String> {
-    let (prog, args) = cmd.split_first().ok_or("empty command")?;
-    let out = tokio::process::Command::new(prog)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
+/// A command of a check or of kubectl, through the one runner hooks and
+/// `kubectl delete` use ([`crate::process::run`]): killed at `timeout`, its
+/// output capped. On the blocking pool; a probe given up on still ends by
+/// the timeout.
+async fn run(cmd: Vec<String>, timeout: Duration) -> Result<crate::process::Output, String> {
+    tokio::task::spawn_blocking(move || crate::process::run(&cmd, None, timeout))
         .await
-        .map_err(|e| format!("command {prog:?}: {e}"))?;
+        .map_err(|e| format!("cannot be run: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+async fn run_command(cmd: &[String], timeout: Duration) -> Result<(), String> {
+    let prog = cmd.first().cloned().unwrap_or_default();
+    let out = run(cmd.to_vec(), timeout).await.map_err(|e| format!("command {prog:?}: {e}"))?;
     if out.status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    let mut text = out.stderr.trim().to_owned();
     if text.is_empty() {
-        text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        text = out.stdout.trim().to_owned();
     }
     Err(format!(
         "command {prog:?}: {}{}",

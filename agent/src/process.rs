@@ -1,5 +1,5 @@
-//! Running a child process from a blocking step: `on_change` hooks and
-//! `kubectl`.
+//! The one way tend runs a child process: `on_change` hooks, command checks,
+//! `kubectl` (delete, rollout status).
 //!
 //! What must always hold:
 //! - a command never runs longer than its timeout: it is killed and reaped;
