@@ -5,6 +5,7 @@
 //! gateway), [`reconcile`] (plan, then act), [`store`] (revisions, contents,
 //! inventory), [`sync`] (the cycle that ties them together), [`cli`] (commands).
 
+pub mod atomic;
 pub mod bundle;
 pub mod cli;
 pub mod config;

@@ -16,8 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -106,9 +105,7 @@ impl FileRoot {
     }
 
     fn tmp_path(&self, p: &RelPath) -> PathBuf {
-        let full = self.full(p);
-        let name = full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        full.with_file_name(format!(".{name}.tend-tmp"))
+        crate::atomic::tmp_path(&self.full(p))
     }
 
     /// The stat of every desired file tend owns, and of the directories above
@@ -438,28 +435,7 @@ impl FileRoot {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<PathBuf, FileError> {
-        let tmp = self.tmp_path(path);
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(&tmp)
-            .map_err(|e| FileError::io(&tmp, "create temporary file", e))?;
-        let res = (|| {
-            f.write_all(data).map_err(|e| FileError::io(&tmp, "write", e))?;
-            if uid.is_some() || gid.is_some() {
-                std::os::unix::fs::fchown(&f, uid, gid).map_err(|e| FileError::io(&tmp, "chown", e))?;
-            }
-            // After chown, which clears set-id bits.
-            f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| FileError::io(&tmp, "chmod", e))
-        })();
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        Ok(tmp)
+        crate::atomic::stage(&self.full(path), data, mode, uid, gid).map_err(FileError::from)
     }
 
     /// Flush staged files to stable storage: one `syncfs` for the filesystem of
@@ -483,7 +459,7 @@ impl FileRoot {
     /// Rename the staged file over `path`: the one atomic step.
     fn commit(&self, path: &RelPath) -> Result<Stat, FileError> {
         let full = self.full(path);
-        std::fs::rename(self.tmp_path(path), &full).map_err(|e| FileError::io(&full, "rename into place", e))?;
+        crate::atomic::commit(&full)?;
         let m = std::fs::symlink_metadata(&full).map_err(|e| FileError::io(&full, "stat", e))?;
         Ok(stat_of(&m))
     }
@@ -502,7 +478,13 @@ fn set_meta_path(full: &Path, mode: u32, uid: Option<u32>, gid: Option<u32>) -> 
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), FileError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| FileError::io(dir, "fsync directory", e))
+    Ok(crate::atomic::fsync_dir(dir)?)
+}
+
+impl From<crate::atomic::Failed> for FileError {
+    fn from(f: crate::atomic::Failed) -> FileError {
+        FileError::io(&f.path, f.step, f.error)
+    }
 }
 
 pub fn stat_of(m: &std::fs::Metadata) -> Stat {

@@ -17,8 +17,7 @@
 //!   (never by apiVersion), in one `kubectl delete` per sync, with a timeout.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::bundle::DesiredManifest;
@@ -270,19 +269,9 @@ pub fn apply(
     let mut prune: Vec<&ObjectRef> = Vec::new();
     let write = |file: &str, hash: &ContentHash| -> Result<(), K3sError> {
         let data = content(hash).map_err(|e| io(&dir.join(file), &e))?;
-        // A dotfile not ending in .yaml: K3s skips it.
-        let tmp: PathBuf = dir.join(format!(".{file}.tend-tmp"));
+        // Staged as a dotfile not ending in .yaml: K3s skips it.
         let dest = dir.join(file);
-        (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &dest)
-        })()
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(&dest, &e)
-        })
+        crate::atomic::write(&dest, &data, 0o644, true).map_err(|e| io(&dest, &format!("{}: {}", e.step, e.error)))
     };
     // Files that take objects over first; then, once K3s has applied them,
     // the files that give those objects up.
@@ -349,7 +338,7 @@ pub fn apply(
             }
         }
     }
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, &e))?;
+    crate::atomic::fsync_dir(dir).map_err(|e| io(dir, &e.error))?;
     // K3s leaves the Addon of a removed file behind (it deletes nothing when
     // a file goes); tend deletes it with the pruned objects. Nothing hangs on
     // an Addon (no owner references, no finalizers), so this deletes only the

@@ -146,13 +146,9 @@ pub fn update(path: &Path, c: &Counters, s: &Snapshot<'_>) -> std::io::Result<bo
             return Ok(false);
         }
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // Not *.prom: the collector never reads a half-written file.
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text.as_bytes()).and_then(|_| std::fs::rename(&tmp, path)).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
+    // Staged as a dotfile, not *.prom: the collector never reads a
+    // half-written file. Not fsynced: metrics need not survive a power cut.
+    crate::atomic::write(path, text.as_bytes(), 0o644, false).map_err(|e| e.error)?;
     c.lock().written = Some((stable, Instant::now()));
     Ok(true)
 }
