@@ -600,7 +600,11 @@ fn print_history(v: &serde_json::Value, json: bool) {
             outcome,
             text("applied_at"),
             r["files"].as_u64().unwrap_or(0),
-            text("error")
+            match (text("error"), text("forced")) {
+                (e, f) if f.is_empty() => e,
+                (e, f) if e.is_empty() => format!("(applied past: {f})"),
+                (e, f) => format!("{e} (applied past: {f})"),
+            }
         );
     }
     let _ = writeln!(

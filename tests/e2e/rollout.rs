@@ -81,6 +81,10 @@ fn a_revision_waits_for_its_wave_and_a_window_and_now_goes_past_both() {
     let s = gw.tend(&["status", "--json"]).json();
     assert_eq!((s["phase"].as_str(), s["revision"].as_str()), (Some("synced"), Some(v2.as_str())), "{s}");
     assert!(s["waiting_for"].is_null() && s["due_at"].is_null(), "{s}");
+    let h = gw.tend(&["history", "--json"]).json();
+    let entry = h.as_array().unwrap().iter().find(|e| e["revision"] == v2.as_str()).unwrap();
+    assert!(entry["forced"].as_str().is_some_and(|f| f.starts_with("--now; wave all not due until")), "{entry}");
+    assert!(gw.tend(&["history"]).stdout.contains("(applied past: --now; wave all"), "the history says so");
 
     // A window the day after tomorrow (UTC): waiting, due when it opens.
     let later = day_name(today() + 2);
@@ -161,6 +165,8 @@ fn an_update_lock_holds_a_revision_until_its_app_dies_or_its_timeout() {
     assert!(due >= now && due <= now + 3, "due when the timeout ends: {r}");
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(gw.sync_ok()["action"], "applied");
+    let h = gw.tend(&["history", "--json"]).json();
+    assert!(h[0]["forced"].as_str().is_some_and(|f| f.starts_with("lock_timeout:")), "{}", h[0]);
     assert_eq!(gw.read("/etc/myapp/app.conf"), "port = 504\n");
     app.kill().unwrap();
     app.wait().unwrap();

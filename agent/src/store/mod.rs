@@ -81,6 +81,9 @@ pub struct RevisionRecord {
     pub outcome: Outcome,
     pub error: Option<String>,
     pub desired: Desired,
+    /// What its apply went past: `--now` (waves, windows), a lock's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced: Option<String>,
 }
 
 /// The content and metadata a file had before tend first wrote it; prune puts

@@ -495,6 +495,7 @@ mod tests {
             outcome: Outcome::Applied,
             error: None,
             desired,
+            forced: None,
         }
     }
 

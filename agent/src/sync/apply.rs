@@ -117,6 +117,7 @@ impl Agent {
                     desired: r.desired,
                     blobs: HashMap::new(),
                     rendered: false,
+                    forced: None,
                 });
             }
         }
@@ -124,7 +125,14 @@ impl Agent {
         // Verify owners and groups now, so a bundle naming an unknown user is
         // rejected before anything is written.
         files::targets(&r.desired).map_err(|error| SyncError::Bundle { commit: commit.into(), error })?;
-        Ok(Prepared { commit: commit.into(), render_key, desired: r.desired, blobs: r.blobs, rendered: true })
+        Ok(Prepared {
+            commit: commit.into(),
+            render_key,
+            desired: r.desired,
+            blobs: r.blobs,
+            rendered: true,
+            forced: None,
+        })
     }
 
     /// The container runtime: `[containers].socket`, or the first of Podman's and

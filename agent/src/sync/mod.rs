@@ -221,6 +221,8 @@ pub struct Prepared {
     pub blobs: HashMap<ContentHash, Vec<u8>>,
     /// False when reused from the store (same commit, same local identity).
     pub rendered: bool,
+    /// What the apply went past (`--now`, a lock's timeout), for the history.
+    pub forced: Option<String>,
 }
 
 /// One gateway's agent: its config, store, source and destination tree.

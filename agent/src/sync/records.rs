@@ -29,6 +29,7 @@ impl Agent {
             outcome,
             error,
             desired: p.desired.clone(),
+            forced: p.forced.clone(),
         })?;
         Ok(seq)
     }
@@ -215,6 +216,7 @@ impl Agent {
                     "error": r.error,
                     "files": r.desired.files.len(),
                     "checks": r.desired.checks.len(),
+                    "forced": r.forced,
                 })
             })
             .collect())

@@ -22,6 +22,7 @@ pub(super) async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> R
             desired: Desired::default(),
             blobs: HashMap::new(),
             rendered: true,
+            forced: None,
         };
         if !transient {
             a.record(&p, Outcome::Failed, Some(msg.clone()))?;

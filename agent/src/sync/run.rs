@@ -380,6 +380,7 @@ pub(super) async fn sync_fetched(
     // The contents go to the apply (and the store) and are dropped there; the
     // rest is shared with the health gate and a rollback, not copied.
     let mut prepared = prepared;
+    prepared.forced.clone_from(&forced);
     let blobs = std::mem::take(&mut prepared.blobs);
     let prepared = Arc::new(prepared);
     let p = prepared.clone();
