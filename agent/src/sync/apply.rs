@@ -350,6 +350,26 @@ impl Agent {
         Ok((plan, report))
     }
 
+    /// While a revision waits (rollout control): pull the images it will need
+    /// and does not have, so a window is spent applying, not downloading. A
+    /// failure is only logged: the apply pulls again, and says so if it fails.
+    pub fn prefetch_images(&self, commit: &str, containers: &BTreeMap<String, crate::bundle::ContainerSpec>) {
+        let rt = match self.runtime(commit) {
+            Ok(rt) => rt,
+            Err(e) => return tracing::warn!(error = %e, "cannot pull images ahead of the apply"),
+        };
+        for spec in containers.values().filter(|s| s.pull != crate::bundle::Pull::Never) {
+            match rt.image_present(&spec.image) {
+                Ok(true) => {}
+                Ok(false) => match rt.pull(&spec.image) {
+                    Ok(()) => tracing::info!(image = %spec.image, "image pulled ahead of the apply"),
+                    Err(e) => tracing::warn!(image = %spec.image, error = %e, "cannot pull ahead of the apply"),
+                },
+                Err(e) => tracing::warn!(image = %spec.image, error = %e, "cannot pull ahead of the apply"),
+            }
+        }
+    }
+
     pub(super) fn apply_containers(
         &self,
         commit: &str,

@@ -350,6 +350,10 @@ pub(super) async fn sync_fetched(
         Effect::Wait { phase, waiting } => Some((*phase, waiting.clone())),
         _ => None,
     }) {
+        if phase == Phase::Waiting && !prepared.desired.containers.is_empty() {
+            let (c, containers) = (commit.clone(), prepared.desired.containers.clone());
+            blocking(agent, move |a| a.prefetch_images(&c, &containers)).await;
+        }
         let summary = (fetched.received_pack, timings);
         return wait(agent, &commit, wave, phase, waiting, breaker_off, summary).await;
     }
