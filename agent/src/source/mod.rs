@@ -7,9 +7,62 @@
 //! a retry would fix until the repository or the local config changes).
 
 mod git;
+pub mod memory;
 
 pub use crate::trust::AllowedSigners;
 pub use git::{GitSource, GitTree};
+
+use crate::bundle::Tree;
+
+/// Where revisions come from, as the sync cycle sees it: Git
+/// ([`GitSource`]), or [`memory::MemorySource`] in tests of the whole cycle.
+/// Blocking.
+pub trait Source: Send + Sync {
+    /// The URL with any credentials hidden, for messages.
+    fn shown_url(&self) -> String;
+    /// The branch's tip, fetched (with what it needs to be read).
+    fn fetch(&self) -> Result<Fetched, SourceError>;
+    /// The files of a fetched commit.
+    fn tree(&self, commit: &str) -> Result<Box<dyn Tree + '_>, SourceError>;
+    /// The raw commit object, as signed.
+    fn commit_object(&self, commit: &str) -> Result<Vec<u8>, SourceError>;
+    /// The commit's committer time (waves are due after it).
+    fn committed_at(&self, commit: &str) -> Result<jiff::Timestamp, SourceError>;
+}
+
+impl Source for GitSource {
+    fn shown_url(&self) -> String {
+        GitSource::shown_url(self)
+    }
+    fn fetch(&self) -> Result<Fetched, SourceError> {
+        GitSource::fetch(self)
+    }
+    fn tree(&self, commit: &str) -> Result<Box<dyn Tree + '_>, SourceError> {
+        Ok(Box::new(GitSource::tree(self, commit)?))
+    }
+    fn commit_object(&self, commit: &str) -> Result<Vec<u8>, SourceError> {
+        GitSource::commit_object(self, commit)
+    }
+    fn committed_at(&self, commit: &str) -> Result<jiff::Timestamp, SourceError> {
+        GitSource::committed_at(self, commit)
+    }
+}
+
+/// What time it is, for the cycle's decisions: the system's, or a fake one
+/// in tests.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> jiff::Timestamp;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> jiff::Timestamp {
+        jiff::Timestamp::now()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

@@ -4,12 +4,25 @@
 use super::*;
 
 impl Agent {
-    /// Open the store under `state_dir` (one process at a time).
+    /// Open the store under `state_dir` (one process at a time), with the
+    /// Git source and the system clock.
     pub fn open(cfg: Config) -> Result<Agent, StoreError> {
+        let source = Box::new(GitSource::new(&cfg));
+        Self::with_source(cfg, source, Arc::new(crate::source::SystemClock))
+    }
+
+    /// Open the store with another source and clock (tests of the whole
+    /// cycle: `source::memory`).
+    pub fn with_source(
+        cfg: Config,
+        source: Box<dyn crate::source::Source>,
+        clock: Arc<dyn crate::source::Clock>,
+    ) -> Result<Agent, StoreError> {
         let store = SledStore::open(&cfg.state_dir.join("store"), &cfg.state_dir.join("objects"))?;
         Ok(Agent {
             events: Events::new(&cfg.device_id, &cfg.fleet, cfg.mqtt.url.is_some()),
-            source: GitSource::new(&cfg),
+            source,
+            clock,
             root: FileRoot::new(cfg.files.root.clone()),
             runner: Box::new(ProcessRunner { timeout: Duration::from_secs(300) }),
             limits: Limits::default(),
@@ -60,7 +73,7 @@ impl Agent {
         let keys = self.age_keys()?;
         let secrets = keys.as_ref().map_or(bundle::Secrets::Missing, bundle::Secrets::Keys);
         let ctx = bundle::Context { identity: &identity, policy: &policy, limits: &self.limits, secrets };
-        let rendered = bundle::render(&tree, &self.bundle_path(), &ctx)
+        let rendered = bundle::render(tree.as_ref(), &self.bundle_path(), &ctx)
             .map_err(|error| SyncError::Bundle { commit: commit.to_owned(), error })?;
         for w in &rendered.warnings {
             tracing::warn!("{w}");

@@ -20,6 +20,8 @@ mod apply;
 mod records;
 mod rollback;
 mod run;
+#[cfg(test)]
+mod tests;
 
 pub use rollback::rollback;
 pub use run::{boot, enforce_current, sync};
@@ -231,7 +233,9 @@ pub struct Agent {
     /// Raises events into the store's outbox (published by the reporter).
     pub events: Events,
     pub store: SledStore,
-    pub source: GitSource,
+    pub source: Box<dyn crate::source::Source>,
+    /// What time it is for the cycle's decisions (waves, windows, locks).
+    pub clock: Arc<dyn crate::source::Clock>,
     pub root: FileRoot,
     pub limits: Limits,
     pub runner: Box<dyn Runner + Send + Sync>,

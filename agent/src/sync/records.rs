@@ -47,7 +47,7 @@ impl Agent {
     /// Tell the cycle's decision step what happened; its pointers are stored
     /// (one write) and its effects returned for the driver to perform.
     pub fn decide(&self, event: &Event) -> Result<(Pointers, Vec<Effect>), StoreError> {
-        self.decide_at(event, jiff::Timestamp::now())
+        self.decide_at(event, self.clock.now())
     }
 
     pub fn decide_at(&self, event: &Event, now: jiff::Timestamp) -> Result<(Pointers, Vec<Effect>), StoreError> {

@@ -322,7 +322,7 @@ pub(super) async fn sync_fetched(
             lock_dir: &a.cfg.apply.lock_dir,
             lock_timeout: a.cfg.apply.lock_timeout,
         };
-        let now = jiff::Timestamp::now();
+        let now = a.clock.now();
         let failing = a.breaker.as_ref().and_then(|b| b.failing(&c));
         // Why the breaker cannot hold anything now, for the status.
         let breaker_off = match (&a.breaker, &failing) {
