@@ -244,6 +244,9 @@ pub trait Store {
     fn revision(&self, seq: u64) -> Result<Option<RevisionRecord>, StoreError>;
     fn pointers(&self) -> Result<Pointers, StoreError>;
     fn set_pointers(&self, p: &Pointers) -> Result<(), StoreError>;
+    /// The pointers and the status together, in one atomic write: a step of
+    /// the cycle and what the status says of it are never seen apart.
+    fn set_pointers_and_status(&self, p: &Pointers, s: &Status) -> Result<(), StoreError>;
     /// Drop revisions beyond the newest `keep` (never the current or last-good
     /// one) and blobs nothing refers to.
     fn gc(&self, keep: usize) -> Result<GcReport, StoreError>;

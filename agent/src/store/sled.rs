@@ -320,6 +320,13 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn set_pointers_and_status(&self, p: &Pointers, s: &Status) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert("pointers", encode(p));
+        batch.insert("status", encode(s));
+        self.meta.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
     fn gc(&self, keep: usize) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
         let all = self.revisions()?;

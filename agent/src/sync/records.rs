@@ -144,15 +144,47 @@ impl Agent {
         }
     }
 
-    /// Update the stored status; revision pointers are filled in from the store.
-    pub fn set_status(&self, f: impl FnOnce(&mut Status)) -> Result<Status, StoreError> {
+    /// One transition of the cycle: the decision step's pointers for `event`
+    /// and the status `f` makes of them (given the effects), written in one
+    /// atomic store write.
+    pub fn transition(
+        &self,
+        event: &Event,
+        f: impl FnOnce(&mut Status, &[Effect]),
+    ) -> Result<(Pointers, Vec<Effect>, Status), StoreError> {
+        self.transition_at(event, self.clock.now(), f)
+    }
+
+    pub fn transition_at(
+        &self,
+        event: &Event,
+        now: jiff::Timestamp,
+        f: impl FnOnce(&mut Status, &[Effect]),
+    ) -> Result<(Pointers, Vec<Effect>, Status), StoreError> {
+        let before = self.store.pointers()?;
+        let rules = cycle::Rules { retry_limit: self.cfg.apply.retry.limit };
+        let (after, effects) = cycle::step(&before, event, now, rules);
+        let mut s = self.status_of(&after)?;
+        f(&mut s, &effects);
+        self.store.set_pointers_and_status(&after, &s)?;
+        *self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok((after, effects, s))
+    }
+
+    /// The stored status with what the pointers and the config say filled in.
+    fn status_of(&self, ptr: &Pointers) -> Result<Status, StoreError> {
         let mut s = self.status()?;
         s.device_id = self.cfg.device_id.clone();
         s.fleet = self.cfg.fleet.clone();
         s.agent_version = AGENT_VERSION.into();
-        let ptr = self.store.pointers()?;
-        s.revision = ptr.current.map(|r| r.commit);
-        s.last_good_revision = ptr.last_good.map(|r| r.commit);
+        s.revision = ptr.current.as_ref().map(|r| r.commit.clone());
+        s.last_good_revision = ptr.last_good.as_ref().map(|r| r.commit.clone());
+        Ok(s)
+    }
+
+    /// Update the stored status; revision pointers are filled in from the store.
+    pub fn set_status(&self, f: impl FnOnce(&mut Status)) -> Result<Status, StoreError> {
+        let mut s = self.status_of(&self.store.pointers()?)?;
         f(&mut s);
         // An idle poll changes nothing but the time of the last sync: that
         // is kept in memory (and persisted with the next change or flush),
@@ -172,8 +204,16 @@ impl Agent {
 
     /// Desired files of the current revision that are as desired on disk now.
     pub fn resources(&self) -> Resources {
+        match self.current() {
+            Ok(rev) => self.resources_of(rev.as_ref()),
+            Err(_) => Resources::default(),
+        }
+    }
+
+    /// Desired files of `rev` that are as desired on disk now.
+    pub fn resources_of(&self, rev: Option<&RevisionRecord>) -> Resources {
         let count = || -> Result<Resources, SyncError> {
-            let Some(rev) = self.current()? else { return Ok(Resources::default()) };
+            let Some(rev) = rev else { return Ok(Resources::default()) };
             let targets = files::targets(&rev.desired)
                 .map_err(|error| SyncError::Bundle { commit: rev.commit.clone(), error })?;
             let inv = self.store.inventory()?;

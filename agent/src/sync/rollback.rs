@@ -231,14 +231,13 @@ pub(super) async fn rollback_to(agent: &Arc<Agent>, target: RevisionRecord) -> R
     let t3 = target.clone();
     blocking(agent, move |a| -> Result<(), StoreError> {
         let status = a.status()?;
-        // The branch's tip is held so the next poll does not undo this.
-        a.decide(&Event::OperatorRollback { to: RevRef::of(&t3), tip: status.target_revision.clone(), healthy })?;
         if healthy {
             a.set_outcome(t3.seq, Outcome::Healthy, None)?;
         }
-        a.event(Kind::RolledBack, serde_json::json!({ "to": t3.commit, "by": "operator", "healthy": healthy }));
-        let resources = a.resources();
-        a.set_status(|s| {
+        let resources = a.resources_of(Some(&t3));
+        // The branch's tip is held so the next poll does not undo this.
+        let back = Event::OperatorRollback { to: RevRef::of(&t3), tip: status.target_revision.clone(), healthy };
+        a.transition(&back, |s, _| {
             s.phase = if !healthy {
                 "degraded".into()
             } else if s.target_revision.as_deref().is_none_or(|t| t == t3.commit) {
@@ -250,6 +249,7 @@ pub(super) async fn rollback_to(agent: &Arc<Agent>, target: RevisionRecord) -> R
             s.error = (!healthy).then(|| format!("revision {} is unhealthy: {failures}", short(&t3.commit)));
             s.resources = resources;
         })?;
+        a.event(Kind::RolledBack, serde_json::json!({ "to": t3.commit, "by": "operator", "healthy": healthy }));
         Ok(())
     })
     .await?;

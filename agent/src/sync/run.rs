@@ -334,11 +334,22 @@ pub(super) async fn sync_fetched(
         let gate = gate::gather(policy.as_ref(), &local, committed_at, failing, now)
             .map_err(|error| SyncError::Rollout { commit: c.clone(), error })?;
         let wave = gate.wave.as_ref().map(|(w, _)| w.clone());
-        let (_, effects) = a.decide_at(&Event::Prepared { commit: c, gate, now: told }, now)?;
-        Ok(Gated { wave, breaker_off, effects })
+        // The decision and the status that says it, in one store write.
+        let mut newly = false;
+        let event = Event::Prepared { commit: c.clone(), gate, now: told };
+        let (_, effects, _) = a.transition_at(&event, now, |s, effects| {
+            if let Some(Effect::Wait { phase, waiting }) = effects.iter().find(|e| matches!(e, Effect::Wait { .. })) {
+                let reason = Some(waiting.waiting_for.as_str());
+                newly = s.waiting_for.as_deref() != reason || s.target_revision.as_deref() != Some(c.as_str());
+                set_waiting(s, &c, wave.clone(), *phase, waiting, breaker_off);
+            } else {
+                s.wave = wave.clone();
+            }
+        })?;
+        Ok(Gated { newly, effects })
     })
     .await;
-    let Gated { wave, breaker_off, effects } = match gated {
+    let Gated { newly, effects } = match gated {
         Ok(v) => v,
         Err(e @ SyncError::Rollout { .. }) => {
             reject(agent, &commit, &e).await?;
@@ -355,7 +366,7 @@ pub(super) async fn sync_fetched(
             blocking(agent, move |a| a.prefetch_images(&c, &containers)).await;
         }
         let summary = (fetched.received_pack, timings);
-        return wait(agent, &commit, wave, phase, waiting, breaker_off, summary).await;
+        return wait(agent, &commit, phase, &waiting, newly, summary).await;
     }
     let forced = effects.iter().find_map(|e| match e {
         Effect::Apply { forced } => forced.clone(),
@@ -373,7 +384,6 @@ pub(super) async fn sync_fetched(
             s.source = "ok".into();
             s.target_revision = Some(c);
             s.error = None;
-            s.wave = wave;
             s.waiting_for = None;
             s.due_at = None;
             s.waiting_detail = None;
@@ -446,17 +456,16 @@ pub(super) async fn sync_fetched(
         let c = commit.clone();
         blocking(agent, move |a| -> Result<(), StoreError> {
             a.set_outcome(seq, Outcome::Healthy, None)?;
-            a.event(Kind::Healthy, serde_json::json!({ "revision": c }));
-            a.decide(&Event::Health { healthy: true })?;
-            a.gc()?;
             let resources = a.resources();
-            a.set_status(|s| {
+            a.transition(&Event::Health { healthy: true }, |s, _| {
                 s.phase = "synced".into();
-                s.target_revision = Some(c);
+                s.target_revision = Some(c.clone());
                 s.last_sync = Some(now_rfc3339());
                 s.error = None;
                 s.resources = resources;
             })?;
+            a.event(Kind::Healthy, serde_json::json!({ "revision": c }));
+            a.gc()?;
             Ok(())
         })
         .await?;
@@ -472,57 +481,34 @@ pub(super) async fn sync_fetched(
 
 /// What the rollout gate decided for a prepared revision.
 pub(super) struct Gated {
-    /// The gateway's wave, if the revision has waves.
-    wave: Option<String>,
-    /// Why the circuit breaker cannot hold anything now, if it cannot.
-    breaker_off: Option<&'static str>,
+    /// Whether it waits for something new (said once in the log).
+    newly: bool,
     effects: Vec<Effect>,
 }
 
-/// A prepared revision not applied yet (rollout control): the revision
-/// applied now is repaired as usual and the status says what it waits for.
+/// A prepared revision not applied yet (rollout control): the status already
+/// says what it waits for ([`set_waiting`], written with the decision); the
+/// revision applied now is repaired as usual, and the images it will need are
+/// pulled.
 pub(super) async fn wait(
     agent: &Arc<Agent>,
     commit: &str,
-    wave: Option<String>,
     phase: Phase,
-    waiting: crate::rollout::Waiting,
-    note: Option<&'static str>,
+    waiting: &crate::rollout::Waiting,
+    newly: bool,
     (received_pack, timings): (bool, Timings),
 ) -> Result<SyncSummary, SyncError> {
     if let Err(e) = enforce_current(agent).await {
         tracing::warn!(error = %e, "could not re-enforce the current revision");
     }
-    let due_at = waiting.due_at.map(|t| t.to_string());
-    let reason = waiting.waiting_for.as_str();
-    let held = (phase == Phase::Held).then(|| format!("held: revision {} {}", short(commit), waiting.detail));
-    let mut detail = match waiting.waiting_for {
-        crate::rollout::WaitingFor::Lock => format!("{} held since {}", waiting.detail, waiting.since),
-        _ => waiting.detail.clone(),
-    };
-    if let Some(note) = note {
-        detail = format!("{detail}; {note}");
-    }
-    let (c, d) = (commit.to_owned(), due_at.clone());
-    let before = blocking(agent, move |a| -> Result<Status, StoreError> {
-        let before = a.status()?;
+    blocking(agent, move |a| {
         let resources = a.resources();
-        a.set_status(|s| {
-            s.phase = phase.as_str().into();
-            s.source = "ok".into();
-            s.target_revision = Some(c);
-            s.last_sync = Some(now_rfc3339());
-            s.error = held;
-            s.resources = resources;
-            s.wave = wave;
-            s.waiting_for = Some(reason.into());
-            s.due_at = d;
-            s.waiting_detail = Some(detail);
-        })?;
-        Ok(before)
+        a.set_status(|s| s.resources = resources)
     })
     .await?;
-    if before.waiting_for.as_deref() != Some(reason) || before.target_revision.as_deref() != Some(commit) {
+    let due_at = waiting.due_at.map(|t| t.to_string());
+    let reason = waiting.waiting_for.as_str();
+    if newly {
         tracing::info!(revision = short(commit), waiting_for = reason, detail = %waiting.detail, due_at = ?due_at, "{}", phase.as_str());
     }
     Ok(SyncSummary {
@@ -534,6 +520,33 @@ pub(super) async fn wait(
         due_at,
         ..Default::default()
     })
+}
+
+/// The status of a revision waiting (or held): why, until when, what for.
+fn set_waiting(
+    s: &mut Status,
+    commit: &str,
+    wave: Option<String>,
+    phase: Phase,
+    waiting: &crate::rollout::Waiting,
+    note: Option<&str>,
+) {
+    let mut detail = match waiting.waiting_for {
+        crate::rollout::WaitingFor::Lock => format!("{} held since {}", waiting.detail, waiting.since),
+        _ => waiting.detail.clone(),
+    };
+    if let Some(note) = note {
+        detail = format!("{detail}; {note}");
+    }
+    s.phase = phase.as_str().into();
+    s.source = "ok".into();
+    s.target_revision = Some(commit.to_owned());
+    s.last_sync = Some(now_rfc3339());
+    s.error = (phase == Phase::Held).then(|| format!("held: revision {} {}", short(commit), waiting.detail));
+    s.wave = wave;
+    s.waiting_for = Some(waiting.waiting_for.as_str().into());
+    s.due_at = waiting.due_at.map(|t| t.to_string());
+    s.waiting_detail = Some(detail);
 }
 
 /// The bundle's checks, and one probe per container.
