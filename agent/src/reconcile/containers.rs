@@ -380,6 +380,35 @@ impl Runtime for DockerRuntime {
     }
 }
 
+/// Carry out a plan's container operations in order, stopping at the first
+/// failure; `inv` records which containers tend made (the caller stores it).
+pub fn apply(
+    rt: &dyn Runtime,
+    desired: &BTreeMap<String, ContainerSpec>,
+    ops: &[ContainerOp],
+    revision: &str,
+    inv: &mut crate::store::Inventory,
+) -> Result<(), RuntimeError> {
+    for op in ops {
+        match op {
+            ContainerOp::Create { name } => {
+                inv.containers.insert(name.clone());
+                rt.create_and_start(name, &desired[name], revision)?;
+            }
+            ContainerOp::Replace { name, old_id } => {
+                rt.remove(old_id)?;
+                rt.create_and_start(name, &desired[name], revision)?;
+            }
+            ContainerOp::Start { id, .. } => rt.start(id)?,
+            ContainerOp::Remove { name, id } => {
+                rt.remove(id)?;
+                inv.containers.remove(name);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Ensure every image a plan needs is present, per each spec's pull policy.
 pub fn ensure_images(
     rt: &dyn Runtime,

@@ -391,30 +391,10 @@ impl Agent {
         inv: &mut Inventory,
     ) -> Result<(), SyncError> {
         let rt = self.runtime(commit)?;
-        let err = |error| SyncError::Container { commit: commit.to_owned(), error };
-        let mut result = Ok(());
-        for op in ops {
-            let r = match op {
-                ContainerOp::Create { name } => {
-                    inv.containers.insert(name.clone());
-                    rt.create_and_start(name, &desired.containers[name], commit).map(|_| ())
-                }
-                ContainerOp::Replace { name, old_id } => rt
-                    .remove(old_id)
-                    .and_then(|_| rt.create_and_start(name, &desired.containers[name], commit))
-                    .map(|_| ()),
-                ContainerOp::Start { id, .. } => rt.start(id),
-                ContainerOp::Remove { name, id } => rt.remove(id).map(|_| {
-                    inv.containers.remove(name);
-                }),
-            };
-            if let Err(e) = r {
-                result = Err(err(e));
-                break;
-            }
-        }
+        let result = containers::apply(rt.as_ref(), &desired.containers, ops, commit, inv);
+        // What was made before a failure is recorded, so a rollback finds it.
         self.store.set_inventory(inv)?;
         self.store.flush()?;
-        result
+        result.map_err(|error| SyncError::Container { commit: commit.to_owned(), error })
     }
 }

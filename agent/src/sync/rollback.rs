@@ -110,9 +110,19 @@ pub(super) async fn fail_and_roll_back(
             after = "rollback is off ([apply].rollback = false)".into();
         }
         // Once back on last-known-good: the decision step counts a transient
-        // failure or quarantines the commit (a crash before this line leaves
-        // it to be tried again, never a quarantined revision in place).
-        a.decide(&Event::Failed { commit: p.commit.clone(), kind })?;
+        // failure or quarantines the commit, in one write with the status
+        // that says so (a crash before it leaves the commit to be tried
+        // again, never a quarantined revision in place).
+        let resources = a.resources();
+        let full = format!("{msg}; {after}");
+        a.transition(&Event::Failed { commit: p.commit.clone(), kind }, |s, _| {
+            s.phase = phase.into();
+            s.source = "ok".into();
+            s.target_revision = Some(p.commit.clone());
+            s.last_sync = Some(now_rfc3339());
+            s.error = Some(full);
+            s.resources = resources;
+        })?;
         let kind = if phase == "rolled_back" { Kind::RolledBack } else { Kind::Failed };
         a.event(
             kind,
@@ -127,29 +137,29 @@ pub(super) async fn fail_and_roll_back(
         Ok((after, phase))
     })
     .await;
-    let (final_error, phase) = match (error, outcome) {
-        (SyncError::Unhealthy { commit, failures, .. }, Ok((after, phase))) => {
-            (SyncError::Unhealthy { commit, failures, after }, phase)
+    let (final_error, unrecorded) = match (error, outcome) {
+        (SyncError::Unhealthy { commit, failures, .. }, Ok((after, _))) => {
+            (SyncError::Unhealthy { commit, failures, after }, false)
         }
-        (e, Ok((after, phase))) => (SyncError::Rollback(format!("{e}; {after}")), phase),
-        (e, Err(inner)) => (SyncError::Rollback(format!("{e}; and then: {inner}")), "failed"),
+        (e, Ok((after, _))) => (SyncError::Rollback(format!("{e}; {after}")), false),
+        (e, Err(inner)) => (SyncError::Rollback(format!("{e}; and then: {inner}")), true),
     };
-    let full = final_error.to_string();
-    let commit = p.commit.clone();
-    let recorded = blocking(agent, move |a| {
-        let resources = a.resources();
-        a.set_status(|s| {
-            s.phase = phase.into();
-            s.source = "ok".into();
-            s.target_revision = Some(commit);
-            s.last_sync = Some(now_rfc3339());
-            s.error = Some(full);
-            s.resources = resources;
+    if unrecorded {
+        // The rollback itself could not be recorded: say so, as well as the store lets.
+        let (full, commit) = (final_error.to_string(), p.commit.clone());
+        let recorded = blocking(agent, move |a| {
+            a.set_status(|s| {
+                s.phase = "failed".into();
+                s.source = "ok".into();
+                s.target_revision = Some(commit);
+                s.last_sync = Some(now_rfc3339());
+                s.error = Some(full);
+            })
         })
-    })
-    .await;
-    if let Err(e) = recorded {
-        tracing::error!(error = %e, "could not record the status");
+        .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "could not record the status");
+        }
     }
     final_error
 }
