@@ -66,9 +66,11 @@ fn check_binary_under_qemu(triple: &str, machine: u16) {
     assert_eq!(r.stdout.trim(), format!("tend {}", env!("CARGO_PKG_VERSION")), "{triple} --version");
 
     // the gateway build has no fleet server, and says where to get it
-    let r: Run = under_qemu(triple).args(["fleet", "serve", "--mqtt", "mqtt://127.0.0.1:1"]).output().unwrap().into();
-    assert_eq!(r.code, 2, "{triple} fleet serve: {}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("gateway build") && r.stderr.contains("--features fleet-serve"), "{}", r.stderr);
+    for cmd in ["serve", "status"] {
+        let r: Run = under_qemu(triple).args(["fleet", cmd, "--mqtt", "mqtt://127.0.0.1:1"]).output().unwrap().into();
+        assert_eq!(r.code, 2, "{triple} fleet {cmd}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("gateway build") && r.stderr.contains("--features fleet-serve"), "{}", r.stderr);
+    }
 
     // validate the example bundle, with the labels its templates use
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet/devices/gw-demo-01");

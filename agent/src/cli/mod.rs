@@ -320,25 +320,7 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
     };
     match command {
         FleetCommand::Status { conn, fleet, stale, all, json } => {
-            let state = rt
-                .block_on(fleet::broker::snapshot(
-                    &conn.settings(),
-                    &conn.topic_prefix,
-                    fleet.as_deref(),
-                    (*stale).into(),
-                ))
-                .map_err(usage)?;
-            if *json {
-                #[derive(serde::Serialize)]
-                struct Out<'a> {
-                    counts: fleet::model::Counts,
-                    devices: Vec<&'a fleet::model::Device>,
-                }
-                print_json(&Out { counts: state.counts(), devices: state.devices.values().collect() });
-            } else {
-                print!("{}", fleet::view::report(state.devices.values(), *all, std::time::SystemTime::now()));
-            }
-            Ok(())
+            status(&rt, conn, fleet.as_deref(), (*stale).into(), *all, *json, usage)
         }
         FleetCommand::Serve { conn, fleet, listen, stale } => serve(&rt, conn, fleet.clone(), listen, (*stale).into()),
         FleetCommand::Sync { conn, fleet: f, device, all, now } => {
@@ -354,6 +336,49 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
         }
     }
 }
+
+/// `tend fleet status`.
+#[cfg(feature = "fleet-serve")]
+fn status(
+    rt: &tokio::runtime::Runtime,
+    conn: &MqttArgs,
+    fleet: Option<&str>,
+    stale: std::time::Duration,
+    all: bool,
+    json: bool,
+    usage: impl Fn(String) -> Failure,
+) -> Result<(), Failure> {
+    let state =
+        rt.block_on(fleet::broker::snapshot(&conn.settings(), &conn.topic_prefix, fleet, stale)).map_err(usage)?;
+    if json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            counts: fleet::model::Counts,
+            devices: Vec<&'a fleet::model::Device>,
+        }
+        print_json(&Out { counts: state.counts(), devices: state.devices.values().collect() });
+    } else {
+        print!("{}", fleet::view::report(state.devices.values(), all, std::time::SystemTime::now()));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "fleet-serve"))]
+fn status(
+    _: &tokio::runtime::Runtime,
+    _: &MqttArgs,
+    _: Option<&str>,
+    _: std::time::Duration,
+    _: bool,
+    _: bool,
+    _: impl Fn(String) -> Failure,
+) -> Result<(), Failure> {
+    Err(Failure::Usage(anyhow::anyhow!(GATEWAY_BUILD)))
+}
+
+/// Why the gateway build has no `fleet status` or `fleet serve`.
+#[cfg(not(feature = "fleet-serve"))]
+const GATEWAY_BUILD: &str = "this is the gateway build of tend, without `fleet status` and `fleet serve` (it keeps the binary small): run them on an operator machine from the amd64 package or a build with `cargo build --release --features fleet-serve`";
 
 #[cfg(feature = "fleet-serve")]
 fn serve(
@@ -391,9 +416,7 @@ fn serve(
     _: &str,
     _: std::time::Duration,
 ) -> Result<(), Failure> {
-    Err(Failure::Usage(anyhow::anyhow!(
-        "this is the gateway build of tend, without `fleet serve` (it keeps the binary small): run it on an operator machine from the amd64 package or a build with `cargo build --release --features fleet-serve`"
-    )))
+    Err(Failure::Usage(anyhow::anyhow!(GATEWAY_BUILD)))
 }
 
 /// A store that cannot be opened: a damaged one is not retried (exit 2, which

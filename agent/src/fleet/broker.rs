@@ -1,14 +1,19 @@
 //! Reading the fleet from the broker and sending it commands.
 
+#[cfg(feature = "fleet-serve")]
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+#[cfg(feature = "fleet-serve")]
+use std::time::SystemTime;
 
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde_json::json;
 
+#[cfg(feature = "fleet-serve")]
 use super::model::Fleet;
 use crate::report::mqtt::Settings;
 
+#[cfg(feature = "fleet-serve")]
 /// The largest message read from the broker without dropping the connection
 /// (larger ones end the session: cap the broker's `message_size_limit`
 /// below it). Messages over [`super::model::MAX_PAYLOAD`] are read, not parsed.
@@ -18,6 +23,7 @@ fn client_id(what: &str) -> String {
     format!("tend-fleet-{what}-{:08x}", fastrand::u32(..))
 }
 
+#[cfg(feature = "fleet-serve")]
 /// The subscriptions of a fleet reader: every gateway's retained status and
 /// availability, and with `live` its health and events.
 fn filters(prefix: &str, fleet: Option<&str>, live: bool) -> Vec<String> {
@@ -28,6 +34,7 @@ fn filters(prefix: &str, fleet: Option<&str>, live: bool) -> Vec<String> {
     kinds.iter().map(|k| format!("{prefix}/{f}/+/{k}")).collect()
 }
 
+#[cfg(feature = "fleet-serve")]
 /// Read every retained status and availability once. The broker sends
 /// retained messages right after a subscription; the end is a probe message
 /// this client publishes to itself after its subscriptions are acknowledged
@@ -82,6 +89,7 @@ pub async fn snapshot(
     Ok(state)
 }
 
+#[cfg(feature = "fleet-serve")]
 /// The state `fleet serve` shares between its MQTT session and its HTTP side.
 #[derive(Debug)]
 pub struct Live {
@@ -89,6 +97,7 @@ pub struct Live {
     pub connected: std::sync::atomic::AtomicBool,
 }
 
+#[cfg(feature = "fleet-serve")]
 /// Keep `live` up to date for as long as the task runs, reconnecting (with
 /// rumqttc's session) when the broker goes away.
 pub async fn follow(settings: Settings, prefix: String, fleet: Option<String>, live: Arc<Live>) -> Result<(), String> {

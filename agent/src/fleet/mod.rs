@@ -1,10 +1,14 @@
-//! The fleet seen from the broker (SPEC §5, §8): `tend fleet status`, `sync`
-//! and, in builds with the `fleet-serve` feature, `serve`. Everything read
-//! from the broker is hostile input ([`model`]).
+//! The fleet seen from the broker (SPEC §5, §8): `tend fleet sync` in every
+//! build; `status` and `serve` in builds with the `fleet-serve` feature (the
+//! operator's amd64 build; the gateway builds leave them out, decision 0004).
+//! Everything read from the broker is hostile input (`model`).
 
 pub mod broker;
+#[cfg(feature = "fleet-serve")]
 pub mod metrics;
+#[cfg(feature = "fleet-serve")]
 pub mod model;
 #[cfg(feature = "fleet-serve")]
 pub mod serve;
+#[cfg(feature = "fleet-serve")]
 pub mod view;
