@@ -88,8 +88,15 @@ fn until(rfc3339: &str) -> Option<Duration> {
     Some(Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_millis(50))
 }
 
+/// The shortest retry after a transient failure.
+const MIN_RETRY: Duration = Duration::from_secs(1);
+
 /// The delay before the next poll after `result`; `failures` counts consecutive
 /// transient failures. `jitter_fraction` is in [0, 1).
+///
+/// A retry after a transient failure waits a random part of its backoff
+/// ("full jitter", at least a second): gateways that failed together (a Git
+/// server that dropped a fleet-wide fetch) do not retry together.
 pub fn next_poll(
     source: &Source,
     apply: &Apply,
@@ -101,7 +108,8 @@ pub fn next_poll(
     if transient_failure {
         *failures += 1;
         if *failures <= apply.retry.limit {
-            return apply.retry.delay(*failures - 1).min(regular);
+            let backoff = apply.retry.delay(*failures - 1).min(regular);
+            return backoff.mul_f64(jitter_fraction.clamp(0.0, 1.0)).max(MIN_RETRY.min(backoff));
         }
         return regular;
     }
@@ -444,18 +452,38 @@ mod tests {
             ..Apply::default()
         };
         let mut f = 0;
-        let delays: Vec<u64> = (0..5).map(|_| next_poll(&s, &a, true, &mut f, 0.0).as_secs()).collect();
+        // The longest a retry waits: the backoff itself.
+        let delays: Vec<u64> =
+            (0..5).map(|_| next_poll(&s, &a, true, &mut f, 0.9999).as_secs_f64().round() as u64).collect();
         assert_eq!(delays, vec![5, 10, 15, 600, 600]);
         // A success resets the count.
         next_poll(&s, &a, false, &mut f, 0.0);
-        assert_eq!(next_poll(&s, &a, true, &mut f, 0.0), Duration::from_secs(5));
+        assert_eq!(next_poll(&s, &a, true, &mut f, 0.5), Duration::from_secs_f64(2.5));
+    }
+
+    #[test]
+    fn retries_after_a_shared_failure_do_not_fall_in_step() {
+        let s = source(600, 0);
+        let a = Apply::default();
+        // 1,000 gateways failing together, each with its own random draw:
+        // their first retries spread over the backoff, none sooner than a second.
+        let mut seconds = std::collections::BTreeSet::new();
+        for i in 0..1000 {
+            let mut f = 0;
+            let d = next_poll(&s, &a, true, &mut f, f64::from(i) / 1000.0);
+            assert!(d >= MIN_RETRY && d <= a.retry.delay(0), "{d:?}");
+            seconds.insert(d.as_millis() / 250);
+        }
+        assert!(seconds.len() >= 16, "retries bunch up: {} quarter-seconds", seconds.len());
     }
 
     #[test]
     fn backoff_never_exceeds_the_regular_poll() {
         let s = source(2, 0);
         let a = Apply::default();
-        let mut f = 0;
-        assert_eq!(next_poll(&s, &a, true, &mut f, 0.0), Duration::from_secs(2));
+        for fraction in [0.0, 0.5, 0.9999] {
+            let mut f = 0;
+            assert!(next_poll(&s, &a, true, &mut f, fraction) <= Duration::from_secs(2));
+        }
     }
 }
