@@ -6,7 +6,8 @@
 //! - at start, the revision applied last is re-enforced from the store before
 //!   any fetch, so a gateway that boots without network is enforced at once;
 //! - polls come every `interval` plus a random part of `jitter`; transient
-//!   failures retry sooner, with `[apply].retry` backoff, up to its limit;
+//!   failures retry sooner, after a random part of `[apply].retry` backoff, up
+//!   to its limit;
 //! - SIGTERM or SIGINT stops the loop; a step already running on the blocking
 //!   pool (an apply) finishes, the store is flushed, and the process exits 0.
 

@@ -105,10 +105,10 @@ impl Reporter {
                             publish(&client, &mut fifo, self.topics.status(), QoS::AtLeastOnce, true, last_status.to_string().into_bytes());
                         }
                         self.publish_health(&client, &mut fifo, &mut host).await;
-                    if self.agent.cfg.metrics.textfile.is_some() {
-                        let a = self.agent.clone();
-                        let _ = tokio::task::spawn_blocking(move || a.write_textfile()).await;
-                    }
+                        if self.agent.cfg.metrics.textfile.is_some() {
+                            let a = self.agent.clone();
+                            let _ = tokio::task::spawn_blocking(move || a.write_textfile()).await;
+                        }
                         self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
                     }
                     Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {

@@ -365,7 +365,7 @@ impl FileRoot {
                 }
             }
             for dir in &touched_dirs {
-                fsync_dir(dir)?;
+                crate::atomic::fsync_dir(dir)?;
             }
             Ok(())
         })();
@@ -415,7 +415,7 @@ impl FileRoot {
                         .create(&full)
                         .map_err(|e| FileError::io(&full, "create directory", e))?;
                     if let Some(parent) = full.parent() {
-                        fsync_dir(parent)?;
+                        crate::atomic::fsync_dir(parent)?;
                     }
                     inv.dirs.insert(dir);
                 }
@@ -475,10 +475,6 @@ fn set_meta_path(full: &Path, mode: u32, uid: Option<u32>, gid: Option<u32>) -> 
         std::os::unix::fs::lchown(full, uid, gid).map_err(|e| FileError::io(full, "chown", e))?;
     }
     std::fs::set_permissions(full, std::fs::Permissions::from_mode(mode)).map_err(|e| FileError::io(full, "chmod", e))
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), FileError> {
-    Ok(crate::atomic::fsync_dir(dir)?)
 }
 
 impl From<crate::atomic::Failed> for FileError {

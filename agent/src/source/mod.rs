@@ -48,6 +48,25 @@ impl Source for GitSource {
     }
 }
 
+/// A shared source (a test keeps a handle on the one the agent owns).
+impl<S: Source + ?Sized> Source for std::sync::Arc<S> {
+    fn shown_url(&self) -> String {
+        (**self).shown_url()
+    }
+    fn fetch(&self) -> Result<Fetched, SourceError> {
+        (**self).fetch()
+    }
+    fn tree(&self, commit: &str) -> Result<Box<dyn Tree + '_>, SourceError> {
+        (**self).tree(commit)
+    }
+    fn commit_object(&self, commit: &str) -> Result<Vec<u8>, SourceError> {
+        (**self).commit_object(commit)
+    }
+    fn committed_at(&self, commit: &str) -> Result<jiff::Timestamp, SourceError> {
+        (**self).committed_at(commit)
+    }
+}
+
 /// What time it is, for the cycle's decisions: the system's, or a fake one
 /// in tests.
 pub trait Clock: Send + Sync {

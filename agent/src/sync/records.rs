@@ -47,17 +47,19 @@ impl Agent {
     /// Tell the cycle's decision step what happened; its pointers are stored
     /// (one write) and its effects returned for the driver to perform.
     pub fn decide(&self, event: &Event) -> Result<(Pointers, Vec<Effect>), StoreError> {
-        self.decide_at(event, self.clock.now())
-    }
-
-    pub fn decide_at(&self, event: &Event, now: jiff::Timestamp) -> Result<(Pointers, Vec<Effect>), StoreError> {
-        let before = self.store.pointers()?;
-        let rules = cycle::Rules { retry_limit: self.cfg.apply.retry.limit };
-        let (after, effects) = cycle::step(&before, event, now, rules);
+        let (before, after, effects) = self.step(event, self.clock.now())?;
         if after != before {
             self.store.set_pointers(&after)?;
         }
         Ok((after, effects))
+    }
+
+    /// The decision step on the stored pointers: (before, after, effects).
+    fn step(&self, event: &Event, now: jiff::Timestamp) -> Result<(Pointers, Pointers, Vec<Effect>), StoreError> {
+        let before = self.store.pointers()?;
+        let rules = cycle::Rules { retry_limit: self.cfg.apply.retry.limit };
+        let (after, effects) = cycle::step(&before, event, now, rules);
+        Ok((before, after, effects))
     }
 
     pub fn update_pointers(&self, f: impl FnOnce(&mut Pointers)) -> Result<Pointers, StoreError> {
@@ -161,9 +163,7 @@ impl Agent {
         now: jiff::Timestamp,
         f: impl FnOnce(&mut Status, &[Effect]),
     ) -> Result<(Pointers, Vec<Effect>, Status), StoreError> {
-        let before = self.store.pointers()?;
-        let rules = cycle::Rules { retry_limit: self.cfg.apply.retry.limit };
-        let (after, effects) = cycle::step(&before, event, now, rules);
+        let (_, after, effects) = self.step(event, now)?;
         let mut s = self.status_of(&after)?;
         f(&mut s, &effects);
         self.store.set_pointers_and_status(&after, &s)?;

@@ -37,13 +37,7 @@ pub(super) async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> R
             a.gc()?;
         }
         a.event(Kind::Failed, serde_json::json!({ "revision": c, "error": msg }));
-        a.set_status(|s| {
-            s.phase = "failed".into();
-            s.source = "ok".into();
-            s.target_revision = Some(c);
-            s.last_sync = Some(now_rfc3339());
-            s.error = Some(msg);
-        })?;
+        a.set_status(|s| set_failed(s, c, msg))?;
         Ok(())
     })
     .await?;
@@ -51,6 +45,15 @@ pub(super) async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> R
         tracing::warn!(error = %h, "could not re-enforce the current revision");
     }
     Ok(())
+}
+
+/// The status of a sync that found `commit` on the branch and failed with `error`.
+fn set_failed(s: &mut Status, commit: String, error: String) {
+    s.phase = "failed".into();
+    s.source = "ok".into();
+    s.target_revision = Some(commit);
+    s.last_sync = Some(now_rfc3339());
+    s.error = Some(error);
 }
 
 /// A revision failed to apply or failed its health window: return to
@@ -147,16 +150,7 @@ pub(super) async fn fail_and_roll_back(
     if unrecorded {
         // The rollback itself could not be recorded: say so, as well as the store lets.
         let (full, commit) = (final_error.to_string(), p.commit.clone());
-        let recorded = blocking(agent, move |a| {
-            a.set_status(|s| {
-                s.phase = "failed".into();
-                s.source = "ok".into();
-                s.target_revision = Some(commit);
-                s.last_sync = Some(now_rfc3339());
-                s.error = Some(full);
-            })
-        })
-        .await;
+        let recorded = blocking(agent, move |a| a.set_status(|s| set_failed(s, commit, full))).await;
         if let Err(e) = recorded {
             tracing::error!(error = %e, "could not record the status");
         }

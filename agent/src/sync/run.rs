@@ -343,7 +343,15 @@ pub(super) async fn sync_fetched(
                 newly = s.waiting_for.as_deref() != reason || s.target_revision.as_deref() != Some(c.as_str());
                 set_waiting(s, &c, wave.clone(), *phase, waiting, breaker_off);
             } else {
+                // Applied next: a new revision in progress, nothing waited for.
+                s.phase = "progressing".into();
+                s.source = "ok".into();
+                s.target_revision = Some(c.clone());
+                s.error = None;
                 s.wave = wave.clone();
+                s.waiting_for = None;
+                s.due_at = None;
+                s.waiting_detail = None;
             }
         })?;
         Ok(Gated { newly, effects })
@@ -376,20 +384,7 @@ pub(super) async fn sync_fetched(
         tracing::info!(revision = short(&commit), forced = %f, "applying past the rollout policy");
     }
 
-    // A new revision.
-    let c = commit.clone();
-    blocking(agent, move |a| {
-        a.set_status(|s| {
-            s.phase = "progressing".into();
-            s.source = "ok".into();
-            s.target_revision = Some(c);
-            s.error = None;
-            s.waiting_for = None;
-            s.due_at = None;
-            s.waiting_detail = None;
-        })
-    })
-    .await?;
+    // A new revision (the status says `progressing` since the gate's transition).
     let t = Instant::now();
     // The contents go to the apply (and the store) and are dropped there; the
     // rest is shared with the health gate and a rollback, not copied.

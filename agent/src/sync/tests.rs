@@ -17,27 +17,6 @@ struct Cycle {
     rt: tokio::runtime::Runtime,
 }
 
-/// Lets the test keep a handle on the source the agent owns.
-struct Shared(Arc<MemorySource>);
-
-impl crate::source::Source for Shared {
-    fn shown_url(&self) -> String {
-        self.0.shown_url()
-    }
-    fn fetch(&self) -> Result<Fetched, SourceError> {
-        self.0.fetch()
-    }
-    fn tree(&self, commit: &str) -> Result<Box<dyn bundle::Tree + '_>, SourceError> {
-        self.0.tree(commit)
-    }
-    fn commit_object(&self, commit: &str) -> Result<Vec<u8>, SourceError> {
-        self.0.commit_object(commit)
-    }
-    fn committed_at(&self, commit: &str) -> Result<jiff::Timestamp, SourceError> {
-        self.0.committed_at(commit)
-    }
-}
-
 fn at(s: &str) -> jiff::Timestamp {
     s.parse().unwrap()
 }
@@ -56,7 +35,7 @@ impl Cycle {
         let cfg = Config::from_str(&text, &tmp.path().join("agent.toml")).unwrap();
         let source = Arc::new(MemorySource::new());
         let clock = Arc::new(FakeClock::new(at("2026-11-27T10:00:00Z")));
-        let agent = Arc::new(Agent::with_source(cfg, Box::new(Shared(source.clone())), clock.clone()).unwrap());
+        let agent = Arc::new(Agent::with_source(cfg, Box::new(source.clone()), clock.clone()).unwrap());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         Cycle { _tmp: tmp, root, agent, source, clock, rt }
     }
