@@ -66,6 +66,11 @@ pub struct Source {
     pub jitter: Duration,
     #[serde(default = "Source::default_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// A fleet-wide sync command or an announced commit (SPEC §4) starts the
+    /// fetch after a random delay within this, so the fleet does not reach
+    /// the Git server in the same second.
+    #[serde(default = "Source::default_announce_spread", deserialize_with = "de_duration")]
+    pub announce_spread: Duration,
     pub token_file: Option<PathBuf>,
     pub ssh_key: Option<PathBuf>,
     pub allowed_signers: Option<PathBuf>,
@@ -89,6 +94,9 @@ impl Source {
     }
     fn default_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    fn default_announce_spread() -> Duration {
+        Duration::from_secs(5)
     }
 }
 
@@ -650,6 +658,7 @@ mod tests {
         assert_eq!(c.source.path, "devices/gw-1");
         assert_eq!(c.source.interval, Duration::from_secs(60));
         assert_eq!(c.source.jitter, Duration::from_secs(10));
+        assert_eq!(c.source.announce_spread, Duration::from_secs(5));
         assert_eq!(c.source.timeout, Duration::from_secs(30));
         assert!(c.apply.prune && c.apply.self_heal && c.apply.rollback && !c.apply.allow_empty);
         assert_eq!(c.apply.history, 20);

@@ -141,6 +141,8 @@ impl Fleet {
 pub struct GitDaemon {
     child: Child,
     pub port: u16,
+    /// With [`GitDaemon::start_logged`]: its `--verbose` log.
+    pub log: Option<PathBuf>,
 }
 
 impl GitDaemon {
@@ -150,21 +152,42 @@ impl GitDaemon {
 
     /// On a given port (to bring a killed server back where clients expect it).
     pub fn start_on(base: &Path, port: u16) -> GitDaemon {
+        Self::start_with(base, port, None)
+    }
+
+    /// Logging every connection to `log` (see [`GitDaemon::connections`]).
+    pub fn start_logged(base: &Path, log: &Path) -> GitDaemon {
+        Self::start_with(base, free_port(), Some(log))
+    }
+
+    fn start_with(base: &Path, port: u16, log: Option<&Path>) -> GitDaemon {
         // Run git-daemon itself: `git daemon` is a wrapper whose child would
         // outlive a kill of the wrapper.
         let exec_path = run(Command::new("git").arg("--exec-path")).trim().to_owned();
+        let stderr = match log {
+            Some(l) => Stdio::from(std::fs::File::create(l).unwrap()),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(Path::new(&exec_path).join("git-daemon"))
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
             .args(["--export-all", "--reuseaddr", "--informative-errors"])
+            .args(log.map(|_| "--verbose"))
             .arg(base)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start git daemon (is git installed?)");
         wait_for_port(port, &mut child, "git daemon");
-        GitDaemon { child, port }
+        GitDaemon { child, port, log: log.map(Path::to_owned) }
+    }
+
+    /// Connections served so far (the port probe of the start excluded):
+    /// requests for a repository in the `--verbose` log.
+    pub fn connections(&self) -> usize {
+        let log = self.log.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("Request upload-pack")).count()
     }
 
     pub fn url(&self, repo: &str) -> String {

@@ -189,6 +189,22 @@ pub enum FleetCommand {
         #[arg(long)]
         now: bool,
     },
+    /// Tell the fleet a new commit is on a branch (run by the fleet
+    /// repository's CI after a push): a retained message on
+    /// {prefix}/{fleet}/_source/{branch}. Gateways following that branch fetch
+    /// within their [source].announce_spread; what they apply is still what
+    /// Git (and allowed_signers) says.
+    Announce {
+        #[command(flatten)]
+        conn: MqttArgs,
+        #[arg(long, default_value = "default")]
+        fleet: String,
+        /// The branch the gateways follow (their [source].branch, placeholders expanded).
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// The full commit id now at the branch's tip (`git rev-parse HEAD`).
+        revision: String,
+    },
 }
 
 /// How the fleet commands reach the broker (the same TLS options as [mqtt]).
@@ -332,6 +348,24 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
                 "sync requested from {} (command id {id})",
                 target.map_or_else(|| format!("every gateway of fleet {f}"), |d| format!("{f}/{d}"))
             );
+            Ok(())
+        }
+        FleetCommand::Announce { conn, fleet: f, branch, revision } => {
+            let revision = revision.trim().to_ascii_lowercase();
+            if !crate::report::announce::is_commit_id(&revision) {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "REVISION {revision:?}: not a full commit id (40 or 64 hexadecimal digits, as `git rev-parse HEAD` prints)"
+                )));
+            }
+            if crate::report::announce::topic(&conn.topic_prefix, f, branch).is_none() {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "--branch {branch:?}: cannot be an MQTT topic (it has + or #)"
+                )));
+            }
+            let topic = rt
+                .block_on(fleet::broker::announce(&conn.settings(), &conn.topic_prefix, f, branch, &revision))
+                .map_err(usage)?;
+            println!("announced {} on {topic}", crate::sync::short(&revision));
             Ok(())
         }
     }

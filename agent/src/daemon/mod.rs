@@ -8,6 +8,10 @@
 //! - polls come every `interval` plus a random part of `jitter`; transient
 //!   failures retry sooner, after a random part of `[apply].retry` backoff, up
 //!   to its limit;
+//! - a fleet-wide sync command and an announced commit (SPEC §4) start their
+//!   fetch after a random delay within `[source].announce_spread`, and
+//!   announce-triggered fetches are rate-limited (`report::announce::Limiter`):
+//!   the fleet never reaches its Git server in the same second;
 //! - SIGTERM or SIGINT stops the loop; a step already running on the blocking
 //!   pool (an apply) finishes, the store is flushed, and the process exits 0.
 
@@ -25,8 +29,8 @@ use tokio::time::Instant;
 
 use crate::config::{Apply, Source};
 use crate::control::{self, Request, Response};
-use crate::report::Kind;
 use crate::report::mqtt::{self, CommandKind, Settings};
+use crate::report::{Kind, announce};
 use crate::store::Store;
 use crate::sync::{self, Agent, SyncError, SyncOptions};
 
@@ -36,6 +40,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(30);
 /// How often the time of the last idle sync is written to the flash (the
 /// live status has it at once; this is what survives a power cut).
 const PERSIST_LAST_SYNC_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// Fleet-wide sync commands kept for the one deferred sync that answers them.
+const MAX_DEFERRED: usize = 16;
 
 /// How long a stopping daemon waits for a running apply to finish.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -145,6 +152,11 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<mqtt::Command>(16);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (conn_tx, conn_rx) = watch::channel(String::from("not configured"));
+    let (announced_tx, mut announced_rx) = watch::channel(None::<String>);
+    let announce_topic = announce::topic(&cfg.mqtt.topic_prefix, &cfg.fleet, &cfg.source.branch);
+    if cfg.mqtt.url.is_some() && announce_topic.is_none() {
+        tracing::warn!(branch = %cfg.source.branch, "announced commits are off: the branch name cannot be an MQTT topic (it has + or #)");
+    }
     let reporter = Settings::from_config(&cfg.mqtt).map(|settings| {
         let _ = conn_tx.send("connecting".into());
         tokio::spawn(
@@ -155,6 +167,8 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                 health_interval: cfg.mqtt.health_interval,
                 status: status_rx,
                 commands: cmd_tx,
+                announce_topic,
+                announced: announced_tx,
                 connection: conn_tx,
                 stop: stop_rx,
             }
@@ -180,6 +194,15 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     let mut failures = 0u32;
     let mut last_flush = Instant::now();
     let mut last_persist = Instant::now();
+    // Fleet-wide sync commands wait for a random point within the spread
+    // (answered together after one sync); an announced commit is fetched at
+    // the next poll, brought forward to such a point, within the rate limit.
+    let spread = cfg.source.announce_spread;
+    let mut deferred: Vec<mqtt::Command> = Vec::new();
+    let mut deferred_at = Instant::now();
+    let mut announce_due: Option<Instant> = None;
+    let mut acted_on: Option<String> = None;
+    let mut limiter = announce::Limiter::new(Instant::now());
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -190,6 +213,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                 next = Instant::now() + cfg.source.interval;
             }
             _ = tokio::time::sleep_until(next), if !suspended => {
+                announce_due = None;
                 let opts = SyncOptions { no_heal: !cfg.apply.self_heal, ..Default::default() };
                 let result = tokio::select! {
                     r = sync::sync(&agent, opts) => r,
@@ -257,7 +281,50 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                 give_back_memory();
                 let _ = status_tx.send(status_now(&agent, suspended).await);
             }
+            Ok(()) = announced_rx.changed() => {
+                let Some(rev) = announced_rx.borrow_and_update().clone() else { continue };
+                let known = {
+                    let st = status_tx.borrow();
+                    [&st["revision"], &st["target_revision"]].iter().any(|v| v.as_str() == Some(rev.as_str()))
+                };
+                // One fetch per announced revision; none while one is due or
+                // while suspended.
+                if known || suspended || announce_due.is_some() || acted_on.as_deref() == Some(rev.as_str()) {
+                    continue;
+                }
+                let at = limiter.reserve(Instant::now() + within(spread));
+                tracing::info!(revision = %sync::short(&rev), fetch_in = ?at.saturating_duration_since(Instant::now()), "commit announced");
+                acted_on = Some(rev);
+                announce_due = Some(at);
+                next = next.min(at);
+            }
+            _ = tokio::time::sleep_until(deferred_at), if !deferred.is_empty() => {
+                let batch = std::mem::take(&mut deferred);
+                tracing::debug!(commands = batch.len(), "fleet-wide sync starts");
+                let now = batch.iter().any(|c| matches!(c.cmd, Ok(CommandKind::Sync { now: true })));
+                let result = tokio::select! {
+                    r = fleet_sync(&agent, now) => r,
+                    _ = &mut shutdown => break,
+                };
+                for cmd in batch {
+                    answer(&agent, "sync", cmd.id, &result).await;
+                }
+                give_back_memory();
+                let _ = status_tx.send(status_now(&agent, suspended).await);
+            }
             Some(cmd) = cmd_rx.recv() => {
+                if cmd.fleet_wide && matches!(cmd.cmd, Ok(CommandKind::Sync { .. })) && !spread.is_zero() {
+                    if deferred.is_empty() {
+                        let delay = within(spread);
+                        tracing::debug!(starts_in = ?delay, "fleet-wide sync command");
+                        deferred_at = Instant::now() + delay;
+                    }
+                    // Bounded: a burst of fleet-wide syncs is one sync.
+                    if deferred.len() < MAX_DEFERRED {
+                        deferred.push(cmd);
+                    }
+                    continue;
+                }
                 let resumed = tokio::select! {
                     r = fleet_command(&agent, cmd, &mut suspended) => r,
                     _ = &mut shutdown => break,
@@ -297,10 +364,7 @@ async fn fleet_command(agent: &Arc<Agent>, cmd: mqtt::Command, suspended: &mut b
     let name = cmd.cmd.as_ref().map(CommandKind::name).unwrap_or("invalid");
     let (result, resumed): (Result<Option<String>, String>, bool) = match cmd.cmd {
         Err(e) => (Err(e), false),
-        Ok(CommandKind::Sync { now }) => {
-            let opts = SyncOptions { now, ..Default::default() };
-            (sync::sync(agent, opts).await.map(|s| s.commit).map_err(|e| e.to_string()), false)
-        }
+        Ok(CommandKind::Sync { now }) => (fleet_sync(agent, now).await, false),
         Ok(CommandKind::Rollback { revision }) => {
             (sync::rollback(agent, revision).await.map(|s| s.commit).map_err(|e| e.to_string()), false)
         }
@@ -318,15 +382,35 @@ async fn fleet_command(agent: &Arc<Agent>, cmd: mqtt::Command, suspended: &mut b
             (r.map(|_| None), !on)
         }
     };
-    let mut fields = serde_json::json!({ "cmd": name, "id": cmd.id, "ok": result.is_ok() });
-    match &result {
+    answer(agent, name, cmd.id, &result).await;
+    resumed
+}
+
+async fn fleet_sync(agent: &Arc<Agent>, now: bool) -> Result<Option<String>, String> {
+    let opts = SyncOptions { now, ..Default::default() };
+    sync::sync(agent, opts).await.map(|s| s.commit).map_err(|e| e.to_string())
+}
+
+/// The `command` event that answers a fleet command.
+async fn answer(
+    agent: &Arc<Agent>,
+    name: &str,
+    id: Option<serde_json::Value>,
+    result: &Result<Option<String>, String>,
+) {
+    let mut fields = serde_json::json!({ "cmd": name, "id": id, "ok": result.is_ok() });
+    match result {
         Ok(Some(rev)) => fields["revision"] = rev.clone().into(),
         Ok(None) => {}
         Err(e) => fields["error"] = e.clone().into(),
     }
     let a = agent.clone();
     let _ = tokio::task::spawn_blocking(move || a.event(Kind::Command, fields)).await;
-    resumed
+}
+
+/// A random delay within `spread`.
+fn within(spread: Duration) -> Duration {
+    spread.mul_f64(fastrand::f64())
 }
 
 /// One control request, answered from the daemon's own store.

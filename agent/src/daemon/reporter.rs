@@ -41,6 +41,10 @@ pub struct Reporter {
     pub health_interval: Duration,
     pub status: watch::Receiver<Value>,
     pub commands: mpsc::Sender<Command>,
+    /// The branch's announcement topic (`None`: announcements are off), and
+    /// where the latest announced revision goes (a flood keeps only the last).
+    pub announce_topic: Option<String>,
+    pub announced: watch::Sender<Option<String>>,
     pub connection: watch::Sender<String>,
     pub stop: watch::Receiver<bool>,
 }
@@ -75,6 +79,7 @@ impl Reporter {
         let mut subs: VecDeque<Option<String>> = VecDeque::new();
         let mut sub_acks: HashMap<u16, Option<String>> = HashMap::new();
         let mut rollout_sub: Option<String> = None;
+        let mut ignored = 0u64;
         loop {
             tokio::select! {
                 ev = eventloop.poll() => match ev {
@@ -90,7 +95,8 @@ impl Reporter {
                         in_flight = 0;
                         subs.clear();
                         sub_acks.clear();
-                        for t in [self.topics.cmd(), self.topics.all_cmd.clone()] {
+                        let announce = self.announce_topic.iter().cloned();
+                        for t in [self.topics.cmd(), self.topics.all_cmd.clone()].into_iter().chain(announce) {
                             if client.try_subscribe(t, QoS::AtLeastOnce).is_ok() {
                                 subs.push_back(None);
                             }
@@ -135,6 +141,23 @@ impl Reporter {
                             self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
                         }
                     }
+                    Ok(Event::Incoming(Incoming::Publish(p))) if self.announce_topic.as_deref() == Some(p.topic.as_str()) => {
+                        match crate::report::announce::parse(&p.payload) {
+                            Ok(rev) => {
+                                tracing::debug!(revision = %crate::sync::short(&rev), "mqtt: commit announced");
+                                self.announced.send_replace(Some(rev));
+                            }
+                            // An empty retained message clears the announcement.
+                            Err(_) if p.payload.is_empty() => {}
+                            // Said at the 1st, 2nd, 4th, 8th... (a flood must not fill the journal).
+                            Err(e) => {
+                                ignored += 1;
+                                if ignored.is_power_of_two() {
+                                    tracing::warn!(topic = %p.topic, error = %e, ignored, "mqtt: announcement ignored");
+                                }
+                            }
+                        }
+                    }
                     Ok(Event::Incoming(Incoming::Publish(p))) if p.retain => {
                         // A command is a request of the moment: one kept by the
                         // broker would run again at every reconnect of every
@@ -142,7 +165,8 @@ impl Reporter {
                         tracing::warn!(topic = %p.topic, "mqtt: a retained command is ignored (clear it with an empty retained message)");
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        let cmd = parse_command(&p.payload);
+                        let mut cmd = parse_command(&p.payload);
+                        cmd.fleet_wide = p.topic == self.topics.all_cmd;
                         tracing::info!(topic = %p.topic, cmd = ?cmd.cmd.as_ref().map(CommandKind::name), "mqtt: command received");
                         if self.commands.send(cmd).await.is_err() {
                             return;

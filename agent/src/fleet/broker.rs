@@ -133,7 +133,7 @@ pub async fn follow(settings: Settings, prefix: String, fleet: Option<String>, l
     }
 }
 
-/// Publish a `sync` command to one gateway or to the whole fleet; returns the id.
+/// Ask one gateway (`device`) or the whole fleet to sync; returns the command id.
 pub async fn sync(
     settings: &Settings,
     prefix: &str,
@@ -141,8 +141,6 @@ pub async fn sync(
     device: Option<&str>,
     now: bool,
 ) -> Result<String, String> {
-    let options = settings.options(&client_id("cmd"), None)?;
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
     let prefix = prefix.trim_end_matches('/');
     let topic = format!("{prefix}/{fleet}/{}/cmd", device.unwrap_or("_all"));
     let id = format!("fleet-{:08x}", fastrand::u32(..));
@@ -150,7 +148,37 @@ pub async fn sync(
     if now {
         payload["now"] = true.into();
     }
-    let payload = payload.to_string();
+    publish_once(settings, "cmd", topic, false, payload.to_string()).await?;
+    Ok(id)
+}
+
+/// Announce `revision` on `branch` (SPEC §4): retained, so a gateway that
+/// connects later hears of it too. Returns the topic.
+pub async fn announce(
+    settings: &Settings,
+    prefix: &str,
+    fleet: &str,
+    branch: &str,
+    revision: &str,
+) -> Result<String, String> {
+    let topic = crate::report::announce::topic(prefix, fleet, branch)
+        .ok_or_else(|| format!("--branch {branch:?}: cannot be an MQTT topic (it has + or #)"))?;
+    let ts = jiff::Timestamp::now().round(jiff::Unit::Second).map_err(|e| e.to_string())?.to_string();
+    publish_once(settings, "announce", topic.clone(), true, crate::report::announce::payload(revision, &ts)).await?;
+    Ok(topic)
+}
+
+/// Connect, publish one message at QoS 1, wait for the broker's
+/// acknowledgement (10 s at most) and disconnect.
+async fn publish_once(
+    settings: &Settings,
+    what: &str,
+    topic: String,
+    retain: bool,
+    payload: String,
+) -> Result<(), String> {
+    let options = settings.options(&client_id(what), None)?;
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut sent_pkid = None;
     loop {
@@ -162,7 +190,7 @@ pub async fn sync(
         match ev {
             Event::Incoming(Incoming::ConnAck(_)) => {
                 client
-                    .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                    .publish(topic.clone(), QoS::AtLeastOnce, retain, payload.clone())
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -176,5 +204,5 @@ pub async fn sync(
         while !matches!(eventloop.poll().await, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {}
     })
     .await;
-    Ok(id)
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! `mqtt.rs` publishes them in order and removes each only once the broker
 //! acknowledged it. Status and health are not queued: the newest replaces the old.
 
+pub mod announce;
 pub mod breaker;
 pub mod mqtt;
 pub mod textfile;

@@ -129,6 +129,9 @@ impl Settings {
 pub struct Command {
     pub id: Option<Value>,
     pub cmd: Result<CommandKind, String>,
+    /// Sent to every gateway of the fleet (`_all/cmd`): a sync starts after a
+    /// random delay within `[source].announce_spread`.
+    pub fleet_wide: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +174,7 @@ pub fn parse_command(payload: &[u8]) -> Command {
         now: Option<bool>,
     }
     if payload.len() > MAX_COMMAND {
-        return Command { id: None, cmd: Err(format!("command larger than {MAX_COMMAND} bytes")) };
+        return Command { id: None, cmd: Err(format!("command larger than {MAX_COMMAND} bytes")), fleet_wide: false };
     }
     // Recover the id even from a command that is otherwise wrong, so the error
     // event can echo it.
@@ -181,7 +184,7 @@ pub fn parse_command(payload: &[u8]) -> Command {
         .filter(|v| v.is_string() || v.is_number());
     let raw: Raw = match serde_json::from_slice(payload) {
         Ok(r) => r,
-        Err(e) => return Command { id, cmd: Err(format!("malformed command: {e}")) },
+        Err(e) => return Command { id, cmd: Err(format!("malformed command: {e}")), fleet_wide: false },
     };
     let now = raw.now;
     let cmd = match (raw.cmd.as_str(), raw.revision) {
@@ -198,7 +201,7 @@ pub fn parse_command(payload: &[u8]) -> Command {
             other.chars().take(40).collect::<String>()
         )),
     };
-    Command { id, cmd }
+    Command { id, cmd, fleet_wide: false }
 }
 
 #[cfg(test)]

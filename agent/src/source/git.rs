@@ -148,6 +148,11 @@ impl GitSource {
         let url = self.shown_url();
         let repo = self.open()?;
         let net = |e: gix::Error| {
+            if dropped_by_server(&e) {
+                return SourceError::transient(format!(
+                    "{url}: the server closed the connection (at its limit of clients? tend retries after a random backoff)"
+                ));
+            }
             let msg = format!("{url}: {}", error_chain(&e));
             // Authentication and "no such repository" will not fix themselves by
             // retrying sooner, but a server may come back: both are retried at the
@@ -358,6 +363,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     e.to_string().replace('\n', " ")
 }
 
+/// Whether the server closed the connection under the request (as `git
+/// daemon` does past `--max-connections`, or a proxy at its limit), judged by
+/// the I/O error kinds in the error's causes, not by its text.
+fn dropped_by_server(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof)
+        {
+            return true;
+        }
+        if s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
 type Listing = Rc<Vec<(String, EntryKind, ObjectId)>>;
 
 /// One commit's tree. Directory listings are decoded once and cached.
@@ -461,5 +486,56 @@ mod tests {
         assert_eq!(redact_url("https://bob:s3cret@git.example.com/x.git"), "https://bob:***@git.example.com/x.git");
         assert_eq!(redact_url("https://git.example.com/x.git"), "https://git.example.com/x.git");
         assert_eq!(redact_url("/srv/git/fleet"), "/srv/git/fleet");
+    }
+}
+
+#[cfg(test)]
+mod dropped {
+    use super::*;
+
+    /// A server that accepts and closes at once, as `git daemon` does past
+    /// its `--max-connections`, or sends `reply` first.
+    fn dropping_server(reply: &'static [u8]) -> (String, std::thread::JoinHandle<()>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            for s in l.incoming().take(1) {
+                let mut s = s.unwrap();
+                use std::io::Write;
+                let _ = s.write_all(reply);
+                drop(s);
+            }
+        });
+        (addr.to_string(), h)
+    }
+
+    fn source(url: String, dir: &Path) -> GitSource {
+        GitSource {
+            dir: dir.to_owned(),
+            url,
+            branch: "main".into(),
+            token_file: None,
+            ssh_key: None,
+            ca_file: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_dropped_connection_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        // git:// (the request is refused mid-way), http:// (no response).
+        for scheme in ["git", "http"] {
+            let (addr, h) = dropping_server(b"");
+            let e = source(format!("{scheme}://{addr}/fleet"), dir.path()).fetch().unwrap_err();
+            h.join().unwrap();
+            assert!(e.is_transient());
+            assert!(e.message.contains("the server closed the connection"), "{scheme}: {}", e.message);
+            assert!(!e.message.contains("handshake"), "{}", e.message);
+        }
+        // Nobody listening is not a dropped connection.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let e = source(format!("git://127.0.0.1:{port}/fleet"), dir.path()).fetch().unwrap_err();
+        assert!(!e.message.contains("closed the connection"), "{}", e.message);
     }
 }

@@ -1,0 +1,189 @@
+//! Issue 16: announced commits on real gateways — an idle fleet polling every
+//! hour makes no Git request, a push announced with `tend fleet announce`
+//! reaches all 20 gateways in seconds, forged announcements apply nothing and
+//! cost at most the rate-limited fetches, and a fleet-wide sync command is
+//! spread over `[source].announce_spread`. Requests are counted in a real
+//! `git daemon`'s `--verbose` log.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tend_e2e::{Fleet, Gateway, GitDaemon, Mosquitto, tend_bin};
+
+/// The bundle every gateway shares.
+fn shared(fleet: &Fleet, v: &str) -> String {
+    fleet.write("shared/files/etc/myapp/app.conf", format!("version = {v}\n"));
+    fleet.commit(v)
+}
+
+/// A gateway `dev` following the git daemon's `fleet` repository, polling
+/// once an hour, reporting to `broker`.
+fn gateway(tmp: &std::path::Path, dev: &str, git: &GitDaemon, broker: &Mosquitto, spread: &str) -> Gateway {
+    let gw = Gateway::new(
+        &tmp.join(dev),
+        &git.url("fleet"),
+        &format!("[mqtt]\nurl = \"{}\"\nhealth_interval = \"1h\"\n", broker.url()),
+    );
+    let text = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .replace("device_id = \"gw-1\"", &format!("device_id = \"{dev}\""))
+        .replace(
+            "path = \"devices/{device_id}\"",
+            &format!("path = \"shared\"\ninterval = \"1h\"\njitter = \"0s\"\nannounce_spread = \"{spread}\""),
+        );
+    std::fs::write(&gw.config, text).unwrap();
+    gw
+}
+
+fn fleet_cmd(broker: &Mosquitto, args: &[&str]) -> String {
+    let out = Command::new(tend_bin()).arg("fleet").args(args).args(["--mqtt", &broker.url()]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "tend fleet {args:?}: {stdout}{stderr}");
+    stdout.into_owned()
+}
+
+fn idle(git: &GitDaemon, what: &str, for_: Duration) {
+    let before = git.connections();
+    std::thread::sleep(for_);
+    assert_eq!(git.connections(), before, "{what}: an idle fleet made Git requests");
+}
+
+#[test]
+fn an_announced_push_reaches_twenty_idle_gateways_and_an_idle_fleet_makes_no_git_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let git = GitDaemon::start_logged(tmp.path(), &tmp.path().join("git-daemon.log"));
+    let broker = Mosquitto::start();
+    let v1 = shared(&fleet, "1");
+    let devices: Vec<String> = (0..20).map(|i| format!("gw-{i:02}")).collect();
+    let gateways: Vec<Gateway> = devices.iter().map(|d| gateway(tmp.path(), d, &git, &broker, "3s")).collect();
+    let daemons: Vec<_> = gateways.iter().map(Gateway::start_daemon).collect();
+    for gw in &gateways {
+        gw.wait_status("v1", Duration::from_secs(60), |s| s["phase"] == "synced" && s["revision"] == v1.as_str());
+    }
+    let events = tend_e2e::Subscription::start(&broker, "tend/v1/test/+/events", "announce-events");
+    idle(&git, "after the first sync", Duration::from_secs(4));
+
+    // A push is not seen (the interval is an hour) until it is announced.
+    let v2 = shared(&fleet, "2");
+    idle(&git, "after an unannounced push", Duration::from_secs(3));
+    let before = git.connections();
+    let out = fleet_cmd(&broker, &["announce", "--fleet", "test", "--branch", "main", &v2]);
+    assert!(out.contains("tend/v1/test/_source/main"), "{out}");
+    for gw in &gateways {
+        gw.wait_status("v2 announced", Duration::from_secs(30), |s| s["revision"] == v2.as_str());
+    }
+    // One fetch per gateway, no more.
+    assert_eq!(git.connections() - before, 20, "fetches for one announcement");
+    for gw in &gateways {
+        assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 2\n");
+    }
+    // The retained announcement read again (a reconnect) costs nothing: every
+    // gateway already has it.
+    idle(&git, "after the announcement", Duration::from_secs(4));
+
+    // A fleet-wide sync command: every gateway answers, at random points
+    // within the 3 s spread rather than in the same instant.
+    let v3 = shared(&fleet, "3");
+    fleet_cmd(&broker, &["sync", "--fleet", "test", "--all"]);
+    let lines = events.wait("20 answers", Duration::from_secs(30), |l| {
+        tend_e2e::payloads(l).iter().filter(|e| e["kind"] == "command").count() == 20
+    });
+    let answers: Vec<_> = tend_e2e::payloads(&lines).into_iter().filter(|e| e["kind"] == "command").collect();
+    assert!(answers.iter().all(|e| e["ok"] == true && e["revision"] == v3.as_str()), "{answers:?}");
+    // When each started its sync, from its log (microseconds).
+    let mut starts: Vec<f64> = daemons
+        .iter()
+        .map(|d| {
+            let log = d.log_text();
+            let line = log.lines().find(|l| l.contains("fleet-wide sync starts")).expect("a fleet-wide sync");
+            let ts: jiff::Timestamp = line.split_whitespace().next().unwrap().parse().unwrap();
+            ts.as_microsecond() as f64 / 1e6
+        })
+        .collect();
+    starts.sort_by(f64::total_cmp);
+    let range = starts[19] - starts[0];
+    assert!(range >= 1.0, "20 fetches within {range:.3} s: not spread over announce_spread");
+    assert!(range <= 3.5, "a fetch {range:.3} s after the first: later than announce_spread");
+    drop(daemons);
+}
+
+#[test]
+fn forged_announcements_apply_nothing_and_cost_at_most_the_rate_limited_fetches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let git = GitDaemon::start_logged(tmp.path(), &tmp.path().join("git-daemon.log"));
+    let broker = Mosquitto::start();
+    let v1 = shared(&fleet, "1");
+    let gw = gateway(tmp.path(), "gw-00", &git, &broker, "0s");
+    let daemon = gw.start_daemon();
+    gw.wait_status("v1", Duration::from_secs(30), |s| s["phase"] == "synced" && s["revision"] == v1.as_str());
+    daemon.wait_log("mqtt connected", Duration::from_secs(10), |l| l.contains("mqtt: connected"));
+    std::thread::sleep(Duration::from_millis(500));
+    let before = git.connections();
+
+    // 300 announcements of commits that do not exist, and garbage, as fast
+    // as a client can publish them (a broker coalesces nothing)...
+    let mut flood = String::new();
+    for i in 0..300 {
+        let line = match i % 3 {
+            0 => format!("{{\"revision\":\"{:040x}\",\"ts\":\"x\"}}", fastrand::u128(..)),
+            1 => "{\"revision\":\"main\"}".to_owned(),
+            _ => "not json".to_owned(),
+        };
+        flood.push_str(&line);
+        flood.push('\n');
+    }
+    let started = std::time::Instant::now();
+    let mut publisher = Command::new("mosquitto_pub")
+        .args(broker.client_args())
+        .args(["-q", "1", "-t", "tend/v1/test/_source/main", "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    publisher.stdin.take().unwrap().write_all(flood.as_bytes()).unwrap();
+    assert!(publisher.wait().unwrap().success());
+    // ...then one every 150 ms for 4.5 s, each new to the gateway (without
+    // the rate limit, each would be a fetch).
+    for _ in 0..30 {
+        broker.publish("tend/v1/test/_source/main", &format!("{{\"revision\":\"{:040x}\"}}", fastrand::u128(..)));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let fetches = git.connections() - before;
+    // The bucket: 3 at once, then one per 20 s.
+    let allowed = 3 + (started.elapsed().as_secs() / 20) as usize;
+    assert!(fetches >= 1 && fetches <= allowed, "{fetches} fetches for a flood (at most {allowed})");
+    let s = gw.tend(&["status", "--json"]).json();
+    assert_eq!((s["phase"].as_str(), s["revision"].as_str()), (Some("synced"), Some(v1.as_str())), "{s}");
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 1\n");
+    // The garbage was said, not at every message.
+    let log = daemon.log_text();
+    let warned = log.matches("announcement ignored").count();
+    assert!((1..=10).contains(&warned), "{warned} warnings for 200 bad announcements");
+
+    // A real announcement after the flood still lands, once the bucket has a
+    // token again.
+    let v2 = shared(&fleet, "2");
+    fleet_cmd(&broker, &["announce", "--fleet", "test", &v2]);
+    gw.wait_status("v2 after the flood", Duration::from_secs(45), |s| s["revision"] == v2.as_str());
+    drop(daemon);
+}
+
+#[test]
+fn announce_refuses_what_is_not_a_commit_id() {
+    let broker = Mosquitto::start();
+    for (args, why) in [
+        (vec!["announce", "main"], "not a full commit id"),
+        (vec!["announce", "0123abc"], "not a full commit id"),
+        (vec!["announce", "--branch", "a+b", "0123456789abcdef0123456789abcdef01234567"], "cannot be an MQTT topic"),
+    ] {
+        let out = Command::new(tend_bin()).arg("fleet").args(&args).args(["--mqtt", &broker.url()]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+    // Nothing was published.
+    assert_eq!(broker.read_one("tend/v1/+/_source/#", &[], 1), None);
+}
