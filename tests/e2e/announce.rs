@@ -187,3 +187,97 @@ fn announce_refuses_what_is_not_a_commit_id() {
     // Nothing was published.
     assert_eq!(broker.read_one("tend/v1/+/_source/#", &[], 1), None);
 }
+
+/// The shell steps of an example CI file: GitHub Actions' `run:` steps of
+/// `job` but "Install tend", or GitLab CI's `script:` of `job`.
+fn ci_steps(file: &str, job: &str) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ci").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc = &yaml_rust2::YamlLoader::load_from_str(&text).unwrap()[0];
+    let steps: Vec<String> = if file.starts_with("github") {
+        doc["jobs"][job]["steps"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"].as_str() != Some("Install tend"))
+            .filter_map(|s| s["run"].as_str().map(str::to_owned))
+            .collect()
+    } else {
+        doc[job]["script"].as_vec().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
+    };
+    assert!(!steps.is_empty(), "{file}: no steps in job {job}");
+    steps
+}
+
+/// Run `steps` as the CI would (bash, errexit), in `dir`, with tend on PATH.
+fn run_steps(steps: &[String], dir: &std::path::Path, env: &[(&str, String)]) -> (bool, String) {
+    let bin = tend_bin().parent().unwrap().to_owned();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mut out = String::new();
+    for step in steps {
+        let o = Command::new("bash")
+            .args(["--noprofile", "--norc", "-eo", "pipefail", "-c", step])
+            .current_dir(dir)
+            .env("PATH", &path)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+        out.push_str(&String::from_utf8_lossy(&o.stderr));
+        if !o.status.success() {
+            return (false, out);
+        }
+    }
+    (true, out)
+}
+
+#[test]
+fn the_example_ci_files_validate_every_bundle_and_announce_the_push() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet");
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", example.display()))
+            .arg(&fleet.dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let head = fleet.commit("the example fleet");
+    for (file, sha_var, branch_var) in [
+        ("github-actions.yml", "GITHUB_SHA", "GITHUB_REF_NAME"),
+        ("gitlab-ci.yml", "CI_COMMIT_SHA", "CI_COMMIT_BRANCH"),
+    ] {
+        let env = [
+            ("TEND_FLEET", "test".to_owned()),
+            ("TEND_MQTT_URL", broker.url()),
+            ("TEND_MQTT_USERNAME", "ci".to_owned()),
+            ("TEND_MQTT_PASSWORD", "not-checked-by-this-broker".to_owned()),
+            ("RUNNER_TEMP", tmp.path().display().to_string()),
+            (sha_var, head.clone()),
+            (branch_var, "main".to_owned()),
+        ];
+        // The pull request's check: the example's bundles pass...
+        let (ok, out) = run_steps(&ci_steps(file, "validate"), &fleet.dir, &env);
+        assert!(ok, "{file}: validate failed:\n{out}");
+        assert!(out.contains("== gw-demo-01"), "{file}: {out}");
+        // ...and a broken one fails the job, naming the file.
+        let conf = fleet.dir.join("devices/gw-demo-01/tend.toml");
+        let good = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, format!("{good}\nnonsense = [\n")).unwrap();
+        let (ok, out) = run_steps(&ci_steps(file, "validate"), &fleet.dir, &env);
+        assert!(!ok && out.contains("tend.toml"), "{file}: a broken bundle passed:\n{out}");
+        std::fs::write(&conf, good).unwrap();
+
+        // After the push: the announcement, retained on the branch's topic.
+        broker.publish_retained_clear("tend/v1/test/_source/main");
+        let (ok, out) = run_steps(&ci_steps(file, "announce"), &fleet.dir, &env);
+        assert!(ok, "{file}: announce failed:\n{out}");
+        let msg = broker.read_one("tend/v1/test/_source/main", &[], 3).expect("a retained announcement");
+        let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+        assert_eq!(v["revision"], head.as_str(), "{file}: {msg}");
+    }
+}

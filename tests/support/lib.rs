@@ -863,6 +863,11 @@ impl Mosquitto {
     pub fn publish(&self, topic: &str, payload: &str) {
         run(Command::new("mosquitto_pub").args(self.client_args()).args(["-q", "1", "-t", topic, "-m", payload]));
     }
+
+    /// Remove the retained message of `topic` (an empty retained message).
+    pub fn publish_retained_clear(&self, topic: &str) {
+        run(Command::new("mosquitto_pub").args(self.client_args()).args(["-q", "1", "-r", "-n", "-t", topic]));
+    }
 }
 
 impl Drop for Mosquitto {
