@@ -189,8 +189,12 @@ impl Reporter {
                         if let Some(b) = &breaker {
                             b.disconnected();
                         }
+                        // A random part of the backoff (at least half): a
+                        // fleet that lost its broker together does not come
+                        // back in the same second.
+                        let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(wait) => {}
                             _ = self.stop.changed() => return,
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
