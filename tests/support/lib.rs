@@ -202,6 +202,13 @@ impl Drop for GitDaemon {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    Off,
+    Valid,
+    Expired,
+}
+
 /// lighttpd running git-http-backend (smart HTTP) for every repository under `base`.
 pub struct HttpGit {
     child: Child,
@@ -216,13 +223,19 @@ impl HttpGit {
 
     /// With `auth = Some((user, password))`, every request needs HTTP basic auth.
     pub fn start_with_auth(base: &Path, auth: Option<(&str, &str)>) -> HttpGit {
-        Self::start_full(base, auth, false)
+        Self::start_full(base, auth, Tls::Off)
     }
 
     /// HTTPS with a certificate for 127.0.0.1 signed by a CA made for this
     /// server (its PEM at [`HttpGit::ca_file`]), and optional basic auth.
     pub fn start_tls(base: &Path, auth: Option<(&str, &str)>) -> HttpGit {
-        Self::start_full(base, auth, true)
+        Self::start_full(base, auth, Tls::Valid)
+    }
+
+    /// HTTPS whose certificate (for 127.0.0.1, from [`HttpGit::ca_file`]'s CA)
+    /// expired on 2020-01-02.
+    pub fn start_tls_expired(base: &Path) -> HttpGit {
+        Self::start_full(base, None, Tls::Expired)
     }
 
     /// The CA certificate that signed a TLS server's certificate.
@@ -230,7 +243,7 @@ impl HttpGit {
         self._dir.path().join("ca.pem")
     }
 
-    fn start_full(base: &Path, auth: Option<(&str, &str)>, tls: bool) -> HttpGit {
+    fn start_full(base: &Path, auth: Option<(&str, &str)>, tls: Tls) -> HttpGit {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let backend = ["/usr/lib/git-core/git-http-backend", "/usr/libexec/git-core/git-http-backend"]
@@ -266,8 +279,11 @@ $HTTP["url"] =~ "^/git/" {{
                     )
             }
         };
-        let conf = if tls {
+        let conf = if tls != Tls::Off {
             make_ca_and_server_cert(dir.path());
+            if tls == Tls::Expired {
+                expire_server_cert(dir.path());
+            }
             conf.replace("server.modules = (", "server.modules = (\"mod_openssl\", ")
                 + &format!(
                     "ssl.engine = \"enable\"\nssl.pemfile = \"{d}/server.pem\"\nssl.privkey = \"{d}/server.key\"\n",
@@ -521,6 +537,40 @@ impl Drop for Sshd {
 
 /// In `dir`: `ca.pem`/`ca.key`, and `server.pem`/`server.key` for IP 127.0.0.1
 /// signed by that CA (made with the openssl command line).
+/// Sign `dir/server.csr` again with `dir/ca.pem`, valid 2020-01-01 to
+/// 2020-01-02 only (`openssl ca` takes explicit dates; `x509 -days` does not).
+fn expire_server_cert(dir: &Path) {
+    let db = dir.join("ca-db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(db.join("index.txt"), "").unwrap();
+    std::fs::write(db.join("serial"), "01\n").unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = tca\n[tca]\ndatabase = ca-db/index.txt\nnew_certs_dir = ca-db\nserial = ca-db/serial\n\
+         default_md = sha256\npolicy = any\ncopy_extensions = none\nx509_extensions = ext\nunique_subject = no\n\
+         [any]\ncommonName = supplied\n[ext]\nsubjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n",
+    )
+    .unwrap();
+    run(Command::new("openssl").current_dir(dir).args([
+        "ca",
+        "-batch",
+        "-config",
+        "ca.cnf",
+        "-cert",
+        "ca.pem",
+        "-keyfile",
+        "ca.key",
+        "-in",
+        "server.csr",
+        "-out",
+        "server.pem",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200102000000Z",
+    ]));
+}
+
 pub fn make_ca_and_server_cert(dir: &Path) {
     let ossl = |args: &[&str]| {
         run(Command::new("openssl").current_dir(dir).args(args));

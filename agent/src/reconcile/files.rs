@@ -402,7 +402,12 @@ impl FileRoot {
     /// Create the missing parents of `path`, recording the ones tend made.
     fn ensure_parents(&self, path: &RelPath, inv: &mut Inventory) -> Result<(), FileError> {
         if !self.root.is_dir() {
-            return Err(FileError::io(&self.root, "open [files].root", "not a directory"));
+            let why = if std::fs::symlink_metadata(&self.root).is_err() {
+                "does not exist: create it, or set [files].root in the config to the directory the allowed paths live under (default /)"
+            } else {
+                "not a directory: set [files].root in the config to a directory"
+            };
+            return Err(FileError::io(&self.root, "[files].root", why));
         }
         for dir in ancestors(path) {
             let full = self.full(&dir);

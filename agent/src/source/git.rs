@@ -147,17 +147,22 @@ impl GitSource {
     fn fetch_blocking(&self, interrupt: &AtomicBool) -> Result<Fetched, SourceError> {
         let url = self.shown_url();
         let repo = self.open()?;
+        // What the server asked of the credentials callback, for messages.
+        let asked = Arc::new(AtomicBool::new(false));
+        let rejected = Arc::new(AtomicBool::new(false));
         let net = |e: gix::Error| {
-            if dropped_by_server(&e) {
-                return SourceError::transient(format!(
-                    "{url}: the server closed the connection (at its limit of clients? tend retries after a random backoff)"
-                ));
-            }
-            let msg = format!("{url}: {}", error_chain(&e));
+            let ctx = super::explain::Context {
+                has_token: self.token_file.is_some(),
+                asked_for_credentials: asked.load(Ordering::Relaxed),
+                credentials_rejected: rejected.load(Ordering::Relaxed),
+            };
             // Authentication and "no such repository" will not fix themselves by
             // retrying sooner, but a server may come back: both are retried at the
             // poll interval; only local setup problems are permanent.
-            SourceError::transient(msg)
+            match super::explain::explain(&e, &self.url, &ctx) {
+                Some(why) => SourceError::transient(format!("{url}: {why}")),
+                None => SourceError::transient(format!("{url}: {}", error_chain(&e))),
+            }
         };
         let remote = repo
             .remote_at(self.url.as_str())
@@ -203,8 +208,18 @@ impl GitSource {
             Some(path) if self.url.starts_with("http") => Some(read_token(path)?),
             _ => None,
         };
+        let (asked_cb, rejected_cb) = (asked.clone(), rejected.clone());
         let conn = conn.with_credentials(move |action| match (&token, action) {
+            (_, gix::credentials::helper::Action::Erase(_)) => {
+                rejected_cb.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+            (None, gix::credentials::helper::Action::Get(_)) => {
+                asked_cb.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
             (Some((user, pass)), gix::credentials::helper::Action::Get(ctx)) => {
+                asked_cb.store(true, Ordering::Relaxed);
                 Ok(Some(gix::credentials::protocol::Outcome {
                     identity: gix::sec::identity::Account {
                         username: user.clone(),
@@ -265,11 +280,18 @@ impl GitSource {
         let port = url.port.unwrap_or(9418);
         let addr = (host, port)
             .to_socket_addrs()
-            .map_err(|e| SourceError::transient(format!("{shown}: cannot resolve {host}: {e}")))?
+            .map_err(|e| {
+                SourceError::transient(format!(
+                    "{shown}: cannot resolve the host name {host:?} ({e}): check it in [source].url, and this gateway's DNS (/etc/resolv.conf)"
+                ))
+            })?
             .next()
             .ok_or_else(|| SourceError::transient(format!("{shown}: {host} has no address")))?;
-        let stream = TcpStream::connect_timeout(&addr, self.timeout.min(Duration::from_secs(30)))
-            .map_err(|e| SourceError::transient(format!("{shown}: cannot connect: {e}")))?;
+        let stream = TcpStream::connect_timeout(&addr, self.timeout.min(Duration::from_secs(30))).map_err(|e| {
+            let why = super::explain::explain(&e, &self.url, &Default::default())
+                .unwrap_or_else(|| format!("cannot connect: {e}"));
+            SourceError::transient(format!("{shown}: {why}"))
+        })?;
         stream.set_nodelay(true).map_err(|e| SourceError::transient(format!("{shown}: {e}")))?;
         let write = stream.try_clone().map_err(|e| SourceError::transient(format!("{shown}: {e}")))?;
         Ok(Some(Box::new(git::blocking_io::Connection::new(
@@ -361,26 +383,6 @@ pub fn redact_url(url: &str) -> String {
 /// One line from a gix error (its Display already carries the causes).
 fn error_chain(e: &dyn std::error::Error) -> String {
     e.to_string().replace('\n', " ")
-}
-
-/// Whether the server closed the connection under the request (as `git
-/// daemon` does past `--max-connections`, or a proxy at its limit), judged by
-/// the I/O error kinds in the error's causes, not by its text.
-fn dropped_by_server(e: &(dyn std::error::Error + 'static)) -> bool {
-    use std::io::ErrorKind::*;
-    let mut src = Some(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof)
-        {
-            return true;
-        }
-        if s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {
-            return true;
-        }
-        src = s.source();
-    }
-    false
 }
 
 type Listing = Rc<Vec<(String, EntryKind, ObjectId)>>;

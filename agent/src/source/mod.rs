@@ -6,6 +6,7 @@
 //! (network, timeout: retry with backoff) and [`ErrorKind::Permanent`] (nothing
 //! a retry would fix until the repository or the local config changes).
 
+mod explain;
 mod git;
 pub mod memory;
 

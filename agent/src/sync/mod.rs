@@ -52,15 +52,23 @@ use crate::store::{
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+impl From<SourceError> for SyncError {
+    fn from(e: SourceError) -> SyncError {
+        SyncError::Source(e)
+    }
+}
+
 /// Why a sync did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    // The source error is in the message, not a `source()` as well: a
+    // printer of error chains would say it twice.
     #[error("source: {0}")]
-    Source(#[from] SourceError),
+    Source(SourceError),
     /// The source is unreachable and the revision applied now could not be
     /// enforced from the store either.
-    #[error("source: {source}; and the revision applied now could not be enforced: {repair}")]
-    Offline { source: SourceError, repair: Box<SyncError> },
+    #[error("source: {error}; and the revision applied now could not be enforced: {repair}")]
+    Offline { error: SourceError, repair: Box<SyncError> },
     #[error("bundle rejected at {commit}: {error}")]
     Bundle { commit: String, error: BundleError },
     /// The commit's signature is missing or not trusted (`allowed_signers`).
@@ -103,7 +111,7 @@ impl SyncError {
     /// revision or wait for a new commit.
     pub fn is_transient(&self) -> bool {
         match self {
-            SyncError::Source(e) | SyncError::Offline { source: e, .. } => e.is_transient(),
+            SyncError::Source(e) | SyncError::Offline { error: e, .. } => e.is_transient(),
             SyncError::Apply { error: FileError::Io { .. }, .. } => true,
             SyncError::Container { error, .. } => error.is_transient(),
             SyncError::K3s { .. } => true,

@@ -150,7 +150,7 @@ pub(super) async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions) -> Result<
             })
             .await?;
             return Err(match healed {
-                Err(repair) => SyncError::Offline { source: e, repair: Box::new(repair) },
+                Err(repair) => SyncError::Offline { error: e, repair: Box::new(repair) },
                 Ok(_) => e.into(),
             });
         }
