@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod hash;
 pub mod health;
 pub mod notify;
+pub mod preflight;
 pub mod process;
 pub mod prom;
 pub mod reconcile;

@@ -29,7 +29,10 @@ fn init_logging(cli: &Cli) {
     use tracing_subscriber::filter::Targets;
     // One-shot commands print their result on stdout and keep stderr for
     // warnings; -v shows each step.
-    let default = match cli.verbose {
+    // The daemon says each change of state at its default level (its
+    // journal is where an operator looks first); -v adds each step.
+    let daemon = usize::from(matches!(cli.command, tend::cli::Command::Run));
+    let default = match cli.verbose as usize + daemon {
         0 => "warn",
         1 => "info",
         2 => "debug",

@@ -362,3 +362,119 @@ fn the_daemon_runs_without_glibc_thread_caches_under_its_own_pid() {
     assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "tend");
     assert_eq!(gw.tend(&["status", "--json"]).code, 0);
 }
+
+/// The daemon's journal at its default level (no TEND_LOG, no -v): one line
+/// per change of state, nothing per poll that changes nothing (issue 17).
+#[test]
+fn the_default_journal_says_each_change_once_and_nothing_per_idle_poll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let fleet = Fleet::new(&srv, "fleet");
+    two_files(&fleet, "1");
+    let v1 = fleet.commit("v1");
+    let server = GitDaemon::start(&srv);
+    let port = server.port;
+    let gw = fast_gateway(tmp.path(), &server.url("fleet"));
+    let log = tmp.path().join("journal.log");
+    let mut child = gw
+        .command()
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let journal = || std::fs::read_to_string(&log).unwrap_or_default();
+    gw.wait_status("v1 healthy", Duration::from_secs(30), |s| s["phase"] == "synced" && s["revision"] == v1.as_str());
+    let wait_for = |what: &str| {
+        let start = Instant::now();
+        while !journal().contains(what) {
+            assert!(start.elapsed() < Duration::from_secs(20), "no {what:?} in the journal:\n{}", journal());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("is healthy");
+    let short = &v1[..12];
+    let text = journal();
+    for said in [
+        "started: tend ",
+        "enforced from the store: none (no revision applied yet)",
+        &format!("applied {short}: 2 created, 0 updated, 0 deleted"),
+        &format!("{short} is healthy"),
+    ] {
+        assert!(text.contains(said), "the journal lacks {said:?}:\n{text}");
+    }
+    assert!(!text.contains("DEBUG"), "steps at the default level:\n{text}");
+    // Five idle polls (interval 1 s): not a line more.
+    let lines = text.lines().count();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(journal().lines().count(), lines, "idle polls wrote to the journal:\n{}", journal());
+
+    // Drift: one line. The source lost: one line, however many polls fail;
+    // back: one line.
+    std::fs::remove_file(gw.path("/etc/myapp/other.conf")).unwrap();
+    wait_for("drift repaired on");
+    drop(server);
+    wait_for("source unreachable");
+    std::thread::sleep(Duration::from_secs(4));
+    let text = journal();
+    assert_eq!(text.matches("source unreachable").count(), 1, "{text}");
+    assert_eq!(text.matches("sync failed").count(), 1, "a failing poll said more than once:\n{text}");
+    let _server = GitDaemon::start_on(&srv, port);
+    wait_for("source reachable again");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    child.wait().unwrap();
+    eprintln!("{}", journal());
+}
+
+/// Issue 17: an `[files].allow` root that is read-only to tend (as under
+/// systemd's ProtectSystem=strict without the ReadWritePaths= drop-in; here a
+/// read-only bind mount in a mount namespace of its own) is named at start in
+/// the journal, in `Status=` and in `tend status`, with the line that fixes
+/// it, and again in the error of the apply that meets it.
+#[test]
+fn a_read_only_allow_root_is_named_with_the_drop_in_that_fixes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    two_files(&fleet, "1");
+    fleet.commit("v1");
+    let gw = fast_gateway(tmp.path(), &fleet.url());
+    let ro = gw.path("/etc/myapp");
+    std::fs::create_dir_all(&ro).unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let log = tmp.path().join("journal.log");
+    let script = format!("mount --bind {d} {d} && mount -o remount,bind,ro {d} && exec \"$0\" run", d = ro.display());
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(tend_e2e::tend_bin())
+        .env("TEND_CONFIG", &gw.config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let n = sock.recv(&mut buf).expect("READY=1");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let fix = format!("ReadWritePaths={}", ro.display());
+    assert!(ready.contains("is read-only to tend") && ready.contains(&fix), "{ready}");
+    let journal = std::fs::read_to_string(&log).unwrap();
+    let line = journal.lines().find(|l| l.contains("ERROR")).unwrap_or_else(|| panic!("no error line:\n{journal}"));
+    assert!(
+        line.contains(&format!("[files].allow root {} is read-only", ro.display())) && line.contains(&fix),
+        "{line}"
+    );
+    assert!(line.contains("systemctl edit tend"), "{line}");
+    // The apply meets it too, and says so.
+    let s = gw.wait_status("the apply failed", Duration::from_secs(20), |s| {
+        s["phase"] != "syncing" && s["error"].is_string()
+    });
+    assert!(s["error"].as_str().unwrap().contains("ReadWritePaths="), "{s}");
+    let out = gw.tend(&["status"]);
+    assert!(out.stdout.contains("problem") && out.stdout.contains(&fix), "{}", out.stdout);
+    // The other root, writable, is not named.
+    assert!(!journal.contains("/opt/myapp is read-only"), "{journal}");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    child.wait().unwrap();
+}

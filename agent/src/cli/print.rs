@@ -106,6 +106,9 @@ pub(super) fn print_status(v: &serde_json::Value, json: bool) {
         let detail = s.waiting_detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
         let _ = writeln!(out, "waiting for {why}{detail}{due}");
     }
+    for p in v["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str()) {
+        let _ = writeln!(out, "problem     {p}");
+    }
     if let Some(m) = v.get("mqtt").and_then(|m| m.as_str()) {
         let _ = writeln!(out, "mqtt        {m}");
     }

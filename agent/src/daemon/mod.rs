@@ -57,6 +57,11 @@ pub enum DaemonError {
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub fn run(mut agent: Agent) -> Result<(), DaemonError> {
+    // Said at start, before any apply meets it (issue 17).
+    for r in crate::preflight::read_only_roots(&agent.cfg) {
+        tracing::error!("{r}");
+        agent.problems.push(r.to_string());
+    }
     if agent.cfg.mqtt.url.is_some() {
         let b = crate::report::breaker::Breaker::new(&agent.cfg.mqtt.topic_prefix, &agent.cfg.fleet);
         agent.breaker = Some(Arc::new(b));
@@ -127,16 +132,24 @@ pub fn next_poll(
 
 async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     let cfg = agent.cfg.clone();
-    tracing::info!(device_id = %cfg.device_id, fleet = %cfg.fleet, source = %agent.source.shown_url(), "starting");
-
     // Last-known-good first, before the network is even tried.
-    match sync::boot(&agent).await {
-        Ok(Some(s)) => {
-            tracing::info!(revision = s.commit.as_deref().map(sync::short), action = %s.action, "enforced the revision in the store")
+    let enforced = match sync::boot(&agent).await {
+        Ok(Some(s)) => s.commit.as_deref().map(sync::short).unwrap_or("(none)").to_owned(),
+        Ok(None) => "none (no revision applied yet)".to_owned(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not enforce the revision in the store");
+            "none (it could not be enforced)".to_owned()
         }
-        Ok(None) => tracing::info!("no revision applied yet"),
-        Err(e) => tracing::warn!(error = %e, "could not enforce the revision in the store"),
-    }
+    };
+    tracing::info!(
+        "started: tend {} for {}/{}, config {}, source {} (branch {}); enforced from the store: {enforced}",
+        sync::AGENT_VERSION,
+        cfg.fleet,
+        cfg.device_id,
+        cfg.file.display(),
+        agent.source.shown_url(),
+        cfg.source.branch
+    );
     give_back_memory();
 
     let socket = cfg.control_socket();
@@ -180,11 +193,16 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     // the watchdog is fed from this loop, so a stuck loop gets restarted.
     let notifier = crate::notify::Notifier::from_env();
     let status_line = |v: &serde_json::Value| {
-        format!(
+        let mut line = format!(
             "STATUS={} {}",
             v["phase"].as_str().unwrap_or("unknown"),
             v["revision"].as_str().map(sync::short).unwrap_or("(no revision)")
-        )
+        );
+        if let Some(p) = v["problems"].as_array().and_then(|p| p.first()).and_then(|p| p.as_str()) {
+            line.push_str("; ");
+            line.push_str(p);
+        }
+        line
     };
     notifier.send(&format!("READY=1\n{}", status_line(&status_tx.borrow())));
     let mut watchdog = tokio::time::interval(notifier.watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -203,6 +221,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     let mut announce_due: Option<Instant> = None;
     let mut acted_on: Option<String> = None;
     let mut limiter = announce::Limiter::new(Instant::now());
+    let mut last_error = String::new();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -221,12 +240,22 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
                 };
                 let transient = result.as_ref().err().is_some_and(SyncError::is_transient);
                 let due = result.as_ref().ok().and_then(|s| s.due_at.as_deref()).and_then(until);
+                // Changes of state are said by their events (one line each);
+                // a failure once until it changes, not at every poll.
                 match &result {
-                    Ok(s) if s.action == "unchanged" => tracing::debug!("in sync"),
-                    // Said once when it starts (`sync::wait`).
-                    Ok(s) if s.action == "waiting" || s.action == "held" => tracing::debug!(action = %s.action, "still waiting"),
-                    Ok(s) => tracing::info!(revision = s.commit.as_deref().map(sync::short), action = %s.action, "sync done"),
-                    Err(e) => tracing::warn!(error = %e, transient, "sync failed"),
+                    Ok(s) => {
+                        last_error.clear();
+                        tracing::debug!(revision = s.commit.as_deref().map(sync::short), action = %s.action, "sync done");
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        if text != last_error {
+                            tracing::warn!(transient, "sync failed: {text}");
+                            last_error = text;
+                        } else {
+                            tracing::debug!(transient, "sync failed again");
+                        }
+                    }
                 }
                 drop(result);
                 if agent.cfg.metrics.textfile.is_some() {

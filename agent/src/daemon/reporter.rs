@@ -367,5 +367,8 @@ pub fn status_payload(agent: &Agent, suspended: bool) -> Value {
     if suspended {
         v["phase"] = "suspended".into();
     }
+    if !agent.problems.is_empty() && v.is_object() {
+        v["problems"] = agent.problems.clone().into();
+    }
     v
 }

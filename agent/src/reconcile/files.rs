@@ -38,8 +38,36 @@ pub enum FileError {
 }
 
 impl FileError {
-    fn io(path: &Path, action: &'static str, e: impl ToString) -> FileError {
-        FileError::Io { path: path.display().to_string(), action, reason: e.to_string() }
+    fn io(path: &Path, action: &'static str, e: impl Reason) -> FileError {
+        FileError::Io { path: path.display().to_string(), action, reason: e.reason() }
+    }
+}
+
+/// Why a file step failed, for its message.
+trait Reason {
+    fn reason(self) -> String;
+}
+
+impl Reason for std::io::Error {
+    /// A read-only file system says what to do: under systemd's
+    /// `ProtectSystem=strict` every path tend writes needs `ReadWritePaths=`.
+    fn reason(self) -> String {
+        if self.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+            return format!("{self}: {}", crate::preflight::READ_ONLY_HINT);
+        }
+        self.to_string()
+    }
+}
+
+impl Reason for &str {
+    fn reason(self) -> String {
+        self.to_owned()
+    }
+}
+
+impl Reason for String {
+    fn reason(self) -> String {
+        self
     }
 }
 
@@ -385,11 +413,11 @@ impl FileRoot {
         for (command, because) in hooks {
             let shown = shell_words(command);
             let files: Vec<String> = because.iter().map(RelPath::to_absolute_string).collect();
-            tracing::info!(command = %shown, files = ?files, "running on_change");
+            tracing::debug!(command = %shown, files = ?files, "running on_change");
             match runner.run(command) {
                 Ok(output) => {
                     for line in output.lines().filter(|l| !l.trim().is_empty()) {
-                        tracing::info!(command = %shown, "on_change output: {line}");
+                        tracing::debug!(command = %shown, "on_change output: {line}");
                     }
                     report.hooks_run += 1;
                 }

@@ -358,7 +358,7 @@ pub fn apply(
         for o in &prune {
             match o.deletes_more() {
                 Some(what) => tracing::warn!("prune {o}: {what}"),
-                None => tracing::info!("prune {o}"),
+                None => tracing::debug!("prune {o}"),
             }
         }
         prune.extend(&addons);

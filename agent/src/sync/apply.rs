@@ -31,6 +31,7 @@ impl Agent {
             pending_last_sync: std::sync::Mutex::new(None),
             counters: Default::default(),
             breaker: None,
+            problems: Vec::new(),
             store,
             cfg,
         })
@@ -98,7 +99,7 @@ impl Agent {
         let raw = self.source.commit_object(commit)?;
         let signer =
             signers.verify_commit(&raw).map_err(|reason| SyncError::Untrusted { commit: commit.to_owned(), reason })?;
-        tracing::info!(signer = %signer, "commit signature verified");
+        tracing::debug!(signer = %signer, "commit signature verified");
         Ok(())
     }
 
@@ -298,20 +299,21 @@ impl Agent {
         if !missing.is_empty() {
             return Err(SyncError::MissingContent { commit: commit.to_owned(), paths: missing });
         }
+        // Each step at debug (-v); the apply itself is one info line (its event).
         for op in &plan.ops {
             if op.changes_disk() {
-                tracing::info!("{op}");
+                tracing::debug!("{op}");
             }
         }
         for op in &plan.containers {
-            tracing::info!("{op}");
+            tracing::debug!("{op}");
         }
         for op in &plan.manifests {
             if let ManifestOp::Write { .. } = op {
-                tracing::info!("{op}");
+                tracing::debug!("{op}");
             } else if let Some(first) = op.lines().first() {
                 // The pruned objects are logged as kubectl deletes them.
-                tracing::info!("{first}");
+                tracing::debug!("{first}");
             }
         }
         let stored = |h: &ContentHash| -> Result<Vec<u8>, String> {

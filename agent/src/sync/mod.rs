@@ -261,6 +261,9 @@ pub struct Agent {
     /// The fleet's failure reports (SPEC §7), read by the daemon's MQTT
     /// reporter; `None` without `[mqtt]` or in a one-shot command.
     pub breaker: Option<Arc<crate::report::breaker::Breaker>>,
+    /// What the daemon found wrong with its surroundings at start (a
+    /// read-only `[files].allow` root), shown in the status until it restarts.
+    pub problems: Vec<String>,
 }
 
 /// How long a fingerprint stands in for the full check: past it, a poll reads

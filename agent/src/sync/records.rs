@@ -266,6 +266,7 @@ impl Agent {
     /// queue it is logged, never fatal to the sync.
     pub fn event(&self, kind: Kind, fields: serde_json::Value) {
         self.counters.event(kind.as_str());
+        log_event(kind, &fields);
         if let Err(e) = self.events.raise(&self.store, kind, fields) {
             tracing::warn!(error = %e, kind = kind.as_str(), "could not queue an event");
         }
@@ -313,5 +314,45 @@ impl Agent {
         if let Err(e) = crate::report::textfile::update(path, &self.counters, &snap) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
         }
+    }
+}
+
+/// One log line per change of state (the daemon's default journal; issue 17):
+/// every event but `sync_started`, in words.
+fn log_event(kind: Kind, f: &serde_json::Value) {
+    let rev = f["revision"].as_str().map(short).unwrap_or("(none)");
+    let text = |k: &str| f[k].as_str().unwrap_or("").to_owned();
+    let n = |k: &str| f[k].as_u64().unwrap_or(0);
+    match kind {
+        Kind::SyncStarted => tracing::debug!(revision = rev, "applying"),
+        Kind::Applied => tracing::info!(
+            "applied {rev}: {} created, {} updated, {} deleted, {} hooks run",
+            n("created"),
+            n("updated"),
+            n("deleted"),
+            n("hooks")
+        ),
+        Kind::Healthy => tracing::info!("{rev} is healthy: it is last-known-good now"),
+        Kind::RolledBack if f["by"] == "operator" => {
+            tracing::info!("rolled back to {} by the operator", f["to"].as_str().map(short).unwrap_or("(none)"))
+        }
+        Kind::RolledBack => tracing::info!(
+            "rolled back from {rev} to {}: {}",
+            f["to"].as_str().map(short).unwrap_or("the state before tend's first revision"),
+            text("error")
+        ),
+        Kind::Failed => tracing::info!("{rev} failed: {}", text("error")),
+        Kind::DriftRepaired => {
+            let ops: Vec<&str> = f["operations"].as_array().into_iter().flatten().filter_map(|o| o.as_str()).collect();
+            let more = if ops.len() > 3 { format!(" and {} more", ops.len() - 3) } else { String::new() };
+            tracing::info!("drift repaired on {rev}: {}{more}", ops[..ops.len().min(3)].join("; "))
+        }
+        Kind::SourceUnreachable => tracing::info!("source unreachable: {}", text("error")),
+        Kind::SourceRestored => tracing::info!("source reachable again"),
+        Kind::Command => tracing::info!(
+            "fleet command {} {}",
+            text("cmd"),
+            if f["ok"] == true { "done".to_owned() } else { format!("failed: {}", text("error")) }
+        ),
     }
 }

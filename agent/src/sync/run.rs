@@ -47,7 +47,7 @@ pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, 
             plan.ops.iter().any(|o| o.changes_disk()) || !plan.containers.is_empty() || !plan.manifests.is_empty();
         s.action = if changed { "repaired" } else { "unchanged" }.into();
         if s.action == "repaired" {
-            tracing::info!(revision = short(&cur.commit), "drift repaired");
+            tracing::debug!(revision = short(&cur.commit), "drift repaired");
             a.event(Kind::DriftRepaired, serde_json::json!({ "revision": cur.commit, "operations": s.operations }));
         }
         Ok(Some(s))
@@ -441,7 +441,7 @@ pub(super) async fn sync_fetched(
     let health = if probes.is_empty() {
         Health::default()
     } else {
-        tracing::info!(checks = probes.len(), timeout = ?agent.cfg.apply.health_timeout, "waiting for health checks");
+        tracing::debug!(checks = probes.len(), timeout = ?agent.cfg.apply.health_timeout, "waiting for health checks");
         health::window(&probes, agent.cfg.apply.health_timeout).await
     };
     timings.health_ms = ms(t.elapsed());
@@ -464,11 +464,11 @@ pub(super) async fn sync_fetched(
             Ok(())
         })
         .await?;
-        tracing::info!(revision = short(&commit), "revision healthy");
+        tracing::debug!(revision = short(&commit), "revision healthy");
         Ok(summary)
     } else {
         let failures = health.failures();
-        tracing::info!(revision = short(&commit), %failures, "revision unhealthy");
+        tracing::info!(revision = short(&commit), "unhealthy: {failures}");
         let e = SyncError::Unhealthy { commit: commit.clone(), failures, after: String::new() };
         Err(fail_and_roll_back(agent, &prepared, Some(seq), e).await)
     }
