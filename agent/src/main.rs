@@ -51,8 +51,55 @@ fn init_logging(cli: &Cli) {
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr))
             .init(),
+        // Under systemd the journal stamps the time and reads the priority
+        // from a `<N>` prefix (so `journalctl -p err` finds errors).
+        LogFormat::Human if to_journal() => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(Journald(tracing_subscriber::fmt::format().without_time().with_target(false)))
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
         LogFormat::Human => {
             registry.with(tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr)).init()
         }
+    }
+}
+
+/// Whether stderr is the journal: systemd sets `JOURNAL_STREAM` to its
+/// `device:inode`, which must still be stderr's (not a redirection).
+fn to_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else { return false };
+    match nix::sys::stat::fstat(std::io::stderr()) {
+        Ok(st) => dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino),
+        Err(_) => false,
+    }
+}
+
+/// A log line with the syslog priority of its level in front (sd-daemon(3)).
+struct Journald<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Journald<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
     }
 }

@@ -1,0 +1,260 @@
+//! Issue 17: the installed `.deb` under a real systemd (252, Debian bookworm)
+//! running as PID 1 in a Podman container, its Git server (a real git daemon)
+//! on the host's loopback. Checked: the sandbox is real (or the test fails
+//! loudly), `systemctl start` waits for READY=1, `Status=`, the journal at the
+//! default level, a forgotten `ReadWritePaths=` drop-in named in the journal
+//! and `Status=`, the watchdog keeping a live daemon and restarting a stopped
+//! one, SIGKILL restarted, a bad config exiting 2 and not restarted, the live
+//! `systemd-analyze security` rating equal to the offline one and <= 2.5, and
+//! `dpkg --purge` leaving nothing.
+//!
+//! Needs the amd64 `.deb` (`packaging/deb.sh`, after `cross/build.sh`), so it
+//! is ignored by a plain `cargo test`: `tests/run` runs it in the background
+//! after the packages are built. `TEND_DEB` names another package. The root
+//! file system is made once by `tests/systemd/rootfs.sh` (debootstrap).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tend_e2e::{Fleet, GitDaemon};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A container booted with systemd as PID 1; removed on drop.
+struct Machine {
+    conf: tempfile::TempDir,
+    name: String,
+}
+
+impl Machine {
+    fn podman(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", self.conf.path().join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.conf.path().join("storage.conf"));
+        c
+    }
+
+    fn boot(rootfs: &Path, deb_dir: &Path) -> Machine {
+        let conf = tempfile::tempdir().unwrap();
+        let d = conf.path();
+        std::fs::write(
+            d.join("containers.conf"),
+            "[containers]\nnetns = \"host\"\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("storage.conf"),
+            format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/storage\"\nrunroot = \"{0}/run\"\n", d.display()),
+        )
+        .unwrap();
+        let m = Machine { conf, name: format!("tend-systemd-{:08x}", fastrand::u32(..)) };
+        let o = m.podman().args(["import", "-q"]).arg(rootfs).arg("localhost/tend-systemd").output().unwrap();
+        assert!(o.status.success(), "podman import: {}", text(&o));
+        let o = m
+            .podman()
+            .args(["run", "-d", "--name", &m.name, "--systemd=always", "--network=host", "--cap-add=SYS_ADMIN"])
+            .arg("-v")
+            .arg(format!("{}:/deb:ro", deb_dir.display()))
+            .args(["localhost/tend-systemd", "/sbin/init"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "podman run: {}", text(&o));
+        let start = Instant::now();
+        loop {
+            let state = m.sh("systemctl is-system-running || true");
+            if state.trim() == "running" || state.trim() == "degraded" {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "systemd did not come up: {state}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        m
+    }
+
+    /// `sh -c script` in the machine; its output (stdout and stderr).
+    fn sh(&self, script: &str) -> String {
+        let o = self.podman().args(["exec", &self.name, "sh", "-c", script]).output().unwrap();
+        text(&o)
+    }
+
+    /// Like [`Machine::sh`], which must succeed.
+    fn ok(&self, script: &str) -> String {
+        let o = self.podman().args(["exec", &self.name, "sh", "-c", script]).output().unwrap();
+        assert!(o.status.success(), "{script}: {}", text(&o));
+        text(&o)
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let mut c = self
+            .podman()
+            .args(["exec", "-i", &self.name, "sh", "-c", &format!("mkdir -p \"$(dirname {path})\" && cat > {path}")])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(content.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success(), "write {path}");
+    }
+
+    fn prop(&self, p: &str) -> String {
+        self.ok(&format!("systemctl show -p {p} --value tend")).trim().to_owned()
+    }
+
+    fn wait(&self, what: &str, timeout: Duration, cond: impl Fn(&Machine) -> bool) {
+        let start = Instant::now();
+        while !cond(self) {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}\n{}",
+                self.sh("systemctl status tend --no-pager; journalctl -u tend --no-pager | tail -n 30")
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// "Scheduled restart job" lines: systemd's restarts of tend so far.
+    fn restarts(&self) -> usize {
+        self.sh("journalctl -u tend --no-pager").matches("Scheduled restart job").count()
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.podman().args(["rm", "-f", "-t", "1", &self.name]).output();
+    }
+}
+
+fn exposure(report: &str) -> f64 {
+    let line = report.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{report}"));
+    line.split(':').nth(1).and_then(|r| r.split_whitespace().next()).and_then(|x| x.parse().ok()).expect(line)
+}
+
+#[test]
+#[ignore = "needs the amd64 .deb (packaging/deb.sh) and Podman; tests/run runs it"]
+fn the_installed_unit_under_a_real_systemd() {
+    let deb = std::env::var_os("TEND_DEB").map(PathBuf::from).unwrap_or_else(|| {
+        let dir = repo().join("target/x86_64-unknown-linux-gnu/debian");
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| {
+                panic!("{}: {e}: build the .deb first (cross/build.sh, packaging/deb.sh)", dir.display())
+            })
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .expect("an amd64 .deb")
+    });
+    let out = Command::new(repo().join("tests/systemd/rootfs.sh")).output().unwrap();
+    assert!(out.status.success(), "rootfs: {}", text(&out));
+    let rootfs = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    fleet.write("devices/gw-sd/files/etc/myapp/app.conf", "port = 502\n");
+    let v1 = fleet.commit("v1");
+    let git = GitDaemon::start(tmp.path());
+
+    let m = Machine::boot(&rootfs, deb.parent().unwrap());
+    let name = deb.file_name().unwrap().to_string_lossy().into_owned();
+    m.ok(&format!("dpkg -i /deb/{name}"));
+    m.write(
+        "/etc/tend/agent.toml",
+        &format!(
+            "device_id = \"gw-sd\"\nfleet = \"sd\"\n[source]\nurl = \"{}\"\ninterval = \"2s\"\njitter = \"0s\"\n\
+             [files]\nallow = [\"/etc/myapp\"]\n[apply]\nhealth_timeout = \"2s\"\n",
+            git.url("fleet")
+        ),
+    );
+    m.ok("mkdir -p /etc/myapp && test \"$(stat -c %a /var/lib/tend)\" = 700");
+
+    // Without the drop-in: running, and the read-only root named with its fix.
+    let t = Instant::now();
+    m.ok("systemctl start tend");
+    eprintln!("systemctl start returned after {:?} (Type=notify: after READY=1)", t.elapsed());
+    assert_eq!(m.prop("ActiveState"), "active");
+    let status = m.prop("StatusText");
+    assert!(
+        status.contains("[files].allow root /etc/myapp is read-only to tend")
+            && status.contains("ReadWritePaths=/etc/myapp"),
+        "Status= {status}"
+    );
+    // The sandbox is real: without CAP_SYS_ADMIN systemd silently drops it.
+    let pid = m.prop("MainPID");
+    let root = m.ok(&format!("awk '$5 == \"/\" {{print $6}}' /proc/{pid}/mountinfo"));
+    assert!(root.lines().any(|o| o.split(',').any(|f| f == "ro")), "/ is not read-only to tend: no sandbox ({root})");
+    eprintln!(
+        "== without the drop-in: systemctl status tend\n{}\n== journalctl -u tend\n{}",
+        m.sh("systemctl status tend --no-pager --full -n 0"),
+        m.sh("journalctl -u tend --no-pager")
+    );
+    let errors = m.ok("journalctl -u tend -p err --no-pager");
+    eprintln!("== journalctl -u tend -p err\n{errors}");
+    assert!(
+        errors.contains("is read-only to tend")
+            && errors.contains("systemctl edit tend")
+            && errors.contains("ReadWritePaths=/etc/myapp"),
+        "{errors}"
+    );
+
+    // With it: applied, said in the journal at the default level and in Status=.
+    m.write("/etc/systemd/system/tend.service.d/allow.conf", "[Service]\nReadWritePaths=/etc/myapp\n");
+    m.ok("systemctl daemon-reload && systemctl restart tend");
+    let short = &v1[..12];
+    m.wait("synced v1 in Status=", Duration::from_secs(30), |m| m.prop("StatusText") == format!("synced {short}"));
+    assert_eq!(m.ok("cat /etc/myapp/app.conf"), "port = 502\n");
+    let journal = m.ok("journalctl -u tend --no-pager -o cat");
+    eprintln!("== with it: journalctl -u tend (the restart)\n{}", m.ok("journalctl -u tend --no-pager -n 8"));
+    for said in ["started: tend", &format!("applied {short}"), &format!("{short} is healthy")] {
+        assert!(journal.contains(said), "the journal lacks {said:?}:\n{journal}");
+    }
+    let live = m.ok("systemd-analyze security tend --no-pager || true");
+    let offline = m.ok("systemd-analyze security --offline=true /lib/systemd/system/tend.service --no-pager || true");
+    let (live, offline) = (exposure(&live), exposure(&offline));
+    eprintln!("systemd-analyze security: live {live}, offline {offline}");
+    assert!(live <= 2.5 && live == offline, "exposure live {live}, offline {offline}");
+
+    // The watchdog: alive past WatchdogSec while healthy; restarted when stopped.
+    m.write("/etc/systemd/system/tend.service.d/watchdog.conf", "[Service]\nWatchdogSec=3s\nRestartSec=1s\n");
+    m.ok("systemctl daemon-reload && systemctl restart tend");
+    let pid = m.prop("MainPID");
+    let restarts = m.restarts();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!((m.prop("MainPID"), m.restarts()), (pid.clone(), restarts), "restarted while healthy");
+    m.ok(&format!("kill -STOP {pid}"));
+    m.wait("a watchdog restart", Duration::from_secs(20), |m| {
+        m.restarts() > restarts && m.prop("ActiveState") == "active"
+    });
+    assert!(m.ok("journalctl -u tend --no-pager").contains("Watchdog timeout"), "not the watchdog");
+    let pid2 = m.prop("MainPID");
+    assert_ne!(pid2, pid);
+
+    // SIGKILL: restarted.
+    let restarts = m.restarts();
+    m.ok("systemctl kill -s SIGKILL tend");
+    m.wait("a restart after SIGKILL", Duration::from_secs(20), |m| {
+        m.restarts() > restarts && m.prop("ActiveState") == "active" && m.prop("MainPID") != pid2
+    });
+
+    // A bad config: exit 2, not restarted.
+    m.write("/etc/tend/agent.toml", "device_id = \"gw-sd\"\n[source]\nurl = 5\n");
+    let restarts = m.restarts();
+    let _ = m.sh("systemctl restart tend");
+    m.wait("exit 2", Duration::from_secs(20), |m| m.prop("ExecMainStatus") == "2");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(m.restarts(), restarts, "a bad config was restarted");
+    assert_ne!(m.prop("ActiveState"), "active");
+    assert!(m.ok("journalctl -u tend --no-pager -o cat").contains("agent.toml"), "the error does not name the file");
+
+    // Purge: nothing left.
+    m.ok("systemctl stop tend || true; dpkg --purge tend");
+    let left =
+        m.sh("ls -d /usr/bin/tend /etc/tend /var/lib/tend /lib/systemd/system/tend.service /run/tend 2>/dev/null");
+    assert_eq!(left.trim(), "", "dpkg --purge left: {left}");
+}
