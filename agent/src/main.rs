@@ -52,17 +52,21 @@ fn init_logging(cli: &Cli) {
             .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr))
             .init(),
         // Under systemd the journal stamps the time and reads the priority
-        // from a `<N>` prefix (so `journalctl -p err` finds errors).
-        LogFormat::Human if to_journal() => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(Journald(tracing_subscriber::fmt::format().without_time().with_target(false)))
-                    .with_ansi(false)
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
+        // from a `<N>` prefix (so `journalctl -p err` finds errors). One
+        // formatter type for both (a second would be a second copy of the
+        // formatting code in a binary that must stay under 8 MiB on ARM).
         LogFormat::Human => {
-            registry.with(tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr)).init()
+            let journal = to_journal();
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .event_format(Prefixed {
+                            journal,
+                            inner: tracing_subscriber::fmt::format().without_time().with_target(false),
+                        })
+                        .with_writer(std::io::stderr),
+                )
+                .init()
         }
     }
 }
@@ -78,10 +82,14 @@ fn to_journal() -> bool {
     }
 }
 
-/// A log line with the syslog priority of its level in front (sd-daemon(3)).
-struct Journald<F>(F);
+/// In front of each line: the syslog priority of its level for the journal
+/// (sd-daemon(3)), else the time.
+struct Prefixed<F> {
+    journal: bool,
+    inner: F,
+}
 
-impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Journald<F>
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Prefixed<F>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
@@ -93,13 +101,19 @@ where
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let priority = match *event.metadata().level() {
-            tracing::Level::ERROR => 3,
-            tracing::Level::WARN => 4,
-            tracing::Level::INFO => 6,
-            _ => 7,
-        };
-        write!(writer, "<{priority}>")?;
-        self.0.format_event(ctx, writer, event)
+        if self.journal {
+            let priority = match *event.metadata().level() {
+                tracing::Level::ERROR => 3,
+                tracing::Level::WARN => 4,
+                tracing::Level::INFO => 6,
+                _ => 7,
+            };
+            write!(writer, "<{priority}>")?;
+        } else {
+            use tracing_subscriber::fmt::time::FormatTime;
+            tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
+            writer.write_char(' ')?;
+        }
+        self.inner.format_event(ctx, writer, event)
     }
 }
