@@ -231,10 +231,9 @@ impl Daemon {
     }
 }
 
-/// Polls logged so far ("sync done" or "in sync").
+/// Polls logged so far (each says "sync done" at debug).
 fn polls(log: &Path) -> usize {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.matches("in sync").count() + text.matches("sync done").count()
+    std::fs::read_to_string(log).unwrap_or_default().matches("sync done").count()
 }
 
 fn wait_polls(log: &Path, n: usize, limit: Duration) {

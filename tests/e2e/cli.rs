@@ -145,7 +145,7 @@ fn json_logs_and_status_before_any_sync() {
     ] {
         assert!(s.get(key).is_some(), "status lacks {key}: {s}");
     }
-    let r = gw.tend(&["--log-format", "json", "-v", "sync"]);
+    let r = gw.tend(&["--log-format", "json", "-vv", "sync"]);
     assert_eq!(r.code, 0, "{r:?}");
     let lines: Vec<serde_json::Value> =
         r.stderr.lines().map(|l| serde_json::from_str(l).expect("each log line is JSON")).collect();

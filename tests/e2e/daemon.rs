@@ -101,7 +101,7 @@ fn a_restart_without_network_enforces_last_known_good_before_fetching() {
     });
     assert!(start.elapsed() < Duration::from_secs(25), "enforcement waited for the fetch");
     let log = daemon.log_text();
-    let enforced = log.find("enforced the revision in the store").expect(&log);
+    let enforced = log.find("enforced from the store: ").expect(&log);
     assert!(!log[..enforced].contains("sync{"), "a fetch started before enforcement: {log}");
     let (code, _) = daemon.terminate(Duration::from_secs(40));
     assert_eq!(code, Some(0));
@@ -307,7 +307,7 @@ fn the_idle_fast_path_misses_no_drift() {
     gw.sync_ok();
     let daemon = gw.start_daemon_logging("tend=debug");
     // Two idle polls first, so the fingerprint is in place.
-    daemon.wait_log("two idle polls", Duration::from_secs(20), |l| l.matches("in sync").count() >= 2);
+    daemon.wait_log("two idle polls", Duration::from_secs(20), |l| l.matches("action=unchanged").count() >= 2);
     let app = gw.path("/etc/myapp/app.conf");
 
     // Same size, mtime put back: only ctime and content tell.

@@ -91,7 +91,7 @@ fn refused(s: &Signed, bad: &str, why: &str) {
 #[test]
 fn a_commit_signed_by_an_allowed_key_is_applied() {
     let s = signed_gateway(|public| format!("release@example.com namespaces=\"git\" {public}"));
-    let r = s.gw.tend(&["-v", "sync", "--json"]);
+    let r = s.gw.tend(&["-vv", "sync", "--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json()["commit"], s.first.as_str());
     assert!(r.stderr.contains("commit signature verified") && r.stderr.contains("release@example.com"), "{r:?}");
