@@ -193,7 +193,9 @@ pub enum FleetCommand {
     /// repository's CI after a push): a retained message on
     /// {prefix}/{fleet}/_source/{branch}. Gateways following that branch fetch
     /// within their [source].announce_spread; what they apply is still what
-    /// Git (and allowed_signers) says.
+    /// Git (and allowed_signers) says. Operator builds only (the `fleet-serve`
+    /// feature: the amd64 package a CI runner installs).
+    #[cfg(feature = "fleet-serve")]
     Announce {
         #[command(flatten)]
         conn: MqttArgs,
@@ -350,6 +352,7 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
             );
             Ok(())
         }
+        #[cfg(feature = "fleet-serve")]
         FleetCommand::Announce { conn, fleet: f, branch, revision } => {
             let revision = revision.trim().to_ascii_lowercase();
             if !crate::report::announce::is_commit_id(&revision) {

@@ -154,6 +154,7 @@ pub async fn sync(
 
 /// Announce `revision` on `branch` (SPEC §4): retained, so a gateway that
 /// connects later hears of it too. Returns the topic.
+#[cfg(feature = "fleet-serve")]
 pub async fn announce(
     settings: &Settings,
     prefix: &str,
@@ -163,7 +164,7 @@ pub async fn announce(
 ) -> Result<String, String> {
     let topic = crate::report::announce::topic(prefix, fleet, branch)
         .ok_or_else(|| format!("--branch {branch:?}: cannot be an MQTT topic (it has + or #)"))?;
-    let ts = jiff::Timestamp::now().round(jiff::Unit::Second).map_err(|e| e.to_string())?.to_string();
+    let ts = crate::report::now_rfc3339();
     publish_once(settings, "announce", topic.clone(), true, crate::report::announce::payload(revision, &ts)).await?;
     Ok(topic)
 }

@@ -318,41 +318,41 @@ impl Agent {
 }
 
 /// One log line per change of state (the daemon's default journal; issue 17):
-/// every event but `sync_started`, in words.
+/// every event but `sync_started`, in words. One log call site: each one is
+/// code in a binary with a size budget.
 fn log_event(kind: Kind, f: &serde_json::Value) {
     let rev = f["revision"].as_str().map(short).unwrap_or("(none)");
-    let text = |k: &str| f[k].as_str().unwrap_or("").to_owned();
+    let text = |k: &str| f[k].as_str().unwrap_or("");
     let n = |k: &str| f[k].as_u64().unwrap_or(0);
-    match kind {
-        Kind::SyncStarted => tracing::debug!(revision = rev, "applying"),
-        Kind::Applied => tracing::info!(
+    let to = f["to"].as_str().map(short);
+    let line = match kind {
+        Kind::SyncStarted => return,
+        Kind::Applied => format!(
             "applied {rev}: {} created, {} updated, {} deleted, {} hooks run",
             n("created"),
             n("updated"),
             n("deleted"),
             n("hooks")
         ),
-        Kind::Healthy => tracing::info!("{rev} is healthy: it is last-known-good now"),
+        Kind::Healthy => format!("{rev} is healthy: it is last-known-good now"),
         Kind::RolledBack if f["by"] == "operator" => {
-            tracing::info!("rolled back to {} by the operator", f["to"].as_str().map(short).unwrap_or("(none)"))
+            format!("rolled back to {} by the operator", to.unwrap_or("(none)"))
         }
-        Kind::RolledBack => tracing::info!(
+        Kind::RolledBack => format!(
             "rolled back from {rev} to {}: {}",
-            f["to"].as_str().map(short).unwrap_or("the state before tend's first revision"),
+            to.unwrap_or("the state before tend's first revision"),
             text("error")
         ),
-        Kind::Failed => tracing::info!("{rev} failed: {}", text("error")),
+        Kind::Failed => format!("{rev} failed: {}", text("error")),
         Kind::DriftRepaired => {
             let ops: Vec<&str> = f["operations"].as_array().into_iter().flatten().filter_map(|o| o.as_str()).collect();
             let more = if ops.len() > 3 { format!(" and {} more", ops.len() - 3) } else { String::new() };
-            tracing::info!("drift repaired on {rev}: {}{more}", ops[..ops.len().min(3)].join("; "))
+            format!("drift repaired on {rev}: {}{more}", ops[..ops.len().min(3)].join("; "))
         }
-        Kind::SourceUnreachable => tracing::info!("source unreachable: {}", text("error")),
-        Kind::SourceRestored => tracing::info!("source reachable again"),
-        Kind::Command => tracing::info!(
-            "fleet command {} {}",
-            text("cmd"),
-            if f["ok"] == true { "done".to_owned() } else { format!("failed: {}", text("error")) }
-        ),
-    }
+        Kind::SourceUnreachable => format!("source unreachable: {}", text("error")),
+        Kind::SourceRestored => "source reachable again".to_owned(),
+        Kind::Command if f["ok"] == true => format!("fleet command {} done", text("cmd")),
+        Kind::Command => format!("fleet command {} failed: {}", text("cmd"), text("error")),
+    };
+    tracing::info!("{line}");
 }
