@@ -1,0 +1,231 @@
+//! Issue 18: the arm64 gateway image (`packaging/image/build.sh`) booted
+//! under `qemu-system-aarch64 -M virt` with the kernel installed in it, two
+//! VMs from the same image at once, each provisioned by files dropped on its
+//! boot partition, reaching a real git daemon and a real Mosquitto on the
+//! host's loopback through QEMU's user-mode network (10.0.2.2). Checked: each
+//! comes up with its own device id (from its machine-id) and reports the first
+//! commit applied over MQTT, then a second commit; the provisioning is gone
+//! from the boot partition and its secret is 0600 root in /etc/tend; after a
+//! power cut one boots with no network at all and tend re-enforces the last
+//! revision from its store.
+//!
+//! Needs the arm64 `.deb` (`cross/build.sh`, `packaging/deb.sh`) and QEMU, so
+//! it is ignored by a plain `cargo test`; `tests/run` runs it in the
+//! background once the packages exist. `TEND_IMAGE` names an image already
+//! built (its kernel and initrd beside it, as build.sh writes them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tend_e2e::{Fleet, GitDaemon, Mosquitto, Subscription};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(c: &mut Command) -> String {
+    let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{c:?}: {text}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The boot partition starts at 1 MiB (build.sh), the root one at 129 MiB.
+const BOOT: &str = "@@1M";
+const ROOT_MIB: u64 = 129;
+
+struct Vm {
+    disk: PathBuf,
+    serial: PathBuf,
+    image: PathBuf,
+    child: Option<Child>,
+}
+
+impl Vm {
+    /// A copy of `image`, provisioned with `files` in BOOT/tend/.
+    fn new(dir: &Path, name: &str, image: &Path, files: &[(&str, &str)]) -> Vm {
+        let disk = dir.join(format!("{name}.img"));
+        run(Command::new("cp").arg("--sparse=always").arg(image).arg(&disk));
+        let at = format!("{}{BOOT}", disk.display());
+        run(Command::new("mmd").args(["-i", &at, "::tend"]));
+        for (file, content) in files {
+            let local = dir.join(format!("{name}-{file}"));
+            std::fs::write(&local, content).unwrap();
+            run(Command::new("mcopy").args(["-i", &at]).arg(&local).arg(format!("::tend/{file}")));
+        }
+        Vm { disk, serial: dir.join(format!("{name}.serial")), image: image.to_owned(), child: None }
+    }
+
+    /// Power on, with or without a network card.
+    fn boot(&mut self, network: bool) {
+        let _ = std::fs::remove_file(&self.serial);
+        let mut c = Command::new("qemu-system-aarch64");
+        c.args(["-M", "virt", "-cpu", "cortex-a57", "-m", "768", "-smp", "1", "-display", "none", "-no-reboot"])
+            .arg("-kernel")
+            .arg(format!("{}.vmlinuz", self.image.display()))
+            .arg("-initrd")
+            .arg(format!("{}.initrd", self.image.display()))
+            .args(["-append", "root=/dev/vda2 rw console=ttyAMA0"])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", self.disk.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", self.serial.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if network {
+            // No option ROM: nothing boots from the network.
+            c.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="]);
+        } else {
+            c.args(["-nic", "none"]);
+        }
+        self.child = Some(c.spawn().expect("qemu-system-aarch64 (tests/run installs qemu-system-arm)"));
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    fn wait_console(&self, what: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.console().contains(what) {
+            assert!(
+                start.elapsed() < timeout,
+                "no {what:?} on the console after {timeout:?}:\n{}",
+                tail(&self.console())
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Pull the plug.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Each gateway's latest status, by device id.
+fn statuses(sub: &Subscription) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in sub.lines() {
+        let Some((topic, payload)) = line.split_once(' ') else { continue };
+        let Some(dev) = topic.strip_prefix("tend/v1/img/").and_then(|t| t.strip_suffix("/status")) else { continue };
+        if let Ok(v) = serde_json::from_str(payload) {
+            out.insert(dev.to_owned(), v);
+        }
+    }
+    out
+}
+
+fn wait_fleet(sub: &Subscription, what: &str, timeout: Duration, revision: &str, vms: &[&Vm]) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let s = statuses(sub);
+        let done: Vec<String> = s
+            .iter()
+            .filter(|(_, v)| v["revision"] == revision && v["phase"] == "synced")
+            .map(|(d, _)| d.clone())
+            .collect();
+        if done.len() == vms.len() {
+            return done;
+        }
+        if start.elapsed() > timeout {
+            let consoles: Vec<String> = vms.iter().map(|v| tail(&v.console())).collect();
+            panic!("{what}: {done:?} after {timeout:?}; statuses {s:?}\n{}", consoles.join("\n-----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+#[ignore = "needs the arm64 .deb and qemu-system-aarch64; tests/run runs it"]
+fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = match std::env::var_os("TEND_IMAGE") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let out = tmp.path().join("gateway.img");
+            let t = Instant::now();
+            run(Command::new(repo().join("packaging/image/build.sh")).arg("--out").arg(&out));
+            eprintln!("image built in {:.0} s", t.elapsed().as_secs_f64());
+            out
+        }
+    };
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    fleet.write("shared/files/etc/myapp/app.conf", "version = 1\n");
+    let v1 = fleet.commit("v1");
+    let git = GitDaemon::start(tmp.path());
+    let broker = Mosquitto::start();
+    let status = Subscription::start(&broker, "tend/v1/img/+/status", "image-status");
+    // What an operator drops on the boot partition: no device_id (each
+    // gateway takes its own), a secret.
+    let agent = format!(
+        "fleet = \"img\"\n[source]\nurl = \"git://10.0.2.2:{}/fleet\"\npath = \"shared\"\ninterval = \"5s\"\njitter = \"0s\"\n\
+         [files]\nallow = [\"/etc/myapp\"]\n[mqtt]\nurl = \"mqtt://10.0.2.2:{}\"\nusername = \"gw\"\n\
+         password_file = \"/etc/tend/mqtt-password\"\nhealth_interval = \"1h\"\n",
+        git.port, broker.port
+    );
+    let secret = "s3cret-mqtt-password";
+    let files = [("agent.toml", agent.as_str()), ("mqtt-password", secret)];
+    let mut a = Vm::new(tmp.path(), "a", &image, &files);
+    let mut b = Vm::new(tmp.path(), "b", &image, &files);
+    let t = Instant::now();
+    a.boot(true);
+    b.boot(true);
+    let ids = wait_fleet(&status, "both gateways applied v1", Duration::from_secs(600), &v1, &[&a, &b]);
+    eprintln!("two gateways booted and applied v1 in {:.0} s: {ids:?}", t.elapsed().as_secs_f64());
+    assert_eq!(ids.len(), 2, "one image, two gateways, two ids: {ids:?}");
+    for id in &ids {
+        assert!(
+            id.starts_with("gw-") && id.len() == 15 && id[3..].bytes().all(|c| c.is_ascii_hexdigit()),
+            "not a machine-id device id: {id}"
+        );
+    }
+
+    // The second commit, polled.
+    fleet.write("shared/files/etc/myapp/app.conf", "version = 2\n");
+    let v2 = fleet.commit("v2");
+    let t = Instant::now();
+    wait_fleet(&status, "both gateways applied v2", Duration::from_secs(120), &v2, &[&a, &b]);
+    eprintln!("v2 applied by both in {:.0} s", t.elapsed().as_secs_f64());
+    b.kill();
+
+    // A power cut, then a boot with no network card: the revision in the
+    // store is enforced at start, before any fetch could happen.
+    a.kill();
+    let boot_partition = format!("{}{BOOT}", a.disk.display());
+    let gone = Command::new("mdir").args(["-i", &boot_partition, "::tend"]).output().unwrap();
+    assert!(!gone.status.success(), "the provisioning is still on the boot partition");
+    let root = tmp.path().join("a-root.ext4");
+    run(Command::new("dd").arg(format!("if={}", a.disk.display())).arg(format!("of={}", root.display())).args([
+        "bs=1M",
+        &format!("skip={ROOT_MIB}"),
+        "conv=sparse",
+        "status=none",
+    ]));
+    let stat = run(Command::new("debugfs").arg("-R").arg("stat /etc/tend/mqtt-password").arg(&root));
+    assert!(stat.contains("Mode:  0600") && stat.contains("User:     0"), "{stat}");
+    let dump = run(Command::new("debugfs").arg("-R").arg("cat /etc/tend/mqtt-password").arg(&root));
+    assert_eq!(dump.trim(), secret);
+    let t = Instant::now();
+    a.boot(false);
+    a.wait_console(&format!("enforced from the store: {}", &v2[..12]), Duration::from_secs(400));
+    eprintln!("offline boot: re-enforced v2 {:.0} s after power-on", t.elapsed().as_secs_f64());
+    let console = a.console();
+    assert!(console.contains("source unreachable"), "{}", tail(&console));
+    assert!(!console.contains(&format!("applied {}", &v2[..12])), "re-applied rather than enforced");
+}
