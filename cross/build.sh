@@ -7,11 +7,12 @@
 #   armv7-unknown-linux-gnueabihf     (32-bit Raspberry Pi OS, older gateways)
 #   aarch64-unknown-linux-musl        (static: any aarch64 Linux)
 #   armv7-unknown-linux-musleabihf    (static, built with cargo-zigbuild and build-std)
-# Usage: cross/build.sh [TARGET...]   (default: all five). Installs what it needs.
+#   x86_64-unknown-linux-musl         (static: the amd64 container image, packaging/container)
+# Usage: cross/build.sh [TARGET...]   (default: all six). Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The longest build (armv7 musl, which also builds std) first, so two lanes end together.
-all=(armv7-unknown-linux-musleabihf x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
+all=(armv7-unknown-linux-musleabihf x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl x86_64-unknown-linux-musl)
 targets=("${@:-${all[@]}}")
 
 apt_install() {
@@ -47,6 +48,8 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
 export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
+export CC_x86_64_unknown_linux_musl=gcc
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 
 # One target's release build. Each target has its own target directory, so two
 # can build at once (one's single-threaded fat-LTO link overlaps the other's

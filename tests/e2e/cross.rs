@@ -132,7 +132,7 @@ fn armv7_static_musl_binary_runs_validates_and_syncs_under_qemu() {
 #[test]
 #[ignore = "needs cross/build.sh; tests/run runs it"]
 fn musl_binaries_are_static() {
-    for triple in ["aarch64-unknown-linux-musl", "armv7-unknown-linux-musleabihf"] {
+    for triple in ["aarch64-unknown-linux-musl", "armv7-unknown-linux-musleabihf", "x86_64-unknown-linux-musl"] {
         let bin = std::fs::read(release_bin(triple)).unwrap();
         // A dynamically linked ELF names its loader in a PT_INTERP segment.
         let interp = bin.windows(b"/lib/ld-".len()).any(|w| w == b"/lib/ld-");

@@ -43,18 +43,7 @@ impl Machine {
 
     fn boot(rootfs: &Path, deb_dir: &Path) -> Machine {
         let conf = tempfile::tempdir().unwrap();
-        let d = conf.path();
-        std::fs::write(
-            d.join("containers.conf"),
-            "[containers]\nnetns = \"host\"\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("storage.conf"),
-            format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/storage\"\nrunroot = \"{0}/run\"\n", d.display()),
-        )
-        .unwrap();
+        tend_e2e::podman_settings(conf.path());
         let m = Machine { conf, name: format!("tend-systemd-{:08x}", fastrand::u32(..)) };
         let o = m.podman().args(["import", "-q"]).arg(rootfs).arg("localhost/tend-systemd").output().unwrap();
         assert!(o.status.success(), "podman import: {}", text(&o));

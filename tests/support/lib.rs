@@ -998,24 +998,29 @@ pub struct Podman {
 
 pub const TEST_IMAGE: &str = "localhost/tend-test:1";
 
+/// Podman settings that work in this sandbox (ENV.md: runc, cgroupfs, host
+/// network, vfs storage under `dir`): writes `dir/containers.conf` and
+/// `dir/storage.conf`, and returns the environment that selects them.
+pub fn podman_settings(dir: &Path) -> [(&'static str, PathBuf); 2] {
+    std::fs::write(
+        dir.join("containers.conf"),
+        "[containers]\nnetns = \"host\"\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
+         [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("storage.conf"),
+        format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n", d = dir.display()),
+    )
+    .unwrap();
+    [("CONTAINERS_CONF", dir.join("containers.conf")), ("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))]
+}
+
 impl Podman {
     pub fn start() -> Podman {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(
-            d.join("containers.conf"),
-            "[containers]\nnetns = \"host\"\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n",
-                d = d.display()
-            ),
-        )
-        .unwrap();
+        podman_settings(d);
         let socket = d.join("podman.sock");
         let mut p = Podman { child: None, dir, socket };
         // The test image: busybox-static and a few applets.
