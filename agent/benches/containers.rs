@@ -80,20 +80,10 @@ fn main() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    std::fs::write(
-        d.join("containers.conf"),
-        "[containers]\nnetns = \"host\"\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
-         [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("storage.conf"),
-        format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n", d = d.display()),
-    )
-    .unwrap();
+    let settings = tend_e2e::podman_settings(d);
     let podman = || {
         let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", d.join("containers.conf")).env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"));
+        c.envs(settings.iter().map(|(k, v)| (*k, v.as_os_str())));
         c
     };
     let rootfs = d.join("rootfs");

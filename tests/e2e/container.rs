@@ -10,21 +10,9 @@
 //! Needs the three musl binaries (`cross/build.sh`), so it is ignored by a
 //! plain `cargo test`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tend_e2e::{Fleet, GitDaemon};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(c: &mut Command) -> String {
-    let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "{c:?}: {text}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use tend_e2e::{Fleet, GitDaemon, repo_root, run};
 
 #[test]
 #[ignore = "needs the musl binaries of cross/build.sh and Podman"]
@@ -36,13 +24,13 @@ fn the_multi_arch_images_load_and_the_amd64_one_syncs() {
         c.envs(env.iter().map(|(k, v)| (*k, v.as_os_str())));
         c
     };
-    let mut build = Command::new(repo().join("packaging/container/build.sh"));
+    let mut build = Command::new(repo_root().join("packaging/container/build.sh"));
     build.envs(env.iter().map(|(k, v)| (*k, v.as_os_str())));
     let built = run(&mut build);
     eprintln!("{built}");
     let version = env!("CARGO_PKG_VERSION");
-    let archive = |arch: &str| repo().join(format!("target/container/tend-{version}-{arch}.oci.tar"));
-    let index = repo().join(format!("target/container/tend-{version}.oci.tar"));
+    let archive = |arch: &str| repo_root().join(format!("target/container/tend-{version}-{arch}.oci.tar"));
+    let index = repo_root().join(format!("target/container/tend-{version}.oci.tar"));
     // The archive's index points at an image index of the three platforms.
     let blob = |name: &str| -> serde_json::Value {
         serde_json::from_str(&run(Command::new("tar").arg("-xOf").arg(&index).arg(name))).unwrap()

@@ -18,18 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tend_e2e::{Fleet, GitDaemon, Mosquitto, Subscription};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(c: &mut Command) -> String {
-    let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "{c:?}: {text}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use tend_e2e::{Fleet, GitDaemon, Mosquitto, Subscription, repo_root, run};
 
 /// The boot partition starts at 1 MiB (build.sh), the root one at 129 MiB.
 const BOOT: &str = "@@1M";
@@ -160,7 +149,7 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
         None => {
             let out = tmp.path().join("gateway.img");
             let t = Instant::now();
-            run(Command::new(repo().join("packaging/image/build.sh")).arg("--out").arg(&out));
+            run(Command::new(repo_root().join("packaging/image/build.sh")).arg("--out").arg(&out));
             eprintln!("image built in {:.0} s", t.elapsed().as_secs_f64());
             out
         }

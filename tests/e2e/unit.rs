@@ -17,11 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tend_e2e::{Fleet, GitDaemon};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use tend_e2e::{Fleet, GitDaemon, repo_root};
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -130,7 +126,7 @@ fn exposure(report: &str) -> f64 {
 #[ignore = "needs the amd64 .deb (packaging/deb.sh) and Podman; tests/run runs it"]
 fn the_installed_unit_under_a_real_systemd() {
     let deb = std::env::var_os("TEND_DEB").map(PathBuf::from).unwrap_or_else(|| {
-        let dir = repo().join("target/x86_64-unknown-linux-gnu/debian");
+        let dir = repo_root().join("target/x86_64-unknown-linux-gnu/debian");
         std::fs::read_dir(&dir)
             .unwrap_or_else(|e| {
                 panic!("{}: {e}: build the .deb first (cross/build.sh, packaging/deb.sh)", dir.display())
@@ -140,7 +136,7 @@ fn the_installed_unit_under_a_real_systemd() {
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
             .expect("an amd64 .deb")
     });
-    let out = Command::new(repo().join("tests/systemd/rootfs.sh")).output().unwrap();
+    let out = Command::new(repo_root().join("tests/systemd/rootfs.sh")).output().unwrap();
     assert!(out.status.success(), "rootfs: {}", text(&out));
     let rootfs = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
 

@@ -28,6 +28,11 @@ pub fn tend_bin() -> PathBuf {
     .clone()
 }
 
+/// The repository's root (this crate is its `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
 /// Run a command, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
