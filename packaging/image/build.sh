@@ -2,7 +2,12 @@
 # A bootable arm64 gateway image with tend baked in (issue 18).
 #
 #   packaging/image/build.sh [--deb PATH] [--out IMAGE] [--size 2G]
+#   packaging/image/build.sh --from IMAGE [--deb PATH] [--out IMAGE]
+#   packaging/image/build.sh --plain [--out IMAGE]   (the same image, no tend)
 #   packaging/image/build.sh --base-only   (only the cached root file system)
+#
+# --from injects tend into an existing image (a Raspberry Pi OS image as
+# downloaded, .img or .img.xz): see inject.sh, which it runs.
 #
 # Debian bookworm arm64 (debootstrap with qemu-user-static, from the Debian
 # mirror the machine's apt uses), the arm64 .deb installed with dpkg (not a
@@ -26,31 +31,37 @@ deb=""
 out=target/image/tend-gateway-arm64.img
 size=2G
 base_only=""
+plain=""
+from=""
+out_given=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --deb) deb="$2"; shift 2 ;;
-    --out) out="$2"; shift 2 ;;
+    --out) out="$2"; out_given=1; shift 2 ;;
     --size) size="$2"; shift 2 ;;
     --base-only) base_only=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --plain) plain=1; shift ;;
+    --from) from="$2"; shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+if [ -n "$from" ]; then
+  exec "$here/inject.sh" "$from" ${out_given:+--out "$out"} ${deb:+--deb "$deb"}
+fi
+
 if [ -z "$deb" ]; then
   deb="$(ls target/aarch64-unknown-linux-gnu/debian/tend_*_arm64.deb 2>/dev/null | tail -n 1 || true)"
 fi
-[ -n "$base_only" ] || [ -f "$deb" ] || { echo "build.sh: no arm64 .deb: run cross/build.sh aarch64-unknown-linux-gnu and packaging/deb.sh aarch64-unknown-linux-gnu, or pass --deb" >&2; exit 2; }
+[ -n "$base_only" ] || [ -n "$plain" ] || [ -f "$deb" ] || { echo "build.sh: no arm64 .deb: run cross/build.sh aarch64-unknown-linux-gnu and packaging/deb.sh aarch64-unknown-linux-gnu, or pass --deb" >&2; exit 2; }
 
 need=(debootstrap qemu-aarch64-static mkfs.ext4 mkfs.vfat mcopy sfdisk)
 for t in "${need[@]}"; do
   command -v "$t" >/dev/null || { echo "build.sh: $t is missing (apt install debootstrap qemu-user-static e2fsprogs dosfstools mtools fdisk)" >&2; exit 2; }
 done
 
-# arm64 programs run through qemu-user: binfmt_misc must know them.
-if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
-  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-  cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register
-fi
+. "$here/binfmt.sh"
+ensure_binfmt aarch64
 
 cache="${TEND_BUILD_CACHE:-$HOME/.cache/tend-build}/image"
 base="$cache/bookworm-arm64-base-1.tar"
@@ -75,14 +86,16 @@ trap 'rm -rf "$root" "$work"' EXIT
 tar -C "$root" -xf "$base"
 chmod 0755 "$root"
 
-# tend, from its package.
-cp "$deb" "$root/tmp/tend.deb"
-chroot "$root" dpkg -i /tmp/tend.deb >&2
-rm "$root/tmp/tend.deb"
-install -D -m 0755 "$here/tend-firstboot.sh" "$root/usr/lib/tend/tend-firstboot.sh"
-install -D -m 0644 "$here/tend-firstboot.service" "$root/etc/systemd/system/tend-firstboot.service"
-# (tend-firstboot writes the ReadWritePaths= drop-in for the provisioned
-# config's [files].allow roots.)
+# tend, from its package (not in a --plain image).
+if [ -z "$plain" ]; then
+  cp "$deb" "$root/tmp/tend.deb"
+  chroot "$root" dpkg -i /tmp/tend.deb >&2
+  rm "$root/tmp/tend.deb"
+  install -D -m 0755 "$here/tend-firstboot.sh" "$root/usr/lib/tend/tend-firstboot.sh"
+  install -D -m 0644 "$here/tend-firstboot.service" "$root/etc/systemd/system/tend-firstboot.service"
+  # (tend-firstboot writes the ReadWritePaths= drop-in for the provisioned
+  # config's [files].allow roots.)
+fi
 
 # The system around it.
 echo tend-gateway > "$root/etc/hostname"
@@ -102,7 +115,8 @@ NET
 # The journal also on the console, so a serial log shows tend's lines.
 install -d "$root/etc/systemd/journald.conf.d"
 printf '[Journal]\nForwardToConsole=yes\nMaxLevelConsole=info\n' > "$root/etc/systemd/journald.conf.d/console.conf"
-chroot "$root" systemctl enable systemd-networkd.service tend-firstboot.service tend.service >&2
+chroot "$root" systemctl enable systemd-networkd.service >&2
+[ -n "$plain" ] || chroot "$root" systemctl enable tend-firstboot.service tend.service >&2
 chroot "$root" passwd -l root >/dev/null
 
 # The boot partition: kernel, initrd, and the provisioning directory's README.
@@ -114,17 +128,7 @@ boot_mib=128
 mkfs.vfat -n TENDBOOT -C "$work/boot.img" $((boot_mib * 1024)) >/dev/null
 mcopy -i "$work/boot.img" "$kernel" ::vmlinuz
 mcopy -i "$work/boot.img" "$initrd" ::initrd.img
-mmd -i "$work/boot.img" ::tend-example
-cat > "$work/README.txt" <<'TXT'
-tend: to provision this gateway, make a directory "tend" here and put in it
-  agent.toml      its config, without device_id (see the README's "Flash a fleet")
-  device_id       optional: its id (else the board's serial, else its machine-id)
-  git-token       optional: [source].token_file = "/etc/tend/git-token"
-  mqtt-password   optional: [mqtt].password_file = "/etc/tend/mqtt-password"
-At its first boot the gateway moves them into /etc/tend (secrets 0600, root)
-and deletes the directory from this partition.
-TXT
-mcopy -i "$work/boot.img" "$work/README.txt" ::README-tend.txt
+[ -n "$plain" ] || mcopy -i "$work/boot.img" "$here/README-tend.txt" ::README-tend.txt
 
 # The root file system, populated without mounting.
 total_bytes=$(numfmt --from=iec "$size")

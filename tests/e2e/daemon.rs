@@ -249,7 +249,8 @@ fn killed_during_a_health_window_the_restart_returns_to_last_known_good() {
     let text = std::fs::read_to_string(&gw.config).unwrap().replace(&fleet.url(), "git://127.0.0.1:9/fleet");
     std::fs::write(&gw.config, text).unwrap();
     let daemon = gw.start_daemon();
-    assert_eq!(gw.snapshot(), before, "the restart did not return to last-known-good");
+    let after = gw.snapshot();
+    assert!(after == before, "the restart did not return to last-known-good: {after:?}\n{}", daemon.log_text());
     let s = gw.wait_status("source unreachable", Duration::from_secs(20), |s| s["source"] == "unreachable");
     assert_eq!(s["revision"], s["last_good_revision"]);
     let (code, _) = daemon.terminate(Duration::from_secs(10));

@@ -7,7 +7,10 @@
 //! commit applied over MQTT, then a second commit; the provisioning is gone
 //! from the boot partition and its secret is 0600 root in /etc/tend; after a
 //! power cut one boots with no network at all and tend re-enforces the last
-//! revision from its store.
+//! revision from its store. Then `build.sh --from` injects tend into a copy of
+//! an image tend is not in (`build.sh --plain`): the input is unchanged, a
+//! third gateway from the copy gets its own id and applies the current
+//! revision.
 //!
 //! Needs the arm64 `.deb` (`cross/build.sh`, `packaging/deb.sh`) and QEMU, so
 //! it is ignored by a plain `cargo test`; `tests/run` runs it in the
@@ -27,13 +30,15 @@ const ROOT_MIB: u64 = 129;
 struct Vm {
     disk: PathBuf,
     serial: PathBuf,
-    image: PathBuf,
+    /// The kernel and initrd are `{kernel}.vmlinuz` and `{kernel}.initrd`.
+    kernel: PathBuf,
     child: Option<Child>,
 }
 
 impl Vm {
-    /// A copy of `image`, provisioned with `files` in BOOT/tend/.
-    fn new(dir: &Path, name: &str, image: &Path, files: &[(&str, &str)]) -> Vm {
+    /// A copy of `image`, provisioned with `files` in BOOT/tend/, booted with
+    /// the kernel build.sh wrote beside `kernel`.
+    fn new(dir: &Path, name: &str, image: &Path, kernel: &Path, files: &[(&str, &str)]) -> Vm {
         let disk = dir.join(format!("{name}.img"));
         run(Command::new("cp").arg("--sparse=always").arg(image).arg(&disk));
         let at = format!("{}{BOOT}", disk.display());
@@ -43,7 +48,7 @@ impl Vm {
             std::fs::write(&local, content).unwrap();
             run(Command::new("mcopy").args(["-i", &at]).arg(&local).arg(format!("::tend/{file}")));
         }
-        Vm { disk, serial: dir.join(format!("{name}.serial")), image: image.to_owned(), child: None }
+        Vm { disk, serial: dir.join(format!("{name}.serial")), kernel: kernel.to_owned(), child: None }
     }
 
     /// Power on, with or without a network card.
@@ -52,9 +57,9 @@ impl Vm {
         let mut c = Command::new("qemu-system-aarch64");
         c.args(["-M", "virt", "-cpu", "cortex-a57", "-m", "768", "-smp", "1", "-display", "none", "-no-reboot"])
             .arg("-kernel")
-            .arg(format!("{}.vmlinuz", self.image.display()))
+            .arg(format!("{}.vmlinuz", self.kernel.display()))
             .arg("-initrd")
-            .arg(format!("{}.initrd", self.image.display()))
+            .arg(format!("{}.initrd", self.kernel.display()))
             .args(["-append", "root=/dev/vda2 rw console=ttyAMA0"])
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", self.disk.display()))
@@ -100,6 +105,16 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The root partition of `disk`, copied out for debugfs.
+fn dd_root(disk: &Path, to: &Path) {
+    run(Command::new("dd").arg(format!("if={}", disk.display())).arg(format!("of={}", to.display())).args([
+        "bs=1M",
+        &format!("skip={ROOT_MIB}"),
+        "conv=sparse",
+        "status=none",
+    ]));
 }
 
 fn tail(text: &str) -> String {
@@ -170,8 +185,8 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     );
     let secret = "s3cret-mqtt-password";
     let files = [("agent.toml", agent.as_str()), ("mqtt-password", secret)];
-    let mut a = Vm::new(tmp.path(), "a", &image, &files);
-    let mut b = Vm::new(tmp.path(), "b", &image, &files);
+    let mut a = Vm::new(tmp.path(), "a", &image, &image, &files);
+    let mut b = Vm::new(tmp.path(), "b", &image, &image, &files);
     let t = Instant::now();
     a.boot(true);
     b.boot(true);
@@ -193,6 +208,53 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     eprintln!("v2 applied by both in {:.0} s", t.elapsed().as_secs_f64());
     b.kill();
 
+    // An image tend is not in (the same recipe with --plain, standing in for
+    // one an operator downloaded), tend injected into a copy of it: the
+    // input is left as it was; the copy has the package in dpkg's database
+    // and the README on its boot partition.
+    let plain = tmp.path().join("plain.img");
+    run(Command::new(repo_root().join("packaging/image/build.sh")).arg("--plain").arg("--out").arg(&plain));
+    let sum = |p: &Path| run(Command::new("sha256sum").arg(p)).split_whitespace().next().unwrap().to_owned();
+    let plain_sum = sum(&plain);
+    let injected = tmp.path().join("injected.img");
+    run(Command::new(repo_root().join("packaging/image/build.sh"))
+        .arg("--from")
+        .arg(&plain)
+        .arg("--out")
+        .arg(&injected));
+    assert_eq!(sum(&plain), plain_sum, "the image tend was injected from was modified");
+    let readme =
+        run(Command::new("mtype").arg("-i").arg(format!("{}{BOOT}", injected.display())).arg("::README-tend.txt"));
+    assert!(readme.contains("agent.toml"), "{readme}");
+    let root = tmp.path().join("injected-root.ext4");
+    dd_root(&injected, &root);
+    let dpkg = run(Command::new("debugfs").arg("-R").arg("cat /var/lib/dpkg/status").arg(&root));
+    assert!(dpkg.contains("Package: tend\nStatus: install ok installed"), "tend is not in dpkg's database");
+    // A third gateway from it (in place of b, so two VMs run at a time): its
+    // own id, and the current revision applied and reported.
+    let mut c = Vm::new(tmp.path(), "c", &injected, &plain, &files);
+    c.boot(true);
+    let t = Instant::now();
+    let c_id = loop {
+        let s = statuses(&status);
+        if let Some((id, _)) =
+            s.iter().find(|(id, v)| !ids.contains(id) && v["revision"] == v2 && v["phase"] == "synced")
+        {
+            break id.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "the injected image did not apply v2: {s:?}\n{}",
+            tail(&c.console())
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "a gateway from the injected image applied v2 {:.0} s after power-on as {c_id}",
+        t.elapsed().as_secs_f64()
+    );
+    c.kill();
+
     // A power cut, then a boot with no network card: the revision in the
     // store is enforced at start, before any fetch could happen.
     a.kill();
@@ -200,12 +262,7 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     let gone = Command::new("mdir").args(["-i", &boot_partition, "::tend"]).output().unwrap();
     assert!(!gone.status.success(), "the provisioning is still on the boot partition");
     let root = tmp.path().join("a-root.ext4");
-    run(Command::new("dd").arg(format!("if={}", a.disk.display())).arg(format!("of={}", root.display())).args([
-        "bs=1M",
-        &format!("skip={ROOT_MIB}"),
-        "conv=sparse",
-        "status=none",
-    ]));
+    dd_root(&a.disk, &root);
     let stat = run(Command::new("debugfs").arg("-R").arg("stat /etc/tend/mqtt-password").arg(&root));
     assert!(stat.contains("Mode:  0600") && stat.contains("User:     0"), "{stat}");
     let dump = run(Command::new("debugfs").arg("-R").arg("cat /etc/tend/mqtt-password").arg(&root));
@@ -214,7 +271,9 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     a.boot(false);
     a.wait_console(&format!("enforced from the store: {}", &v2[..12]), Duration::from_secs(400));
     eprintln!("offline boot: re-enforced v2 {:.0} s after power-on", t.elapsed().as_secs_f64());
+    // The first fetch fails after the store was enforced (and its line may
+    // come a moment later on the console).
+    a.wait_console("source unreachable", Duration::from_secs(120));
     let console = a.console();
-    assert!(console.contains("source unreachable"), "{}", tail(&console));
     assert!(!console.contains(&format!("applied {}", &v2[..12])), "re-applied rather than enforced");
 }
