@@ -648,13 +648,24 @@ impl Gateway {
     pub fn start_daemon_logging(&self, filter: &str) -> Daemon {
         let log = self.dir.join(format!("daemon-{}.log", fastrand::u32(..)));
         let err = std::fs::File::create(&log).unwrap();
+        let socket = self.state.join("control.sock");
+        // The socket a killed daemon left: a child it was spawning at that
+        // moment (a health check between fork and exec) may still hold it
+        // open for a moment, and a connect would reach that, not this daemon.
+        // This daemon's socket is a new file.
+        let identity = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::symlink_metadata(p).ok().map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+        };
+        let stale = identity(&socket);
         let child =
             self.command().arg("run").env("TEND_LOG", filter).stdout(Stdio::null()).stderr(err).spawn().unwrap();
         let d = Daemon { child, log };
-        let socket = self.state.join("control.sock");
         let start = Instant::now();
         loop {
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            if (stale.is_none() || identity(&socket) != stale)
+                && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+            {
                 return d;
             }
             assert!(
