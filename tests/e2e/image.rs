@@ -214,6 +214,18 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     // and the README on its boot partition.
     let plain = tmp.path().join("plain.img");
     run(Command::new(repo_root().join("packaging/image/build.sh")).arg("--plain").arg("--out").arg(&plain));
+    // Laid out as an older Raspberry Pi OS is: its FAT partition mounted at
+    // /boot, not /boot/firmware (inject.sh tells tend-firstboot with a drop-in).
+    let plain_root = format!("{}?offset={}", plain.display(), ROOT_MIB << 20);
+    let fstab = run(Command::new("debugfs").arg("-R").arg("cat /etc/fstab").arg(&plain_root));
+    assert!(fstab.contains(" /boot/firmware "), "{fstab}");
+    std::fs::write(tmp.path().join("fstab"), fstab.replace(" /boot/firmware ", " /boot ")).unwrap();
+    std::fs::write(
+        tmp.path().join("fstab.debugfs"),
+        format!("rm /etc/fstab\nwrite {}/fstab /etc/fstab\n", tmp.path().display()),
+    )
+    .unwrap();
+    run(Command::new("debugfs").arg("-w").arg("-f").arg(tmp.path().join("fstab.debugfs")).arg(&plain_root));
     let sum = |p: &Path| run(Command::new("sha256sum").arg(p)).split_whitespace().next().unwrap().to_owned();
     let plain_sum = sum(&plain);
     let injected = tmp.path().join("injected.img");
@@ -230,6 +242,11 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     dd_root(&injected, &root);
     let dpkg = run(Command::new("debugfs").arg("-R").arg("cat /var/lib/dpkg/status").arg(&root));
     assert!(dpkg.contains("Package: tend\nStatus: install ok installed"), "tend is not in dpkg's database");
+    let dropin = run(Command::new("debugfs")
+        .arg("-R")
+        .arg("cat /etc/systemd/system/tend-firstboot.service.d/boot.conf")
+        .arg(&root));
+    assert!(dropin.contains("Environment=TEND_BOOT=/boot\n"), "{dropin}");
     // A third gateway from it (in place of b, so two VMs run at a time): its
     // own id, and the current revision applied and reported.
     let mut c = Vm::new(tmp.path(), "c", &injected, &plain, &files);
@@ -254,6 +271,9 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
         t.elapsed().as_secs_f64()
     );
     c.kill();
+    let gone =
+        Command::new("mdir").arg("-i").arg(format!("{}{BOOT}", c.disk.display())).arg("::tend").output().unwrap();
+    assert!(!gone.status.success(), "the provisioning is still on the injected image's boot partition");
 
     // A power cut, then a boot with no network card: the revision in the
     // store is enforced at start, before any fetch could happen.
