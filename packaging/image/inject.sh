@@ -120,6 +120,7 @@ fi
 [ -f "$deb" ] || die "no $arch .deb: run cross/build.sh $triple and packaging/deb.sh $triple, or pass --deb"
 
 # The image's own dpkg installs it, with /dev and /proc there for its scripts.
+mkdir -p "$mnt/dev" "$mnt/proc"
 mount_at --bind /dev "$mnt/dev"
 mount_at -t proc proc "$mnt/proc"
 cp "$deb" "$mnt/tmp/tend.deb"
@@ -143,6 +144,8 @@ fi
 sync
 for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}"; done
 mounts=()
+for l in "${loops[@]}"; do losetup -d "$l"; done
+loops=()
 mv "$tmp" "$out"
 echo "inject.sh: tend $(basename "$deb") injected into $out ($arch; boot partition ${boot_dir:-none})" >&2
 echo "$out"
