@@ -79,7 +79,8 @@ boot_at=""
 root_loop=""
 found=""
 while read -r start size; do
-  loop="$(losetup --show -f -r -o $((start * ss)) --sizelimit $((size * ss)) "$tmp")"
+  loop="$(losetup --show -f -r -o $((start * ss)) --sizelimit $((size * ss)) "$tmp")" ||
+    die "cannot attach a loop device to $tmp (in a container, one started without --privileged has none)"
   fs="$(blkid -p -o value -s TYPE "$loop" || true)"
   losetup -d "$loop"
   found="$found ${fs:-unknown}@$start"

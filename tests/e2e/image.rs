@@ -187,12 +187,19 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     let files = [("agent.toml", agent.as_str()), ("mqtt-password", secret)];
     let mut a = Vm::new(tmp.path(), "a", &image, &image, &files);
     let mut b = Vm::new(tmp.path(), "b", &image, &image, &files);
+    if std::env::var_os("TEND_IMAGE").is_none() {
+        std::fs::remove_file(&image).unwrap(); // built here; its kernel and initrd stay
+    }
     let t = Instant::now();
     a.boot(true);
     b.boot(true);
     let ids = wait_fleet(&status, "both gateways applied v1", Duration::from_secs(600), &v1, &[&a, &b]);
     eprintln!("two gateways booted and applied v1 in {:.0} s: {ids:?}", t.elapsed().as_secs_f64());
     assert_eq!(ids.len(), 2, "one image, two gateways, two ids: {ids:?}");
+    // systemd is PID 1 and started tend's unit (its journal is on the console).
+    for vm in [&a, &b] {
+        assert!(vm.console().contains("systemd[1]: Started tend.service"), "{}", tail(&vm.console()));
+    }
     for id in &ids {
         assert!(
             id.starts_with("gw-") && id.len() == 15 && id[3..].bytes().all(|c| c.is_ascii_hexdigit()),
@@ -207,6 +214,8 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     wait_fleet(&status, "both gateways applied v2", Duration::from_secs(120), &v2, &[&a, &b]);
     eprintln!("v2 applied by both in {:.0} s", t.elapsed().as_secs_f64());
     b.kill();
+    // Each disk holds about 0.7 GB: what is no longer needed goes.
+    std::fs::remove_file(&b.disk).unwrap();
 
     // An image tend is not in (the same recipe with --plain, standing in for
     // one an operator downloaded), tend injected into a copy of it: the
@@ -235,6 +244,7 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
         .arg("--out")
         .arg(&injected));
     assert_eq!(sum(&plain), plain_sum, "the image tend was injected from was modified");
+    std::fs::remove_file(&plain).unwrap(); // (its kernel and initrd stay)
     let readme =
         run(Command::new("mtype").arg("-i").arg(format!("{}{BOOT}", injected.display())).arg("::README-tend.txt"));
     assert!(readme.contains("agent.toml"), "{readme}");
@@ -247,9 +257,11 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
         .arg("cat /etc/systemd/system/tend-firstboot.service.d/boot.conf")
         .arg(&root));
     assert!(dropin.contains("Environment=TEND_BOOT=/boot\n"), "{dropin}");
+    std::fs::remove_file(&root).unwrap();
     // A third gateway from it (in place of b, so two VMs run at a time): its
     // own id, and the current revision applied and reported.
     let mut c = Vm::new(tmp.path(), "c", &injected, &plain, &files);
+    std::fs::remove_file(&injected).unwrap();
     c.boot(true);
     let t = Instant::now();
     let c_id = loop {
@@ -270,6 +282,7 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
         "a gateway from the injected image applied v2 {:.0} s after power-on as {c_id}",
         t.elapsed().as_secs_f64()
     );
+    assert!(c.console().contains("systemd[1]: Started tend.service"), "{}", tail(&c.console()));
     c.kill();
     let gone =
         Command::new("mdir").arg("-i").arg(format!("{}{BOOT}", c.disk.display())).arg("::tend").output().unwrap();
