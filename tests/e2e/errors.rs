@@ -1,7 +1,8 @@
 //! Issue 17: errors that say what happened and what to do, against real
 //! servers — git-http-backend behind lighttpd (401, 404, TLS with an unknown
 //! CA, an expired certificate, the wrong host name), an HTTP server answering
-//! 403 and 503, a name that does not resolve, a port nobody listens on, a
+//! 403 and 503, a name that does not resolve, a port nobody listens on, a git
+//! daemon past its `--max-connections` limit, a
 //! `file://` source on a gateway without git, a missing `[files].root` — each
 //! asserting the message's what and what-to-do, and that no credential leaks.
 
@@ -114,6 +115,28 @@ fn names_that_do_not_resolve_and_ports_nobody_listens_on() {
         let e = sync_error(tmp.path(), name, &url, "");
         says(&e, "connection refused by 127.0.0.1", "is the Git server running");
     }
+}
+
+#[test]
+fn a_git_daemon_at_its_client_limit() {
+    // git daemon limited to one client, that one connected and silent: past
+    // its limit it closes a new connection, which tend must call that.
+    let tmp = tempfile::tempdir().unwrap();
+    fleet(tmp.path());
+    let log = tmp.path().join("git-daemon.log");
+    let git = GitDaemon::start_limited(tmp.path(), &log, 1);
+    let _holder = std::net::TcpStream::connect(("127.0.0.1", git.port)).unwrap();
+    let connections = || std::fs::read_to_string(&log).unwrap_or_default().matches("Connection from").count();
+    let start = std::time::Instant::now();
+    // The start's port probe, then the holder.
+    while connections() < 2 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "git daemon never saw the holder");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let e = sync_error(tmp.path(), "limit", &git.url("fleet"), "");
+    says(&e, "the server closed the connection", "at its limit of clients");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("Too many children, dropping connection"), "not git daemon's limit: {log}");
 }
 
 #[test]

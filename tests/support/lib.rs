@@ -157,15 +157,22 @@ impl GitDaemon {
 
     /// On a given port (to bring a killed server back where clients expect it).
     pub fn start_on(base: &Path, port: u16) -> GitDaemon {
-        Self::start_with(base, port, None)
+        Self::start_with(base, port, None, None)
     }
 
     /// Logging every connection to `log` (see [`GitDaemon::connections`]).
     pub fn start_logged(base: &Path, log: &Path) -> GitDaemon {
-        Self::start_with(base, free_port(), Some(log))
+        Self::start_with(base, free_port(), Some(log), None)
     }
 
-    fn start_with(base: &Path, port: u16, log: Option<&Path>) -> GitDaemon {
+    /// Logging, and serving at most `max` clients at once (`--max-connections`;
+    /// git daemon's default is 32): past it, git daemon closes a new
+    /// connection ("Too many children, dropping connection" in the log).
+    pub fn start_limited(base: &Path, log: &Path, max: u32) -> GitDaemon {
+        Self::start_with(base, free_port(), Some(log), Some(max))
+    }
+
+    fn start_with(base: &Path, port: u16, log: Option<&Path>, max: Option<u32>) -> GitDaemon {
         // Run git-daemon itself: `git daemon` is a wrapper whose child would
         // outlive a kill of the wrapper.
         let exec_path = run(Command::new("git").arg("--exec-path")).trim().to_owned();
@@ -179,6 +186,7 @@ impl GitDaemon {
             .arg(format!("--base-path={}", base.display()))
             .args(["--export-all", "--reuseaddr", "--informative-errors"])
             .args(log.map(|_| "--verbose"))
+            .args(max.map(|m| format!("--max-connections={m}")))
             .arg(base)
             .stdout(Stdio::null())
             .stderr(stderr)
