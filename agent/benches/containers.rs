@@ -80,12 +80,8 @@ fn main() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let settings = tend_e2e::podman_settings(d);
-    let podman = || {
-        let mut c = Command::new("podman");
-        c.envs(settings.iter().map(|(k, v)| (*k, v.as_os_str())));
-        c
-    };
+    tend_e2e::podman_settings(d);
+    let podman = || tend_e2e::podman_in(d);
     let rootfs = d.join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");

@@ -60,7 +60,7 @@ for t in "${need[@]}"; do
   command -v "$t" >/dev/null || { echo "build.sh: $t is missing (apt install debootstrap qemu-user-static e2fsprogs dosfstools mtools fdisk)" >&2; exit 2; }
 done
 
-. "$here/binfmt.sh"
+. "$here/common.sh"
 ensure_binfmt aarch64
 
 cache="${TEND_BUILD_CACHE:-$HOME/.cache/tend-build}/image"
@@ -87,15 +87,7 @@ tar -C "$root" -xf "$base"
 chmod 0755 "$root"
 
 # tend, from its package (not in a --plain image).
-if [ -z "$plain" ]; then
-  cp "$deb" "$root/tmp/tend.deb"
-  chroot "$root" dpkg -i /tmp/tend.deb >&2
-  rm "$root/tmp/tend.deb"
-  install -D -m 0755 "$here/tend-firstboot.sh" "$root/usr/lib/tend/tend-firstboot.sh"
-  install -D -m 0644 "$here/tend-firstboot.service" "$root/etc/systemd/system/tend-firstboot.service"
-  # (tend-firstboot writes the ReadWritePaths= drop-in for the provisioned
-  # config's [files].allow roots.)
-fi
+[ -n "$plain" ] || install_tend "$root" "$deb"
 
 # The system around it.
 echo tend-gateway > "$root/etc/hostname"
@@ -116,7 +108,6 @@ NET
 install -d "$root/etc/systemd/journald.conf.d"
 printf '[Journal]\nForwardToConsole=yes\nMaxLevelConsole=info\n' > "$root/etc/systemd/journald.conf.d/console.conf"
 chroot "$root" systemctl enable systemd-networkd.service >&2
-[ -n "$plain" ] || chroot "$root" systemctl enable tend-firstboot.service tend.service >&2
 chroot "$root" passwd -l root >/dev/null
 
 # The boot partition: kernel, initrd, and the provisioning directory's README.

@@ -24,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=packaging/image
-. "$here/binfmt.sh"
+. "$here/common.sh"
 
 src=""
 out=""
@@ -124,17 +124,12 @@ fi
 mkdir -p "$mnt/dev" "$mnt/proc"
 mount_at --bind /dev "$mnt/dev"
 mount_at -t proc proc "$mnt/proc"
-cp "$deb" "$mnt/tmp/tend.deb"
-chroot "$mnt" dpkg -i /tmp/tend.deb >&2
-rm "$mnt/tmp/tend.deb"
-install -D -m 0755 "$here/tend-firstboot.sh" "$mnt/usr/lib/tend/tend-firstboot.sh"
-install -D -m 0644 "$here/tend-firstboot.service" "$mnt/etc/systemd/system/tend-firstboot.service"
+install_tend "$mnt" "$deb"
 if [ -n "$boot_dir" ] && [ "$boot_dir" != /boot/firmware ]; then
   install -d "$mnt/etc/systemd/system/tend-firstboot.service.d"
   printf '[Unit]\nRequiresMountsFor=%s\n[Service]\nEnvironment=TEND_BOOT=%s\n' "$boot_dir" "$boot_dir" \
     > "$mnt/etc/systemd/system/tend-firstboot.service.d/boot.conf"
 fi
-chroot "$mnt" systemctl enable tend-firstboot.service tend.service >&2
 [ -z "$boot_dir" ] || mcopy -o -i "$boot_at" "$here/README-tend.txt" ::README-tend.txt
 
 # One image, many gateways: a machine-id baked in would be every gateway's.

@@ -19,13 +19,9 @@ use tend_e2e::{Fleet, GitDaemon, repo_root, run};
 fn the_multi_arch_images_load_and_the_amd64_one_syncs() {
     let conf = tempfile::tempdir().unwrap();
     let env = tend_e2e::podman_settings(conf.path());
-    let podman = || {
-        let mut c = Command::new("podman");
-        c.envs(env.iter().map(|(k, v)| (*k, v.as_os_str())));
-        c
-    };
+    let podman = || tend_e2e::podman_in(conf.path());
     let mut build = Command::new(repo_root().join("packaging/container/build.sh"));
-    build.envs(env.iter().map(|(k, v)| (*k, v.as_os_str())));
+    build.envs(env);
     let built = run(&mut build);
     eprintln!("{built}");
     let version = env!("CARGO_PKG_VERSION");
@@ -98,8 +94,8 @@ fn the_multi_arch_images_load_and_the_amd64_one_syncs() {
         assert_eq!(v["commit"], head.as_str(), "{out}");
         assert_eq!(std::fs::read_to_string(root.join("etc/myapp/app.conf")).unwrap(), "port = 502\n");
         assert!(std::fs::read_dir(&state).unwrap().count() > 0, "no store in the mounted state directory");
-        // The container saw the source as a gateway would: nothing else in the image.
-        let ls = podman().args(["run", "--rm", "--entrypoint", "/usr/bin/tend", &id, "--version"]).output().unwrap();
-        assert!(String::from_utf8_lossy(&ls.stdout).contains(version));
+        // The entrypoint is the binary at /usr/bin/tend.
+        let v = podman().args(["run", "--rm", "--entrypoint", "/usr/bin/tend", &id, "--version"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&v.stdout).contains(version));
     }
 }

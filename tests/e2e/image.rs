@@ -17,6 +17,7 @@
 //! background once the packages exist. `TEND_IMAGE` names an image already
 //! built (its kernel and initrd beside it, as build.sh writes them).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -107,14 +108,26 @@ impl Drop for Vm {
     }
 }
 
-/// The root partition of `disk`, copied out for debugfs.
-fn dd_root(disk: &Path, to: &Path) {
-    run(Command::new("dd").arg(format!("if={}", disk.display())).arg(format!("of={}", to.display())).args([
-        "bs=1M",
-        &format!("skip={ROOT_MIB}"),
-        "conv=sparse",
-        "status=none",
-    ]));
+/// The root partition of `disk` as debugfs opens it, in place.
+fn root_fs(disk: &Path) -> String {
+    format!("{}?offset={}", disk.display(), ROOT_MIB << 20)
+}
+
+/// A file of `disk`'s root file system (`debugfs -R "cat PATH"`).
+fn cat_root(disk: &Path, path: &str) -> String {
+    run(Command::new("debugfs").arg("-R").arg(format!("cat {path}")).arg(root_fs(disk)))
+}
+
+/// Whether the provisioning directory is gone from `disk`'s boot partition.
+fn provisioning_gone(disk: &Path) -> bool {
+    !Command::new("mdir")
+        .arg("-i")
+        .arg(format!("{}{BOOT}", disk.display()))
+        .arg("::tend")
+        .output()
+        .unwrap()
+        .status
+        .success()
 }
 
 fn tail(text: &str) -> String {
@@ -123,8 +136,8 @@ fn tail(text: &str) -> String {
 }
 
 /// Each gateway's latest status, by device id.
-fn statuses(sub: &Subscription) -> std::collections::BTreeMap<String, serde_json::Value> {
-    let mut out = std::collections::BTreeMap::new();
+fn statuses(sub: &Subscription) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
     for line in sub.lines() {
         let Some((topic, payload)) = line.split_once(' ') else { continue };
         let Some(dev) = topic.strip_prefix("tend/v1/img/").and_then(|t| t.strip_suffix("/status")) else { continue };
@@ -135,24 +148,40 @@ fn statuses(sub: &Subscription) -> std::collections::BTreeMap<String, serde_json
     out
 }
 
-fn wait_fleet(sub: &Subscription, what: &str, timeout: Duration, revision: &str, vms: &[&Vm]) -> Vec<String> {
+/// The gateways that report `revision` applied (phase `synced`).
+fn synced<'a>(s: &'a BTreeMap<String, serde_json::Value>, revision: &str) -> Vec<&'a String> {
+    s.iter().filter(|(_, v)| v["revision"] == revision && v["phase"] == "synced").map(|(d, _)| d).collect()
+}
+
+/// Wait until `done` finds what it looks for in the statuses; past `timeout`,
+/// fail with them and the consoles of `vms`.
+fn wait_statuses<T>(
+    sub: &Subscription,
+    what: &str,
+    timeout: Duration,
+    vms: &[&Vm],
+    done: impl Fn(&BTreeMap<String, serde_json::Value>) -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         let s = statuses(sub);
-        let done: Vec<String> = s
-            .iter()
-            .filter(|(_, v)| v["revision"] == revision && v["phase"] == "synced")
-            .map(|(d, _)| d.clone())
-            .collect();
-        if done.len() == vms.len() {
-            return done;
+        if let Some(t) = done(&s) {
+            return t;
         }
         if start.elapsed() > timeout {
             let consoles: Vec<String> = vms.iter().map(|v| tail(&v.console())).collect();
-            panic!("{what}: {done:?} after {timeout:?}; statuses {s:?}\n{}", consoles.join("\n-----\n"));
+            panic!("{what} after {timeout:?}; statuses {s:?}\n{}", consoles.join("\n-----\n"));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Wait until every one of `vms` reports `revision` applied: their ids.
+fn wait_fleet(sub: &Subscription, what: &str, timeout: Duration, revision: &str, vms: &[&Vm]) -> Vec<String> {
+    wait_statuses(sub, what, timeout, vms, |s| {
+        let done = synced(s, revision);
+        (done.len() == vms.len()).then(|| done.into_iter().cloned().collect())
+    })
 }
 
 #[test]
@@ -225,8 +254,7 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     run(Command::new(repo_root().join("packaging/image/build.sh")).arg("--plain").arg("--out").arg(&plain));
     // Laid out as an older Raspberry Pi OS is: its FAT partition mounted at
     // /boot, not /boot/firmware (inject.sh tells tend-firstboot with a drop-in).
-    let plain_root = format!("{}?offset={}", plain.display(), ROOT_MIB << 20);
-    let fstab = run(Command::new("debugfs").arg("-R").arg("cat /etc/fstab").arg(&plain_root));
+    let fstab = cat_root(&plain, "/etc/fstab");
     assert!(fstab.contains(" /boot/firmware "), "{fstab}");
     std::fs::write(tmp.path().join("fstab"), fstab.replace(" /boot/firmware ", " /boot ")).unwrap();
     std::fs::write(
@@ -234,7 +262,7 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
         format!("rm /etc/fstab\nwrite {}/fstab /etc/fstab\n", tmp.path().display()),
     )
     .unwrap();
-    run(Command::new("debugfs").arg("-w").arg("-f").arg(tmp.path().join("fstab.debugfs")).arg(&plain_root));
+    run(Command::new("debugfs").arg("-w").arg("-f").arg(tmp.path().join("fstab.debugfs")).arg(root_fs(&plain)));
     let sum = |p: &Path| run(Command::new("sha256sum").arg(p)).split_whitespace().next().unwrap().to_owned();
     let plain_sum = sum(&plain);
     let injected = tmp.path().join("injected.img");
@@ -248,58 +276,34 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     let readme =
         run(Command::new("mtype").arg("-i").arg(format!("{}{BOOT}", injected.display())).arg("::README-tend.txt"));
     assert!(readme.contains("agent.toml"), "{readme}");
-    let root = tmp.path().join("injected-root.ext4");
-    dd_root(&injected, &root);
-    let dpkg = run(Command::new("debugfs").arg("-R").arg("cat /var/lib/dpkg/status").arg(&root));
+    let dpkg = cat_root(&injected, "/var/lib/dpkg/status");
     assert!(dpkg.contains("Package: tend\nStatus: install ok installed"), "tend is not in dpkg's database");
-    let dropin = run(Command::new("debugfs")
-        .arg("-R")
-        .arg("cat /etc/systemd/system/tend-firstboot.service.d/boot.conf")
-        .arg(&root));
+    let dropin = cat_root(&injected, "/etc/systemd/system/tend-firstboot.service.d/boot.conf");
     assert!(dropin.contains("Environment=TEND_BOOT=/boot\n"), "{dropin}");
-    std::fs::remove_file(&root).unwrap();
     // A third gateway from it (in place of b, so two VMs run at a time): its
     // own id, and the current revision applied and reported.
     let mut c = Vm::new(tmp.path(), "c", &injected, &plain, &files);
     std::fs::remove_file(&injected).unwrap();
     c.boot(true);
     let t = Instant::now();
-    let c_id = loop {
-        let s = statuses(&status);
-        if let Some((id, _)) =
-            s.iter().find(|(id, v)| !ids.contains(id) && v["revision"] == v2 && v["phase"] == "synced")
-        {
-            break id.clone();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "the injected image did not apply v2: {s:?}\n{}",
-            tail(&c.console())
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let c_id = wait_statuses(&status, "the injected image did not apply v2", Duration::from_secs(600), &[&c], |s| {
+        synced(s, &v2).into_iter().find(|id| !ids.contains(id)).cloned()
+    });
     eprintln!(
         "a gateway from the injected image applied v2 {:.0} s after power-on as {c_id}",
         t.elapsed().as_secs_f64()
     );
     assert!(c.console().contains("systemd[1]: Started tend.service"), "{}", tail(&c.console()));
     c.kill();
-    let gone =
-        Command::new("mdir").arg("-i").arg(format!("{}{BOOT}", c.disk.display())).arg("::tend").output().unwrap();
-    assert!(!gone.status.success(), "the provisioning is still on the injected image's boot partition");
+    assert!(provisioning_gone(&c.disk), "the provisioning is still on the injected image's boot partition");
 
     // A power cut, then a boot with no network card: the revision in the
     // store is enforced at start, before any fetch could happen.
     a.kill();
-    let boot_partition = format!("{}{BOOT}", a.disk.display());
-    let gone = Command::new("mdir").args(["-i", &boot_partition, "::tend"]).output().unwrap();
-    assert!(!gone.status.success(), "the provisioning is still on the boot partition");
-    let root = tmp.path().join("a-root.ext4");
-    dd_root(&a.disk, &root);
-    let stat = run(Command::new("debugfs").arg("-R").arg("stat /etc/tend/mqtt-password").arg(&root));
+    assert!(provisioning_gone(&a.disk), "the provisioning is still on the boot partition");
+    let stat = run(Command::new("debugfs").arg("-R").arg("stat /etc/tend/mqtt-password").arg(root_fs(&a.disk)));
     assert!(stat.contains("Mode:  0600") && stat.contains("User:     0"), "{stat}");
-    let dump = run(Command::new("debugfs").arg("-R").arg("cat /etc/tend/mqtt-password").arg(&root));
-    assert_eq!(dump.trim(), secret);
+    assert_eq!(cat_root(&a.disk, "/etc/tend/mqtt-password").trim(), secret);
     let t = Instant::now();
     a.boot(false);
     a.wait_console(&format!("enforced from the store: {}", &v2[..12]), Duration::from_secs(400));

@@ -31,10 +31,7 @@ struct Machine {
 
 impl Machine {
     fn podman(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", self.conf.path().join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.conf.path().join("storage.conf"));
-        c
+        tend_e2e::podman_in(self.conf.path())
     }
 
     fn boot(rootfs: &Path, deb_dir: &Path) -> Machine {

@@ -1024,7 +1024,8 @@ pub const TEST_IMAGE: &str = "localhost/tend-test:1";
 
 /// Podman settings that work in this sandbox (ENV.md: runc, cgroupfs, host
 /// network, vfs storage under `dir`): writes `dir/containers.conf` and
-/// `dir/storage.conf`, and returns the environment that selects them.
+/// `dir/storage.conf`, and returns the environment that selects them (for a
+/// script that runs podman; [`podman_in`] for podman itself).
 pub fn podman_settings(dir: &Path) -> [(&'static str, PathBuf); 2] {
     std::fs::write(
         dir.join("containers.conf"),
@@ -1037,7 +1038,18 @@ pub fn podman_settings(dir: &Path) -> [(&'static str, PathBuf); 2] {
         format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n", d = dir.display()),
     )
     .unwrap();
+    podman_env(dir)
+}
+
+fn podman_env(dir: &Path) -> [(&'static str, PathBuf); 2] {
     [("CONTAINERS_CONF", dir.join("containers.conf")), ("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))]
+}
+
+/// The podman CLI with the settings [`podman_settings`] wrote in `dir`.
+pub fn podman_in(dir: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.envs(podman_env(dir));
+    c
 }
 
 impl Podman {
@@ -1065,10 +1077,7 @@ impl Podman {
 
     /// The podman CLI, pointed at this instance.
     pub fn podman(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf"));
-        c
+        podman_in(self.dir.path())
     }
 
     pub fn start_service(&mut self) {
