@@ -170,6 +170,11 @@ pub struct Apply {
     /// How long a lock may hold a revision back; none: as long as it is held.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub lock_timeout: Option<Duration>,
+    /// The agent died this many times while applying one revision (during
+    /// its apply or health window; SPEC §3, 8): the revision is failed,
+    /// rolled back and quarantined. Two, so one power cut does not condemn it.
+    #[serde(default = "Apply::default_crash_limit")]
+    pub crash_limit: u32,
 }
 
 fn yes() -> bool {
@@ -186,6 +191,9 @@ impl Apply {
     fn default_lock_dir() -> PathBuf {
         PathBuf::from("/run/tend/locks")
     }
+    fn default_crash_limit() -> u32 {
+        2
+    }
 }
 
 impl Default for Apply {
@@ -200,6 +208,7 @@ impl Default for Apply {
             retry: Retry::default(),
             lock_dir: Self::default_lock_dir(),
             lock_timeout: None,
+            crash_limit: Self::default_crash_limit(),
         }
     }
 }
@@ -417,11 +426,17 @@ impl Config {
         ) -> Option<Option<T>> {
             match table.get(key) {
                 None => Some(None),
-                Some(v) => match v.clone().try_into::<T>() {
+                // The path names the key inside the section that failed.
+                Some(v) => match serde_path_to_error::deserialize::<_, T>(v.clone()) {
                     Ok(t) => Some(Some(t)),
                     Err(e) => {
-                        let what = if v.is_table() { format!("[{key}]") } else { format!("`{key}`") };
-                        problems.push(format!("{what}: {}", e.message().trim()));
+                        let path = e.path().to_string();
+                        let what = match (v.is_table(), path.as_str()) {
+                            (false, _) => format!("`{key}`"),
+                            (true, ".") => format!("[{key}]"),
+                            (true, inner) => format!("[{key}].{inner}"),
+                        };
+                        problems.push(format!("{what}: {}", e.into_inner().message().trim()));
                         None
                     }
                 },
@@ -496,20 +511,11 @@ impl Config {
         if source.url.trim().is_empty() {
             problems.push("[source].url: must not be empty".into());
         }
-        if source.interval.is_zero() {
-            problems.push("[source].interval: must be greater than zero".into());
-        }
-        if source.timeout.is_zero() {
-            problems.push("[source].timeout: must be greater than zero".into());
-        }
         let apply = apply.unwrap_or_default();
         let files = files.unwrap_or_default();
-        if apply.history == 0 {
-            problems.push("[apply].history: must keep at least 1 revision".into());
-        }
-        if !(apply.retry.factor.is_finite() && apply.retry.factor >= 1.0) {
-            problems.push("[apply].retry.factor: must be a number >= 1".into());
-        }
+        let k3s = k3s.unwrap_or_default();
+        let mqtt = mqtt.unwrap_or_default();
+        check_ranges(&source, &apply, &k3s, &mqtt, &mut problems);
         if !files.root.is_absolute() {
             problems.push(format!("[files].root: {:?} must be an absolute path", files.root));
         }
@@ -522,20 +528,20 @@ impl Config {
         if !state_dir.is_absolute() {
             problems.push(format!("state_dir: {state_dir:?} must be an absolute path"));
         }
-        if k3s.as_ref().is_some_and(|k| k.kubectl.is_empty()) {
+        if k3s.kubectl.is_empty() {
             problems.push("[k3s].kubectl: must name a command".into());
         }
-        if let Some(prefix) = mqtt.as_ref().map(|m| &m.topic_prefix)
-            && (prefix.is_empty()
-                || prefix.starts_with('/')
-                || prefix.ends_with('/')
-                || prefix.chars().any(|c| c == '+' || c == '#' || c.is_control()))
+        let prefix = &mqtt.topic_prefix;
+        if prefix.is_empty()
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || prefix.chars().any(|c| c == '+' || c == '#' || c.is_control())
         {
             problems.push(format!(
                 "[mqtt].topic_prefix: {prefix:?} must be a topic without wildcards (+, #), control characters or a leading or trailing '/'"
             ));
         }
-        if let Some(url) = mqtt.as_ref().and_then(|m| m.url.as_ref())
+        if let Some(url) = mqtt.url.as_ref()
             && !(url.starts_with("mqtt://") || url.starts_with("mqtts://"))
         {
             problems.push(format!("[mqtt].url: {url:?} must start with mqtt:// or mqtts://"));
@@ -560,11 +566,47 @@ impl Config {
             apply,
             files,
             containers: containers.unwrap_or_default(),
-            k3s: k3s.unwrap_or_default(),
-            mqtt: mqtt.unwrap_or_default(),
+            k3s,
+            mqtt,
             metrics: metrics.unwrap_or_default(),
             control: control.unwrap_or_default(),
         })
+    }
+}
+
+/// Every duration and count of the file inside its range (`bounds`), each
+/// problem naming the key, the value and the range.
+fn check_ranges(source: &Source, apply: &Apply, k3s: &K3s, mqtt: &Mqtt, problems: &mut Vec<String>) {
+    use crate::bounds::{self, Span, show};
+    let mut span = |key: &str, span: Span, v: Duration| {
+        if let Err(e) = span.check(key, &show(v), v) {
+            problems.push(e);
+        }
+    };
+    span("[source].interval", bounds::POLL_INTERVAL, source.interval);
+    span("[source].jitter", bounds::POLL_JITTER, source.jitter);
+    span("[source].timeout", bounds::SOURCE_TIMEOUT, source.timeout);
+    span("[source].announce_spread", bounds::ANNOUNCE_SPREAD, source.announce_spread);
+    span("[apply].health_timeout", bounds::HEALTH_TIMEOUT, apply.health_timeout);
+    span("[apply].retry.backoff", bounds::RETRY_BACKOFF, apply.retry.backoff);
+    span("[apply].retry.max", bounds::RETRY_MAX, apply.retry.max);
+    if let Some(t) = apply.lock_timeout {
+        span("[apply].lock_timeout", bounds::LOCK_TIMEOUT, t);
+    }
+    span("[k3s].timeout", bounds::KUBECTL_TIMEOUT, k3s.timeout);
+    span("[mqtt].health_interval", bounds::HEALTH_INTERVAL, mqtt.health_interval);
+    let mut int = |key: &str, (min, max): (i128, i128), v: i128| {
+        if let Err(e) = bounds::int(key, v, min, max) {
+            problems.push(e);
+        }
+    };
+    int("[apply].history", bounds::HISTORY, apply.history as i128);
+    int("[apply].retry.limit", bounds::RETRY_LIMIT, i128::from(apply.retry.limit));
+    int("[apply].crash_limit", bounds::CRASH_LIMIT, i128::from(apply.crash_limit));
+    let (min, max) = bounds::RETRY_FACTOR;
+    let factor = apply.retry.factor;
+    if !(factor.is_finite() && (min..=max).contains(&factor)) {
+        problems.push(format!("[apply].retry.factor: {factor} is out of range (allowed: {min} to {max})"));
     }
 }
 
@@ -693,8 +735,8 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("agent.toml: "), "{text}");
         assert!(text.contains("unknown key `bogus`"), "{text}");
-        assert!(text.contains("[source]: invalid duration \"soon\""), "{text}");
-        assert!(text.contains("[apply]: unknown field `histroy`"), "{text}");
+        assert!(text.contains("[source].interval: invalid duration \"soon\""), "{text}");
+        assert!(text.contains("[apply].histroy: unknown field `histroy`"), "{text}");
         // The sections that did parse are still validated in the same report.
         assert!(err.problems.len() >= 3, "{text}");
     }
@@ -736,6 +778,48 @@ mod tests {
     fn syntax_errors_give_a_position() {
         let err = parse("[source\nurl = 1").unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key_the_value_and_the_range() {
+        let src = "[source]\nurl = \"x\"\n";
+        for (extra, want) in [
+            (
+                "[mqtt]\nhealth_interval = \"0s\"",
+                "[mqtt].health_interval: \"0s\" is out of range (allowed: 1s to 1day)",
+            ),
+            (
+                "interval = \"18446744073709551615s\"",
+                "[source].interval: \"584542046090years 7months 15days 17h 5m 3s\" is out of range (allowed: 1s to 30days)",
+            ),
+            ("interval = \"0s\"", "[source].interval: \"0s\" is out of range"),
+            ("jitter = \"2days\"", "[source].jitter: \"2days\" is out of range (allowed: 0s to 1day)"),
+            ("timeout = \"0s\"", "[source].timeout: \"0s\" is out of range"),
+            ("announce_spread = \"1year\"", "[source].announce_spread"),
+            ("[apply]\nhealth_timeout = \"0s\"", "[apply].health_timeout: \"0s\" is out of range"),
+            ("[apply]\nhistory = 0", "[apply].history: 0 is out of range (allowed: 1 to 10000)"),
+            ("[apply]\nhistory = -1", "[apply].history: invalid value: integer `-1`"),
+            ("[apply]\ncrash_limit = 0", "[apply].crash_limit: 0 is out of range (allowed: 1 to 100)"),
+            ("[apply]\ncrash_limit = 4294967296", "[apply].crash_limit: invalid value: integer `4294967296`"),
+            ("[apply]\nretry = { limit = 5000 }", "[apply].retry.limit: 5000 is out of range"),
+            ("[apply]\nretry = { factor = 0.5 }", "[apply].retry.factor: 0.5 is out of range (allowed: 1 to 10)"),
+            ("[apply]\nretry = { factor = nan }", "[apply].retry.factor: NaN is out of range"),
+            ("[apply]\nretry = { factor = inf }", "[apply].retry.factor: inf is out of range"),
+            ("[apply]\nretry = { max = \"100years\" }", "[apply].retry.max"),
+            ("[apply]\nretry = { backoff = \"soon\" }", "[apply].retry.backoff: invalid duration \"soon\""),
+            ("[apply]\nlock_timeout = \"10years\"", "[apply].lock_timeout"),
+            ("[k3s]\ntimeout = \"0s\"", "[k3s].timeout: \"0s\" is out of range"),
+        ] {
+            // Keys without a section header go into [source].
+            let text = format!("{src}{extra}\n");
+            let e = parse(&text).map(|_| ()).unwrap_err().to_string();
+            assert!(e.starts_with("agent.toml: "), "{e}");
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+        }
+        // The edges of each range are accepted.
+        let c = parse("[source]\nurl = \"x\"\ninterval = \"1s\"\njitter = \"0s\"\n[mqtt]\nhealth_interval = \"1day\"\n[apply]\ncrash_limit = 100\nhistory = 10000\n").unwrap();
+        assert_eq!(c.apply.crash_limit, 100);
+        assert_eq!(parse(src).unwrap().apply.crash_limit, 2);
     }
 
     #[test]

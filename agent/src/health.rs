@@ -281,7 +281,9 @@ pub async fn probe_all(probes: &[Box<dyn Probe>]) -> Health {
 /// passes. With no probes, healthy at once.
 pub async fn window(probes: &[Box<dyn Probe>], timeout: Duration) -> Health {
     let start = Instant::now();
-    let deadline = start + timeout;
+    // Checked, whatever the values: a stored revision from before the
+    // bounds existed may carry any interval (SPEC §3, 8).
+    let deadline = start.checked_add(timeout).unwrap_or(start + Duration::from_secs(86_400));
     let mut health = Health::default();
     let mut due: Vec<Instant> = vec![start; probes.len()];
     // Each probe's last outcome, by position: two probes of one name are two
@@ -309,7 +311,7 @@ pub async fn window(probes: &[Box<dyn Probe>], timeout: Duration) -> Health {
             tracing::debug!(check = names[i].as_str(), ok = r.is_ok(), "probe");
             passed[i] = r.is_ok();
             health.results.insert(names[i].clone(), r);
-            due[i] = Instant::now() + p.interval();
+            due[i] = Instant::now().checked_add(p.interval()).map_or(deadline, |t| t.min(deadline));
         }
         if passed.iter().all(|p| *p) {
             return health;
@@ -370,6 +372,17 @@ mod tests {
         assert!(h.results["ok"].is_ok());
         assert!(start.elapsed() <= Duration::from_secs(30), "{:?}", start.elapsed());
         assert!(start.elapsed() >= Duration::from_secs(25), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_interval_and_timeout_end_at_the_deadline_without_overflow() {
+        // A revision stored before the bounds existed may carry any interval.
+        let start = Instant::now();
+        let h = window(&[flaky("huge", u64::MAX, 1)], Duration::from_secs(30)).await;
+        assert!(!h.healthy());
+        assert!(start.elapsed() <= Duration::from_secs(30), "{:?}", start.elapsed());
+        let h = window(&[flaky("ok", u64::MAX, 0)], Duration::MAX).await;
+        assert!(h.healthy());
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@
 //! inventory), [`sync`] (the cycle that ties them together), [`cli`] (commands).
 
 pub mod atomic;
+pub mod bounds;
 pub mod bundle;
 pub mod cli;
 pub mod config;

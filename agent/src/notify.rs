@@ -33,7 +33,9 @@ impl Notifier {
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|us| *us > 0)
-            .map(|us| Duration::from_micros(us / 2));
+            // Half the period, never a zero-period timer (`WATCHDOG_USEC=1`)
+            // and never past what an `Instant` can add.
+            .map(|us| Duration::from_micros((us / 2).clamp(1_000, 86_400_000_000)));
         Notifier { target, watchdog }
     }
 

@@ -112,7 +112,13 @@ impl ContainerSpec {
 
     /// Parse and check a spec; errors name the field.
     pub fn parse(text: &str, allow_privileged: Option<bool>) -> Result<ContainerSpec, String> {
-        let spec: ContainerSpec = toml::from_str(text).map_err(|e| format!("invalid: {}", e.message().trim()))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| format!("invalid: {}", e.message().trim()))?;
+        // The path names the key whose value is wrong (`health.retries`).
+        let spec: ContainerSpec = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().trim().to_owned();
+            if path == "." { format!("invalid: {message}") } else { format!("invalid: {path}: {message}") }
+        })?;
         spec.check(allow_privileged)?;
         Ok(spec)
     }
@@ -149,10 +155,14 @@ impl ContainerSpec {
                 ));
             }
         }
-        if let Some(h) = &self.health
-            && (h.command.is_empty() || h.command[0].is_empty() || h.interval.is_zero())
-        {
-            return Err("[health]: command must not be empty and interval must be > 0".into());
+        if let Some(h) = &self.health {
+            if h.command.is_empty() || h.command[0].is_empty() {
+                return Err("[health]: command must not be empty".into());
+            }
+            let shown = crate::bounds::show(h.interval);
+            crate::bounds::CONTAINER_HEALTH_INTERVAL.check("[health].interval", &shown, h.interval)?;
+            let (min, max) = crate::bounds::CONTAINER_HEALTH_RETRIES;
+            crate::bounds::int("[health].retries", i128::from(h.retries), min, max)?;
         }
         if self.privileged && allow_privileged == Some(false) {
             return Err(

@@ -601,7 +601,7 @@ pub(super) fn parse_dest(s: &str) -> Result<RelPath, String> {
 pub(super) fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     if digits.is_empty() || digits.len() > 4 || !digits.chars().all(|c| ('0'..='7').contains(&c)) {
-        return Err("must be an octal string like \"0640\"".into());
+        return Err("must be an octal string from \"0000\" to \"0777\", like \"0640\"".into());
     }
     let mode = u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?;
     // A repository that could set these could plant a setuid-root program.
@@ -640,10 +640,7 @@ pub(super) fn parse_check(raw: RawCheck) -> Result<Check, String> {
     };
     let interval = match raw.interval {
         None => Duration::from_secs(5),
-        Some(s) => humantime::parse_duration(&s).map_err(|e| format!("[[check]] {name}: interval {s:?}: {e}"))?,
+        Some(s) => crate::bounds::CHECK_INTERVAL.parse(&format!("[[check]] {name}: interval"), &s)?,
     };
-    if interval.is_zero() {
-        return Err(format!("[[check]] {name}: interval must be greater than zero"));
-    }
     Ok(Check { name, probe, interval })
 }

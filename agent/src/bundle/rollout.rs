@@ -7,6 +7,7 @@
 use serde::Deserialize;
 
 use super::{BundleError, RelPath};
+use crate::bounds;
 use crate::rollout::{Policy, wave, window};
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,22 +65,23 @@ impl Merged {
         if let Some((raw, from)) = self.waves {
             let mut waves = Vec::new();
             for (i, w) in raw.into_iter().enumerate() {
-                let after = match w.after.as_deref().map(humantime::parse_duration) {
+                let key = format!("[rollout].waves[{i}] ({:?})", w.name);
+                let after = match w.after.as_deref().map(|a| bounds::WAVE_AFTER.parse(&format!("{key}: after"), a)) {
                     None => std::time::Duration::ZERO,
                     Some(Ok(d)) => d,
                     Some(Err(e)) => {
-                        problems.push(BundleError::new(
-                            &from,
-                            format!(
-                                "[rollout].waves[{i}] ({:?}): after {:?}: {e}",
-                                w.name,
-                                w.after.unwrap_or_default()
-                            ),
-                        ));
+                        problems.push(BundleError::new(&from, e));
                         continue;
                     }
                 };
-                let percent = u8::try_from(w.percent).unwrap_or(0);
+                let (min, max) = bounds::WAVE_PERCENT;
+                let percent = match bounds::int(&format!("{key}: percent"), i128::from(w.percent), min, max) {
+                    Ok(p) => u8::try_from(p).expect("0 to 100"),
+                    Err(e) => {
+                        problems.push(BundleError::new(&from, e));
+                        continue;
+                    }
+                };
                 waves.push(wave::Wave { name: w.name, percent, after });
             }
             if waves.is_empty() {
@@ -89,9 +91,10 @@ impl Merged {
             policy.waves = waves;
         }
         if let Some((m, from)) = self.max_failed {
-            match u32::try_from(m) {
-                Ok(n) if n >= 1 => policy.max_failed = Some(n),
-                _ => problems.push(BundleError::new(&from, format!("[rollout].max_failed: {m} must be 1 or more"))),
+            let (min, max) = bounds::MAX_FAILED;
+            match bounds::int("[rollout].max_failed", i128::from(m), min, max) {
+                Ok(n) => policy.max_failed = Some(u32::try_from(n).expect("in range")),
+                Err(e) => problems.push(BundleError::new(&from, e)),
             }
         }
         if let Some((windows, from)) = self.windows {
@@ -169,9 +172,9 @@ mod tests {
         let errs: Vec<String> = m.finish().unwrap_err().iter().map(ToString::to_string).collect();
         let all = errs.join("\n");
         for want in [
-            "base/tend.toml: [rollout].waves[0] (\"canary\"): after \"soon\"",
+            "base/tend.toml: [rollout].waves[0] (\"canary\"): after: \"soon\" is not a duration",
             "the last wave must be 100 percent",
-            "base/tend.toml: [rollout].max_failed: 0 must be 1 or more",
+            "base/tend.toml: [rollout].max_failed: 0 is out of range (allowed: 1 to 1000000)",
             "base/tend.toml: [rollout].windows: window \"Caturday 10:00-11:00\": \"Caturday\" is not a day",
             "base/tend.toml: [rollout].timezone: \"Mars/Olympus_Mons\" is not a time zone",
         ] {

@@ -63,7 +63,8 @@ impl Reporter {
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let wake = self.agent.events.wake();
         let mut host = Host::new();
-        let mut health_tick = tokio::time::interval(self.health_interval);
+        // Bounded in the config; a zero period would panic the timer.
+        let mut health_tick = tokio::time::interval(self.health_interval.max(Duration::from_secs(1)));
         health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connected = false;
         let mut fifo: VecDeque<Tag> = VecDeque::new();

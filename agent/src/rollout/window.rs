@@ -29,7 +29,8 @@ fn day(s: &str) -> Result<usize, String> {
 fn minutes(s: &str) -> Result<u16, String> {
     let bad = || format!("{s:?} is not a time HH:MM (00:00 to 24:00)");
     let (h, m) = s.split_once(':').ok_or_else(bad)?;
-    if h.len() != 2 || m.len() != 2 {
+    // Digits only: `parse` would take "+1" as 1.
+    if h.len() != 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
