@@ -65,6 +65,42 @@ pub fn int(key: &str, value: i128, min: i128, max: i128) -> Result<i128, String>
     Ok(value)
 }
 
+/// A size as people write it: `"256MiB"`, `"1GiB"`, `"512KB"`, `"4096"`
+/// (bytes); binary (KiB, MiB, GiB, TiB) and decimal (kB, MB, GB, TB) units.
+pub fn parse_size(key: &str, text: &str, min: u64, max: u64) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(format!("{key}: {text:?} is not a size (like \"256MiB\", \"1GiB\" or a number of bytes)")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{key}: {text:?} is not a size (like \"256MiB\")"))?;
+    let bytes = n.checked_mul(scale).filter(|b| (min..=max).contains(b)).ok_or_else(|| {
+        format!("{key}: {text:?} is out of range (allowed: {} to {})", show_size(min), show_size(max))
+    })?;
+    Ok(bytes)
+}
+
+/// Bytes in the largest binary unit that divides them (`268435456` → `256MiB`).
+pub fn show_size(b: u64) -> String {
+    for (unit, scale) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if b >= scale && b.is_multiple_of(scale) {
+            return format!("{}{unit}", b / scale);
+        }
+    }
+    format!("{b}B")
+}
+
 // agent.toml (SPEC §1).
 
 /// `[source].interval`: the poll period.
@@ -129,6 +165,26 @@ mod tests {
         assert!(e.starts_with("k: \"soon\" is not a duration"), "{e}");
         // Past u64 seconds: humantime refuses it itself.
         assert!(POLL_INTERVAL.parse("k", "99999999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("k", "256MiB", 0, u64::MAX), Ok(256 << 20));
+        assert_eq!(parse_size("k", "1 GiB", 0, u64::MAX), Ok(1 << 30));
+        assert_eq!(parse_size("k", "512kB", 0, u64::MAX), Ok(512_000));
+        assert_eq!(parse_size("k", "4096", 0, u64::MAX), Ok(4096));
+        assert_eq!(parse_size("k", "0", 0, 10), Ok(0));
+        assert!(parse_size("k", "-1MiB", 0, u64::MAX).is_err());
+        assert!(parse_size("k", "", 0, u64::MAX).is_err());
+        assert!(parse_size("k", "1.5GiB", 0, u64::MAX).is_err());
+        assert!(parse_size("k", "12 parsecs", 0, u64::MAX).unwrap_err().contains("is not a size"));
+        assert!(parse_size("k", "99999999999999TiB", 0, u64::MAX).unwrap_err().contains("out of range"));
+        assert_eq!(
+            parse_size("--max-memory", "1KiB", 1 << 20, 1 << 40).unwrap_err(),
+            "--max-memory: \"1KiB\" is out of range (allowed: 1MiB to 1TiB)"
+        );
+        assert_eq!(show_size(256 << 20), "256MiB");
+        assert_eq!(show_size(1000), "1000B");
     }
 
     #[test]

@@ -94,8 +94,8 @@ fn bad_config_exits_2_naming_file_and_keys() {
     let r = tend(&["--config", cfg.to_str().unwrap(), "sync"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains(&cfg.display().to_string()), "{}", r.stderr);
-    assert!(r.stderr.contains("[source]: invalid duration \"often\""), "{}", r.stderr);
-    assert!(r.stderr.contains("[files]: unknown field `bogus`"), "{}", r.stderr);
+    assert!(r.stderr.contains("[source].interval: invalid duration \"often\""), "{}", r.stderr);
+    assert!(r.stderr.contains("[files].bogus: unknown field `bogus`"), "{}", r.stderr);
 
     let r =
         Command::new(tend_bin()).env("TEND_CONFIG", tmp.path().join("missing.toml")).arg("status").output().unwrap();

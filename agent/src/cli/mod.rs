@@ -105,6 +105,12 @@ pub enum Command {
     },
     /// Check a bundle offline (for a fleet repository's CI); exit 1 if it is rejected.
     Validate(ValidateArgs),
+    /// Record how the daemon's last run ended, for its next start (run by the
+    /// unit's `ExecStopPost=`, which systemd gives $SERVICE_RESULT, $EXIT_CODE
+    /// and $EXIT_STATUS): a revision during which the agent died is failed by
+    /// `[apply].crash_limit`, and its quarantine says how the agent died.
+    #[command(hide = true)]
+    Exited,
 }
 
 #[derive(Debug, clap::Args)]
@@ -321,6 +327,12 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Validate(args) => cmd_validate(args),
         Command::Fleet { command } => cmd_fleet(command),
+        Command::Exited => {
+            let cfg = load_config(cli)?;
+            let var = |k: &str| std::env::var(k).unwrap_or_default();
+            daemon::record_exit(&cfg.state_dir, &var("SERVICE_RESULT"), &var("EXIT_CODE"), &var("EXIT_STATUS"))
+                .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot record how tend ended: {e}")))
+        }
     }
 }
 
@@ -496,29 +508,49 @@ fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, Failure> {
         .build()
         .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot start the runtime: {e}")))?;
     let failed = |e: SyncError| Failure::Failed(e.into());
+    // A one-shot command that may apply first counts a death of an earlier
+    // one during its apply (SPEC §3, 8), and is stopped cleanly by SIGINT or
+    // SIGTERM (not a death).
+    let may_apply = matches!(req, Request::Sync { dry_run: false, .. } | Request::Rollback { .. });
     let result = rt.block_on(async {
-        match req {
-            Request::Sync { dry_run, retry, now } => {
-                sync::sync(&agent, SyncOptions { dry_run, retry, now, no_heal: false })
+        if may_apply {
+            sync::recover(&agent, None).await.map_err(failed)?;
+        }
+        let work = async {
+            match req {
+                Request::Sync { dry_run, retry, now } => {
+                    sync::sync(&agent, SyncOptions { dry_run, retry, now, no_heal: false })
+                        .await
+                        .map(|s| serde_json::to_value(s).expect("summary serialises"))
+                        .map_err(failed)
+                }
+                Request::Rollback { revision } => sync::rollback(&agent, revision)
                     .await
                     .map(|s| serde_json::to_value(s).expect("summary serialises"))
-                    .map_err(failed)
+                    .map_err(failed),
+                Request::Status => agent
+                    .status()
+                    .map(|s| serde_json::to_value(s).expect("status serialises"))
+                    .map_err(|e| Failure::Failed(e.into())),
+                Request::History => {
+                    agent.history_json().map(serde_json::Value::Array).map_err(|e| Failure::Failed(e.into()))
+                }
             }
-            Request::Rollback { revision } => sync::rollback(&agent, revision)
-                .await
-                .map(|s| serde_json::to_value(s).expect("summary serialises"))
-                .map_err(failed),
-            Request::Status => agent
-                .status()
-                .map(|s| serde_json::to_value(s).expect("status serialises"))
-                .map_err(|e| Failure::Failed(e.into())),
-            Request::History => {
-                agent.history_json().map(serde_json::Value::Array).map_err(|e| Failure::Failed(e.into()))
-            }
+        };
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return work.await;
+        };
+        tokio::select! {
+            r = work => r,
+            _ = term.recv() => Err(Failure::Failed(anyhow::anyhow!("stopped by SIGTERM"))),
+            _ = int.recv() => Err(Failure::Failed(anyhow::anyhow!("stopped by SIGINT"))),
         }
     });
+    // Waits for a step still running on the blocking pool (an apply).
     rt.shutdown_timeout(std::time::Duration::from_secs(30));
-    if let Err(e) = agent.store.flush() {
+    let flushed = if may_apply { sync::stopped(&agent) } else { agent.store.flush() };
+    if let Err(e) = flushed {
         tracing::error!(error = %e, "could not flush the store");
     }
     result

@@ -16,7 +16,12 @@
 //! - transient failures are retried up to `[apply].retry.limit` times, then
 //!   quarantined; permanent ones are quarantined at once;
 //! - the revision applied now is repaired (drift) in every decision but a
-//!   suspended gateway's.
+//!   suspended gateway's;
+//! - a revision during whose apply or health window the agent died
+//!   `crash_limit` times (not counting clean stops) is failed like an
+//!   unhealthy one: quarantined, and the gateway is back on last-known-good;
+//! - at start, a revision whose health window did not end is not
+//!   last-known-good: the gateway returns to the one that is.
 
 #[cfg(test)]
 mod tests;
@@ -25,7 +30,7 @@ use jiff::Timestamp;
 
 pub use crate::rollout::Gate;
 use crate::rollout::{Waiting, WaitingFor};
-use crate::store::{Pointers, RevRef};
+use crate::store::{Attempt, Pointers, RevRef};
 
 /// How a failure is retried, decided by the error's type (`SyncError::kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +90,11 @@ pub enum Event {
         commit: String,
         kind: ErrorKind,
     },
+    /// The apply of `commit` starts: its first write comes next (the
+    /// driver makes this durable before it).
+    Applying {
+        commit: String,
+    },
     /// `current` was applied; its health window starts.
     Applied {
         current: RevRef,
@@ -101,6 +111,14 @@ pub enum Event {
     },
     Suspend,
     Resume,
+    /// The agent starts (the daemon, or a one-shot command that may apply).
+    /// `death`: how the previous run ended, where systemd said.
+    Boot {
+        death: Option<String>,
+    },
+    /// The agent stops cleanly (SIGTERM, SIGINT): an apply or health window
+    /// it leaves is not a death.
+    Stop,
 }
 
 /// What the driver does next.
@@ -124,6 +142,16 @@ pub enum Effect {
     /// Return to last-known-good (or leave it, with rollback off);
     /// `quarantined`: the failed commit is not applied again automatically.
     RollBack { quarantined: bool, tries: u32 },
+    /// At start: the revision in place (`left`) was not last-known-good (its
+    /// health window did not end); the pointers are back on last-known-good,
+    /// whose resources the driver restores. `died`: the agent died during
+    /// the window (else it stopped cleanly).
+    Restore { left: RevRef, died: bool },
+    /// The agent died `crash_limit` times applying `commit`: record it as
+    /// failed and report it (history, a `rolled_back` event, the fleet's
+    /// circuit breaker). It is quarantined with `reason`.
+    /// `seq`: its history record, when it got as far as one.
+    Crashed { commit: String, reason: String, seq: Option<u64> },
 }
 
 /// The rules `step` needs from the local config.
@@ -132,6 +160,9 @@ pub struct Rules {
     /// `[apply].retry.limit`: transient failures of one commit before it is
     /// quarantined.
     pub retry_limit: u32,
+    /// `[apply].crash_limit`: deaths of the agent while one revision is
+    /// applied before it is failed.
+    pub crash_limit: u32,
 }
 
 /// The decision step. Pure: the same input gives the same output.
@@ -141,6 +172,15 @@ pub fn step(ptr: &Pointers, event: &Event, now: Timestamp, rules: Rules) -> (Poi
         Event::Tip { commit, render_key, retry } => tip(&mut p, commit, render_key, *retry),
         Event::Prepared { commit, gate, now: told } => prepared(&mut p, commit, gate, *told, now),
         Event::Failed { commit, kind } => failed(&mut p, commit, *kind, rules),
+        Event::Applying { commit } => {
+            // Deaths count per revision: carried over for the same commit.
+            let (deaths, last_death) = match p.attempt.take() {
+                Some(a) if a.commit == *commit => (a.deaths, a.last_death),
+                _ => (0, None),
+            };
+            p.attempt = Some(Attempt { commit: commit.clone(), deaths, last_death, running: true });
+            Vec::new()
+        }
         Event::Applied { current } => {
             p.current = Some(current.clone());
             p.current_gated = false;
@@ -151,6 +191,7 @@ pub fn step(ptr: &Pointers, event: &Event, now: Timestamp, rules: Rules) -> (Poi
         Event::Health { healthy: true } => {
             p.last_good.clone_from(&p.current);
             p.current_gated = true;
+            p.attempt = None;
             vec![Effect::Promote]
         }
         Event::Health { healthy: false } => match p.current.clone() {
@@ -165,6 +206,7 @@ pub fn step(ptr: &Pointers, event: &Event, now: Timestamp, rules: Rules) -> (Poi
             }
             p.waiting = None;
             p.transient = None;
+            p.attempt = None;
             if let Some(t) = tip.as_ref().filter(|t| **t != to.commit) {
                 p.quarantine.insert(t.clone(), format!("held: an operator rolled back to {}", short(&to.commit)));
             }
@@ -178,8 +220,44 @@ pub fn step(ptr: &Pointers, event: &Event, now: Timestamp, rules: Rules) -> (Poi
             p.suspended = false;
             Vec::new()
         }
+        Event::Boot { death } => boot(&mut p, death.as_deref(), rules),
+        Event::Stop => {
+            if let Some(a) = p.attempt.as_mut() {
+                a.running = false;
+            }
+            Vec::new()
+        }
     };
     (p, effects)
+}
+
+fn boot(p: &mut Pointers, death: Option<&str>, rules: Rules) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    let died = p.attempt.as_ref().is_some_and(|a| a.running);
+    if let Some(a) = p.attempt.as_mut().filter(|a| a.running) {
+        a.running = false;
+        a.deaths += 1;
+        a.last_death = death.map(str::to_owned);
+        if a.deaths >= rules.crash_limit.max(1) {
+            let how = a.last_death.as_deref().map(|d| format!(" (the last time: {d})")).unwrap_or_default();
+            let reason = format!("the agent died {} times while applying it{how}", a.deaths);
+            let commit = a.commit.clone();
+            p.attempt = None;
+            p.transient = None;
+            p.waiting = None;
+            p.quarantine.insert(commit.clone(), reason.clone());
+            let seq = p.current.as_ref().filter(|c| !p.current_gated && c.commit == commit).map(|c| c.seq);
+            effects.push(Effect::Crashed { commit, reason, seq });
+        }
+    }
+    // A revision whose health window did not end is not last-known-good.
+    if let Some(left) = p.current.clone().filter(|_| !p.current_gated) {
+        p.current.clone_from(&p.last_good);
+        p.current_gated = true;
+        effects.push(Effect::Restore { left, died });
+    }
+    effects.push(Effect::Heal);
+    effects
 }
 
 fn short(commit: &str) -> &str {
@@ -267,6 +345,7 @@ fn failed(p: &mut Pointers, commit: &str, kind: ErrorKind, rules: Rules) -> Vec<
     let quarantined = kind == ErrorKind::Permanent || tries >= rules.retry_limit.max(1);
     p.transient = (!quarantined && kind == ErrorKind::Transient).then(|| (commit.to_owned(), tries));
     p.waiting = None;
+    p.attempt = None;
     if quarantined {
         let why = match kind {
             ErrorKind::Transient => format!("failed {tries} times"),

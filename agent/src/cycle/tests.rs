@@ -7,7 +7,7 @@ use super::*;
 use proptest::prelude::*;
 use std::time::Duration;
 
-const RULES: Rules = Rules { retry_limit: 3 };
+const RULES: Rules = Rules { retry_limit: 3, crash_limit: 2 };
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -31,6 +31,18 @@ fn synced() -> Pointers {
     let (p, fx) = step(&p, &Event::Health { healthy: true }, t(0), RULES);
     assert_eq!(fx, vec![Effect::Promote]);
     p
+}
+
+/// `synced`, then `commit` applied: its health window runs.
+fn in_health_window(commit: &str) -> Pointers {
+    let (p, _) = step(&synced(), &Event::Applying { commit: commit.into() }, t(1), RULES);
+    let (p, fx) = step(&p, &Event::Applied { current: rev(2, commit) }, t(1), RULES);
+    assert_eq!(fx, vec![Effect::RunHealth]);
+    p
+}
+
+fn boot(death: Option<&str>) -> Event {
+    Event::Boot { death: death.map(str::to_owned) }
 }
 
 fn applies(fx: &[Effect]) -> bool {
@@ -328,4 +340,102 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_death_in_the_health_window_returns_to_last_known_good_and_counts_once() {
+    let p = in_health_window("b");
+    let (p, fx) = step(&p, &boot(None), t(2), RULES);
+    assert_eq!(fx, vec![Effect::Restore { left: rev(2, "b"), died: true }, Effect::Heal]);
+    assert_eq!(p.current, Some(rev(1, "a")));
+    assert!(p.current_gated);
+    let a = p.attempt.clone().unwrap();
+    assert_eq!((a.commit.as_str(), a.deaths, a.running), ("b", 1, false));
+    // One death is not enough (a power cut): the revision is tried again.
+    assert!(p.quarantine.is_empty());
+    assert_eq!(step(&p, &tip("b"), t(3), RULES).1, vec![Effect::Prepare]);
+    // A second start with nothing under way counts nothing.
+    let (q, fx) = step(&p, &boot(None), t(3), RULES);
+    assert_eq!(fx, vec![Effect::Heal]);
+    assert_eq!(q, p);
+    // Tried again and healthy: the count is gone.
+    let (p, _) = step(&p, &Event::Applying { commit: "b".into() }, t(4), RULES);
+    assert_eq!(p.attempt.as_ref().map(|a| (a.deaths, a.running)), Some((1, true)));
+    let (p, _) = step(&p, &Event::Applied { current: rev(3, "b") }, t(4), RULES);
+    let (p, _) = step(&p, &Event::Health { healthy: true }, t(5), RULES);
+    assert_eq!(p.attempt, None);
+    assert_eq!(p.last_good, Some(rev(3, "b")));
+}
+
+#[test]
+fn a_revision_that_kills_the_agent_crash_limit_times_is_failed_and_quarantined() {
+    let p = in_health_window("b");
+    let (p, _) = step(&p, &boot(Some("killed by signal SIGKILL")), t(2), RULES);
+    let (p, _) = step(&p, &tip("b"), t(3), RULES);
+    let (p, _) = step(&p, &Event::Applying { commit: "b".into() }, t(3), RULES);
+    // Died mid-apply this time, before its health window: current is still `a`.
+    let (p, fx) = step(&p, &boot(Some("dumped core on signal SIGABRT")), t(4), RULES);
+    let reason = "the agent died 2 times while applying it (the last time: dumped core on signal SIGABRT)";
+    assert_eq!(fx, vec![Effect::Crashed { commit: "b".into(), reason: reason.into(), seq: None }, Effect::Heal]);
+    assert_eq!(p.quarantine.get("b").map(String::as_str), Some(reason));
+    assert_eq!(p.attempt, None);
+    assert_eq!(p.current, Some(rev(1, "a")));
+    // Refused at every poll until the branch moves or an operator retries.
+    assert!(matches!(&step(&p, &tip("b"), t(5), RULES).1[..], [Effect::Refuse { .. }, Effect::Heal]));
+    assert_eq!(step(&p, &tip("c"), t(5), RULES).1, vec![Effect::Prepare]);
+}
+
+#[test]
+fn the_crashed_revisions_record_is_named_when_it_was_applied() {
+    let p = in_health_window("b");
+    let rules = Rules { crash_limit: 1, ..RULES };
+    let (p, fx) = step(&p, &boot(None), t(2), rules);
+    assert_eq!(
+        fx,
+        vec![
+            Effect::Crashed {
+                commit: "b".into(),
+                reason: "the agent died 1 times while applying it".into(),
+                seq: Some(2)
+            },
+            Effect::Restore { left: rev(2, "b"), died: true },
+            Effect::Heal
+        ]
+    );
+    assert_eq!(p.current, Some(rev(1, "a")));
+}
+
+#[test]
+fn a_clean_stop_is_not_a_death() {
+    let p = in_health_window("b");
+    let (p, fx) = step(&p, &Event::Stop, t(2), RULES);
+    assert!(fx.is_empty());
+    let (p, fx) = step(&p, &boot(None), t(3), RULES);
+    // Back on last-known-good (the window did not end), no death counted.
+    assert_eq!(fx, vec![Effect::Restore { left: rev(2, "b"), died: false }, Effect::Heal]);
+    assert_eq!(p.attempt.as_ref().map(|a| a.deaths), Some(0));
+    for n in 0..5 {
+        let (q, _) = step(&p, &Event::Applying { commit: "b".into() }, t(4 + n), RULES);
+        let (q, _) = step(&q, &Event::Stop, t(4 + n), RULES);
+        let (q, fx) = step(&q, &boot(None), t(4 + n), RULES);
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Crashed { .. })));
+        assert!(q.quarantine.is_empty());
+    }
+}
+
+#[test]
+fn deaths_count_per_revision() {
+    let p = in_health_window("b");
+    let (p, _) = step(&p, &boot(None), t(2), RULES);
+    // The branch moved: `c` starts from zero.
+    let (p, _) = step(&p, &tip("c"), t(3), RULES);
+    let (p, _) = step(&p, &Event::Applying { commit: "c".into() }, t(3), RULES);
+    assert_eq!(p.attempt.as_ref().map(|a| a.deaths), Some(0));
+    let (p, fx) = step(&p, &boot(None), t(4), RULES);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Crashed { .. })));
+    assert!(p.quarantine.is_empty());
+    // A failure decided in the window ends the attempt.
+    let (p, _) = step(&p, &Event::Applying { commit: "c".into() }, t(5), RULES);
+    let (p, _) = step(&p, &Event::Failed { commit: "c".into(), kind: ErrorKind::Permanent }, t(5), RULES);
+    assert_eq!(p.attempt, None);
 }

@@ -67,16 +67,18 @@ pub fn run(mut agent: Agent) -> Result<(), DaemonError> {
         agent.breaker = Some(Arc::new(b));
     }
     let agent = Arc::new(agent);
+    let death = take_last_exit(&agent.cfg.state_dir);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
         .thread_keep_alive(Duration::from_secs(10))
         .build()
         .map_err(|e| DaemonError::Setup(format!("cannot start the runtime: {e}")))?;
-    let result = rt.block_on(main_loop(agent.clone()));
+    let result = rt.block_on(main_loop(agent.clone(), death));
     // Waits for a step still running on the blocking pool (an apply) to finish.
     rt.shutdown_timeout(STOP_GRACE);
-    if let Err(e) = agent.persist_status().and_then(|_| agent.store.flush()) {
+    // A clean stop: an apply or health window it leaves is not a death.
+    if let Err(e) = agent.persist_status().and_then(|_| sync::stopped(&agent)) {
         tracing::error!(error = %e, "could not flush the store");
     }
     tracing::info!("stopped");
@@ -130,10 +132,50 @@ pub fn next_poll(
     regular
 }
 
-async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
+/// Where `tend exited` (the unit's `ExecStopPost=`) leaves how the daemon's
+/// last run ended, for the next start.
+pub fn last_exit_path(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("last-exit")
+}
+
+/// Record how the daemon's run ended, from what systemd hands an
+/// `ExecStopPost=` command (`$SERVICE_RESULT`, `$EXIT_CODE`, `$EXIT_STATUS`;
+/// see systemd.exec(5)). Each value is cut to 32 printable characters.
+pub fn record_exit(state_dir: &Path, result: &str, code: &str, status: &str) -> Result<(), String> {
+    let clean = |s: &str| s.chars().filter(|c| c.is_ascii_graphic()).take(32).collect::<String>();
+    let line = format!("{} {} {}\n", clean(result), clean(code), clean(status));
+    crate::atomic::write(&last_exit_path(state_dir), line.as_bytes(), 0o600, true).map_err(|e| e.to_string())
+}
+
+/// How the last run ended, said for a person, and the record removed;
+/// `None` when nothing was recorded or it ended cleanly.
+fn take_last_exit(state_dir: &Path) -> Option<String> {
+    let path = last_exit_path(state_dir);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    describe_exit(&text)
+}
+
+/// `signal killed KILL` → "killed by signal SIGKILL".
+fn describe_exit(line: &str) -> Option<String> {
+    let mut parts = line.split_whitespace();
+    let (result, code, status) = (parts.next()?, parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let signal = |s: &str| if s.starts_with("SIG") { s.to_owned() } else { format!("SIG{s}") };
+    Some(match (result, code) {
+        ("success", _) => return None,
+        ("watchdog", _) => "stopped by systemd's watchdog".into(),
+        ("oom-kill", _) => "killed by the kernel's OOM killer".into(),
+        ("core-dump", _) | (_, "dumped") => format!("dumped core on signal {}", signal(status)),
+        (_, "killed") => format!("killed by signal {}", signal(status)),
+        (_, "exited") => format!("exited with status {status}"),
+        (other, _) => format!("ended by systemd: {other}"),
+    })
+}
+
+async fn main_loop(agent: Arc<Agent>, death: Option<String>) -> Result<(), DaemonError> {
     let cfg = agent.cfg.clone();
     // Last-known-good first, before the network is even tried.
-    let enforced = match sync::boot(&agent).await {
+    let enforced = match sync::boot(&agent, death).await {
         Ok(Some(s)) => s.commit.as_deref().map(sync::short).unwrap_or("(none)").to_owned(),
         Ok(None) => "none (no revision applied yet)".to_owned(),
         Err(e) => {
@@ -155,7 +197,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     let socket = cfg.control_socket();
     let listener = bind_control(&socket)?;
     let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(8);
-    let accept = tokio::spawn(accept_loop(listener, tx));
+
     let mut shutdown = shutdown_signal()?;
 
     // Reporting: the reporter task reads status from a watch channel and the
@@ -165,6 +207,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<mqtt::Command>(16);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (conn_tx, conn_rx) = watch::channel(String::from("not configured"));
+    let accept = tokio::spawn(accept_loop(listener, agent.clone(), conn_rx.clone(), tx));
     let (announced_tx, mut announced_rx) = watch::channel(None::<String>);
     let announce_topic = announce::topic(&cfg.mqtt.topic_prefix, &cfg.fleet, &cfg.source.branch);
     if cfg.mqtt.url.is_some() && announce_topic.is_none() {
@@ -300,7 +343,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<(), DaemonError> {
             }
             Some((req, reply)) = rx.recv() => {
                 let resp = tokio::select! {
-                    r = handle(&agent, req, &conn_rx, suspended) => r,
+                    r = handle(&agent, req) => r,
                     _ = &mut shutdown => {
                         let _ = reply.send(Response::err("tend is stopping", 1));
                         break;
@@ -442,8 +485,9 @@ fn within(spread: Duration) -> Duration {
     spread.mul_f64(fastrand::f64())
 }
 
-/// One control request, answered from the daemon's own store.
-async fn handle(agent: &Arc<Agent>, req: Request, mqtt: &watch::Receiver<String>, suspended: bool) -> Response {
+/// A control request that changes something (sync, rollback): run by the
+/// main loop, one at a time with its own syncs.
+async fn handle(agent: &Arc<Agent>, req: Request) -> Response {
     let summary = |r: Result<sync::SyncSummary, SyncError>| match r {
         Ok(s) => Response::ok(serde_json::to_value(s).expect("summary serialises")),
         Err(e) => Response::err(e, 1),
@@ -453,22 +497,37 @@ async fn handle(agent: &Arc<Agent>, req: Request, mqtt: &watch::Receiver<String>
             summary(sync::sync(agent, SyncOptions { dry_run, retry, now, no_heal: false }).await)
         }
         Request::Rollback { revision } => summary(sync::rollback(agent, revision).await),
+        Request::Status | Request::History => Response::err("answered beside the loop", 1),
+    }
+}
+
+/// A request that only reads (status, history): answered from the store at
+/// once, even while a sync runs (a health window may last minutes).
+async fn read_only(agent: &Arc<Agent>, req: &Request, mqtt: &watch::Receiver<String>) -> Option<Response> {
+    match req {
         Request::Status => {
-            let mut v = status_now(agent, suspended).await;
+            let a = agent.clone();
+            let mut v = tokio::task::spawn_blocking(move || {
+                let suspended = a.store.pointers().map(|p| p.suspended).unwrap_or(false);
+                reporter::status_payload(&a, suspended)
+            })
+            .await
+            .unwrap_or_default();
             if v.is_null() {
-                return Response::err("cannot read the status", 1);
+                return Some(Response::err("cannot read the status", 1));
             }
             v["mqtt"] = mqtt.borrow().clone().into();
-            Response::ok(v)
+            Some(Response::ok(v))
         }
         Request::History => {
             let a = agent.clone();
-            match tokio::task::spawn_blocking(move || a.history_json()).await {
+            Some(match tokio::task::spawn_blocking(move || a.history_json()).await {
                 Ok(Ok(h)) => Response::ok(serde_json::Value::Array(h)),
                 Ok(Err(e)) => Response::err(e, 1),
                 Err(e) => Response::err(e, 1),
-            }
+            })
         }
+        Request::Sync { .. } | Request::Rollback { .. } => None,
     }
 }
 
@@ -495,31 +554,66 @@ fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-async fn accept_loop(listener: UnixListener, tx: mpsc::Sender<(Request, oneshot::Sender<Response>)>) {
+/// Control connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+
+/// How long a client may take to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve the control socket: a silent client is dropped after
+/// [`READ_TIMEOUT`], at most [`MAX_CONNECTIONS`] are served at once, and an
+/// accept error (EMFILE: out of file descriptors) is said once and retried
+/// after a pause instead of spinning.
+async fn accept_loop(
+    listener: UnixListener,
+    agent: Arc<Agent>,
+    mqtt: watch::Receiver<String>,
+    tx: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Said at most once a minute, with how often it happened since.
+    let (mut said_at, mut unsaid) = (None::<Instant>, 0u64);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let tx = tx.clone();
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                unsaid += 1;
+                if said_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(error = %e, times = unsaid, "control socket: cannot accept a connection; retrying");
+                    (said_at, unsaid) = (Some(Instant::now()), 0);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let (tx, agent, mqtt) = (tx.clone(), agent.clone(), mqtt.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(read.take(control::MAX_REQUEST as u64 + 1));
-            let resp = match reader.read_line(&mut line).await {
-                Err(e) => Response::err(format!("bad request: {e}"), 2),
-                Ok(_) => match control::parse_request(&line) {
+            let resp = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
+                Err(_) => return,
+                Ok(Err(e)) => Response::err(format!("bad request: {e}"), 2),
+                Ok(Ok(_)) => match control::parse_request(&line) {
                     Err(e) => Response::err(e, 2),
-                    Ok(req) => {
-                        let (reply_tx, reply_rx) = oneshot::channel();
-                        if tx.send((req, reply_tx)).await.is_err() {
-                            Response::err("tend is stopping", 1)
-                        } else {
-                            reply_rx.await.unwrap_or_else(|_| Response::err("tend is stopping", 1))
+                    Ok(req) => match read_only(&agent, &req, &mqtt).await {
+                        Some(resp) => resp,
+                        None => {
+                            let (reply_tx, reply_rx) = oneshot::channel();
+                            if tx.send((req, reply_tx)).await.is_err() {
+                                Response::err("tend is stopping", 1)
+                            } else {
+                                reply_rx.await.unwrap_or_else(|_| Response::err("tend is stopping", 1))
+                            }
                         }
-                    }
+                    },
                 },
             };
             let mut out = serde_json::to_vec(&resp).expect("responses serialise");
             out.push(b'\n');
-            let _ = write.write_all(&out).await;
+            let _ = tokio::time::timeout(READ_TIMEOUT, write.write_all(&out)).await;
         });
     }
 }
@@ -546,6 +640,22 @@ mod tests {
     fn source(interval: u64, jitter: u64) -> Source {
         let text = format!("[source]\nurl = \"x\"\ninterval = \"{interval}s\"\njitter = \"{jitter}s\"\n");
         Config::from_str(&format!("device_id = \"d\"\n{text}"), Path::new("t")).unwrap().source
+    }
+
+    #[test]
+    fn how_the_last_run_ended() {
+        assert_eq!(describe_exit("signal killed KILL\n").as_deref(), Some("killed by signal SIGKILL"));
+        assert_eq!(describe_exit("core-dump dumped ABRT").as_deref(), Some("dumped core on signal SIGABRT"));
+        assert_eq!(describe_exit("exit-code exited 1").as_deref(), Some("exited with status 1"));
+        assert_eq!(describe_exit("watchdog killed ABRT").as_deref(), Some("stopped by systemd's watchdog"));
+        assert_eq!(describe_exit("oom-kill killed KILL").as_deref(), Some("killed by the kernel's OOM killer"));
+        assert_eq!(describe_exit("success exited 0"), None);
+        assert_eq!(describe_exit(""), None);
+        let dir = tempfile::tempdir().unwrap();
+        record_exit(dir.path(), "signal", "killed", "KILL\n\x1b[31m; rm -rf /").unwrap();
+        assert_eq!(take_last_exit(dir.path()).as_deref(), Some("killed by signal SIGKILL[31m;rm-rf/"));
+        assert!(!last_exit_path(dir.path()).exists());
+        assert_eq!(take_last_exit(dir.path()), None);
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl Reporter {
         let mut sub_acks: HashMap<u16, Option<String>> = HashMap::new();
         let mut rollout_sub: Option<String> = None;
         let mut ignored = 0u64;
+        let mut busy = 0u64;
         loop {
             tokio::select! {
                 ev = eventloop.poll() => match ev {
@@ -169,8 +170,29 @@ impl Reporter {
                         let mut cmd = parse_command(&p.payload);
                         cmd.fleet_wide = p.topic == self.topics.all_cmd;
                         tracing::info!(topic = %p.topic, cmd = ?cmd.cmd.as_ref().map(CommandKind::name), "mqtt: command received");
-                        if self.commands.send(cmd).await.is_err() {
-                            return;
+                        // Never wait for the sync loop here: this task also
+                        // drives the MQTT session (pings, acknowledgements),
+                        // and a long sync with the queue full would stall it
+                        // until the broker dropped the connection. A command
+                        // that does not fit is answered `busy`.
+                        match self.commands.try_send(cmd) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                                busy += 1;
+                                if busy.is_power_of_two() {
+                                    tracing::warn!(busy, "mqtt: command queue full; answered busy");
+                                }
+                                let name = cmd.cmd.as_ref().map(CommandKind::name).unwrap_or("invalid");
+                                let fields = serde_json::json!({
+                                    "cmd": name,
+                                    "id": cmd.id,
+                                    "ok": false,
+                                    "error": format!("busy: {} commands already wait for this gateway; try again later", self.commands.max_capacity()),
+                                });
+                                let agent = self.agent.clone();
+                                let _ = tokio::task::spawn_blocking(move || agent.event(crate::report::Kind::Command, fields)).await;
+                            }
                         }
                     }
                     Ok(_) => {}

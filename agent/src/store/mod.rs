@@ -49,6 +49,9 @@ pub enum Outcome {
     Failed,
     /// Failed and was rolled back.
     RolledBack,
+    /// The agent died or stopped during its apply or health window; the
+    /// gateway returned to last-known-good and tries it again (SPEC §3, 8).
+    Interrupted,
 }
 
 impl Outcome {
@@ -58,6 +61,7 @@ impl Outcome {
             Outcome::Healthy => "healthy",
             Outcome::Failed => "failed",
             Outcome::RolledBack => "rolled_back",
+            Outcome::Interrupted => "interrupted",
         }
     }
     pub fn is_good(self) -> bool {
@@ -178,6 +182,24 @@ pub struct Pointers {
     /// The fetched revision not applied yet (rollout control, SPEC §7).
     #[serde(default)]
     pub waiting: Option<crate::rollout::Waiting>,
+    /// The revision whose apply or health window is under way, recorded
+    /// before its first write and cleared when its outcome is decided: a
+    /// start that finds it running counts a death of the agent (SPEC §3, 8).
+    #[serde(default)]
+    pub attempt: Option<Attempt>,
+}
+
+/// One revision's apply, as far as the agent's deaths during it go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub commit: String,
+    /// Deaths of the agent during this revision's apply or health window.
+    pub deaths: u32,
+    /// How the last one happened, where systemd said (`ExecStopPost=`).
+    pub last_death: Option<String>,
+    /// The apply or its health window is under way (false: stopped cleanly,
+    /// or a death was counted; the revision may be tried again).
+    pub running: bool,
 }
 
 /// The resources summary of SPEC §4.

@@ -24,7 +24,7 @@ mod run;
 mod tests;
 
 pub use rollback::rollback;
-pub use run::{boot, enforce_current, sync};
+pub use run::{boot, enforce_current, recover, stopped, sync};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

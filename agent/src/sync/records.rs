@@ -55,9 +55,13 @@ impl Agent {
     }
 
     /// The decision step on the stored pointers: (before, after, effects).
-    fn step(&self, event: &Event, now: jiff::Timestamp) -> Result<(Pointers, Pointers, Vec<Effect>), StoreError> {
+    pub(super) fn step(
+        &self,
+        event: &Event,
+        now: jiff::Timestamp,
+    ) -> Result<(Pointers, Pointers, Vec<Effect>), StoreError> {
         let before = self.store.pointers()?;
-        let rules = cycle::Rules { retry_limit: self.cfg.apply.retry.limit };
+        let rules = cycle::Rules { retry_limit: self.cfg.apply.retry.limit, crash_limit: self.cfg.apply.crash_limit };
         let (after, effects) = cycle::step(&before, event, now, rules);
         Ok((before, after, effects))
     }
@@ -172,7 +176,7 @@ impl Agent {
     }
 
     /// The stored status with what the pointers and the config say filled in.
-    fn status_of(&self, ptr: &Pointers) -> Result<Status, StoreError> {
+    pub(super) fn status_of(&self, ptr: &Pointers) -> Result<Status, StoreError> {
         let mut s = self.status()?;
         s.device_id = self.cfg.device_id.clone();
         s.fleet = self.cfg.fleet.clone();

@@ -47,6 +47,48 @@ pub(super) async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> R
     Ok(())
 }
 
+impl Agent {
+    /// The agent died `crash_limit` times applying `commit` (the decision
+    /// step's [`Effect::Crashed`]): its history record and the `failed` and
+    /// `rolled_back` events (the second reaches the fleet's circuit breaker).
+    /// `to`: the revision the gateway is back on. Returns the status's error.
+    pub(super) fn crashed(
+        &self,
+        commit: &str,
+        reason: &str,
+        seq: Option<u64>,
+        to: Option<&RevRef>,
+    ) -> Result<String, StoreError> {
+        let after = match to {
+            Some(r) => format!("rolled back to {}", short(&r.commit)),
+            None => "rolled back to the state before tend's first revision".into(),
+        };
+        let msg = format!("revision {} failed: {reason}; {after}", short(commit));
+        tracing::error!("{msg}");
+        match seq {
+            Some(seq) => self.set_outcome(seq, Outcome::RolledBack, Some(msg.clone()))?,
+            None => {
+                let p = Prepared {
+                    commit: commit.to_owned(),
+                    render_key: self.render_key(),
+                    desired: Desired::default(),
+                    blobs: HashMap::new(),
+                    rendered: true,
+                    forced: None,
+                };
+                self.record(&p, Outcome::Failed, Some(msg.clone()))?;
+            }
+        }
+        self.event(Kind::Failed, serde_json::json!({ "revision": commit, "error": reason }));
+        self.event(
+            Kind::RolledBack,
+            serde_json::json!({ "revision": commit, "error": reason, "to": to.map(|r| r.commit.clone()), "after": after }),
+        );
+        self.gc()?;
+        Ok(msg)
+    }
+}
+
 /// The status of a sync that found `commit` on the branch and failed with `error`.
 fn set_failed(s: &mut Status, commit: String, error: String) {
     s.phase = "failed".into();

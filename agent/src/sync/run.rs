@@ -55,36 +55,88 @@ pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, 
     .await
 }
 
-/// At start, before any fetch: re-enforce last-known-good from the store. When
-/// the agent stopped during a revision's health window, that revision is not
-/// last-known-good: the gateway returns to the one that is (the interrupted
-/// revision is gated again when the source is reachable).
-pub async fn boot(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, SyncError> {
-    let interrupted = blocking(agent, |a| -> Result<Option<String>, StoreError> {
-        let p = a.store.pointers()?;
-        Ok(match (&p.current, p.current_gated) {
-            (Some(c), false) => Some(c.commit.clone()),
-            _ => None,
-        })
-    })
-    .await?;
-    if let Some(commit) = interrupted {
-        tracing::info!(revision = short(&commit), "its health window was interrupted: returning to last-known-good");
-        blocking(agent, |a| -> Result<(), SyncError> {
-            let lkg = a.last_good()?;
-            let desired = lkg.as_ref().map(|r| r.desired.clone()).unwrap_or_default();
-            let commit = lkg.as_ref().map(|r| r.commit.clone()).unwrap_or_default();
-            a.enforce(&commit, &desired, &HashMap::new(), true)?;
-            a.update_pointers(|p| {
-                p.current = lkg.as_ref().map(RevRef::of);
-                p.current_gated = true;
-            })?;
-            a.store.flush()?;
-            Ok(())
-        })
-        .await?;
-    }
+/// At start, before any fetch: re-enforce last-known-good from the store.
+/// The decision step says what the previous run left (SPEC §3, 8): a revision
+/// whose health window did not end is not last-known-good, so the gateway
+/// returns to the one that is (the interrupted revision is gated again when
+/// the source is reachable); a revision during which the agent died
+/// `crash_limit` times is failed, recorded, reported and quarantined.
+/// `death`: how the previous run ended, where systemd said (`tend exited`).
+pub async fn boot(agent: &Arc<Agent>, death: Option<String>) -> Result<Option<SyncSummary>, SyncError> {
+    recover(agent, death).await?;
     enforce_current(agent).await
+}
+
+/// The start's decision without the repair: a one-shot command that may
+/// apply (`tend sync`, `tend rollback`) runs it first, so a death during an
+/// earlier one-shot apply is counted too.
+pub async fn recover(agent: &Arc<Agent>, death: Option<String>) -> Result<(), SyncError> {
+    blocking(agent, move |a| -> Result<(), SyncError> {
+        let (before, after, effects) = a.step(&Event::Boot { death }, a.clock.now())?;
+        if after == before {
+            return Ok(());
+        }
+        // The failure's record and events first, then the pointers: a death
+        // between the two is counted again and reported twice, never lost.
+        let crashed = effects.iter().find_map(|e| match e {
+            Effect::Crashed { commit, reason, seq } => Some((commit, reason, *seq)),
+            _ => None,
+        });
+        let crashed_seq = crashed.as_ref().and_then(|(_, _, seq)| *seq);
+        if let Some((commit, reason, seq)) = crashed {
+            let msg = a.crashed(commit, reason, seq, after.current.as_ref())?;
+            let back = match &after.current {
+                Some(r) => a.store.revision(r.seq)?,
+                None => None,
+            };
+            let resources = a.resources_of(back.as_ref());
+            let phase = if after.current.is_some() { "rolled_back" } else { "failed" };
+            let mut st = a.status_of(&after)?;
+            st.phase = phase.into();
+            st.target_revision = Some(commit.clone());
+            st.error = Some(msg);
+            st.resources = resources;
+            st.waiting_for = None;
+            st.due_at = None;
+            st.waiting_detail = None;
+            a.store.set_pointers_and_status(&after, &st)?;
+        } else {
+            // The status says what the pointers say (the revision in place).
+            let st = a.status_of(&after)?;
+            a.store.set_pointers_and_status(&after, &st)?;
+        }
+        if let Some((left, died)) = effects.iter().find_map(|e| match e {
+            Effect::Restore { left, died } => Some((left, *died)),
+            _ => None,
+        }) {
+            tracing::info!(revision = short(&left.commit), "its health window was interrupted: returning to last-known-good");
+            if crashed_seq != Some(left.seq) {
+                let why = match (died, &after.attempt) {
+                    (true, Some(at)) => format!(
+                        "the agent died during its health window ({} of [apply].crash_limit {}): back on last-known-good, to be tried again",
+                        at.deaths, a.cfg.apply.crash_limit
+                    ),
+                    _ => "tend stopped during its health window: back on last-known-good, to be tried again".into(),
+                };
+                a.set_outcome(left.seq, Outcome::Interrupted, Some(why))?;
+            }
+            // No last-known-good: back to the state before tend's first revision.
+            if after.current.is_none() {
+                a.enforce("", &Desired::default(), &HashMap::new(), true)?;
+            }
+        }
+        // Durable before anything else happens: a death counted once.
+        a.store.flush()?;
+        Ok(())
+    })
+    .await
+}
+
+/// Mark a clean stop (SIGTERM, SIGINT): an apply or health window left now
+/// is not a death of the agent. Called once nothing runs on the blocking pool.
+pub fn stopped(agent: &Agent) -> Result<(), StoreError> {
+    agent.decide(&Event::Stop)?;
+    agent.store.flush()
 }
 
 /// One sync cycle: fetch, then apply the branch's revision if it is new (health
@@ -394,6 +446,10 @@ pub(super) async fn sync_fetched(
     let prepared = Arc::new(prepared);
     let p = prepared.clone();
     let applied = blocking(agent, move |a| -> Result<(Plan, ApplyReport, u64), SyncError> {
+        // The attempt is durable before the first write: if the agent dies
+        // from here to the end of the health window, the next start counts it.
+        a.decide(&Event::Applying { commit: p.commit.clone() })?;
+        a.store.flush()?;
         let mut started = serde_json::json!({ "revision": p.commit });
         if let Some(f) = forced {
             started["forced"] = f.into();
@@ -406,7 +462,8 @@ pub(super) async fn sync_fetched(
             Ok((plan, report)) => {
                 let seq = a.record(&p, Outcome::Applied, None)?;
                 let current = RevRef { seq, commit: p.commit.clone(), render_key: p.render_key.clone() };
-                a.decide(&Event::Applied { current })?;
+                // The status names the revision in place, in the same write.
+                a.transition(&Event::Applied { current }, |_, _| {})?;
                 let (created, updated, deleted, hooks) = plan.counts();
                 a.event(
                     Kind::Applied,
