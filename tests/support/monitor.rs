@@ -395,6 +395,16 @@ fn base64_decode(s: &str) -> Vec<u8> {
 /// PUBLISH packets (QoS 0, retained) back to back, then a PINGREQ whose answer
 /// says the broker has read them all. Payloads are bytes: anything at all.
 pub fn publish_retained(port: u16, messages: &[(String, Vec<u8>)]) {
+    publish_retained_at(port, messages, 0)
+}
+
+/// [`publish_retained`] at `qos` 0 or 1. At QoS 1 the broker keeps each
+/// message at QoS 1, as a gateway's own retained status is kept, and sends
+/// it to a QoS 1 subscriber at QoS 1 (a retained message goes out at the
+/// lower of its own QoS and the subscription's). The broker's PUBACKs are
+/// read on a thread; the PINGRESP after them says all were taken.
+pub fn publish_retained_at(port: u16, messages: &[(String, Vec<u8>)], qos: u8) {
+    assert!(qos <= 1, "QoS 0 or 1");
     fn remaining(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let mut b = (n % 128) as u8;
@@ -421,13 +431,34 @@ pub fn publish_retained(port: u16, messages: &[(String, Vec<u8>)]) {
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).unwrap();
     assert_eq!(ack, [0x20, 2, 0, 0], "CONNACK");
+    // What the broker sends back: PUBACKs (4 bytes each), then the PINGRESP.
+    let mut reader = s.try_clone().unwrap();
+    let acks = std::thread::spawn(move || {
+        let (mut pubacks, mut head) = (0usize, [0u8; 2]);
+        loop {
+            reader.read_exact(&mut head).unwrap();
+            match head {
+                [0x40, 2] => {
+                    let mut id = [0u8; 2];
+                    reader.read_exact(&mut id).unwrap();
+                    pubacks += 1;
+                }
+                [0xD0, 0] => return pubacks,
+                other => panic!("unexpected packet from the broker: {other:?}"),
+            }
+        }
+    });
     let mut buf = Vec::with_capacity(1 << 20);
-    for (topic, payload) in messages {
-        let mut body = Vec::with_capacity(2 + topic.len() + payload.len());
+    for (i, (topic, payload)) in messages.iter().enumerate() {
+        let mut body = Vec::with_capacity(4 + topic.len() + payload.len());
         body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
         body.extend_from_slice(topic.as_bytes());
+        if qos == 1 {
+            // Packet ids 1..=65535, reused in turn.
+            body.extend_from_slice(&((i % 65_535 + 1) as u16).to_be_bytes());
+        }
         body.extend_from_slice(payload);
-        buf.push(0x31); // PUBLISH, QoS 0, retain
+        buf.push(if qos == 1 { 0x33 } else { 0x31 }); // PUBLISH, retain, at `qos`
         remaining(body.len(), &mut buf);
         buf.extend_from_slice(&body);
         if buf.len() > (1 << 20) {
@@ -437,8 +468,7 @@ pub fn publish_retained(port: u16, messages: &[(String, Vec<u8>)]) {
     }
     buf.extend_from_slice(&[0xC0, 0]); // PINGREQ
     s.write_all(&buf).unwrap();
-    let mut pong = [0u8; 2];
-    s.read_exact(&mut pong).unwrap();
-    assert_eq!(pong, [0xD0, 0], "PINGRESP");
+    let pubacks = acks.join().expect("the broker's answers");
+    assert_eq!(pubacks, if qos == 1 { messages.len() } else { 0 }, "PUBACKs");
     let _ = s.write_all(&[0xE0, 0]); // DISCONNECT
 }

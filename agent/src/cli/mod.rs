@@ -179,6 +179,12 @@ pub enum FleetCommand {
         /// A gateway whose last sync is older than this is stale.
         #[arg(long, default_value = "15m")]
         stale: humantime::Duration,
+        /// The most memory the view keeps for gateways and their events
+        /// (oldest events are dropped first, then new gateways refused):
+        /// anyone who may publish on the broker cannot make it grow past
+        /// this. About 1 KiB a gateway plus its recent events.
+        #[arg(long, default_value = "256MiB", value_parser = parse_memory)]
+        max_memory: u64,
     },
     /// Ask one gateway (--device) or every gateway of a fleet (--all) to sync now.
     Sync {
@@ -249,6 +255,10 @@ impl MqttArgs {
             password_file: self.password_file.clone(),
         }
     }
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    crate::bounds::parse_size("--max-memory", s, 1 << 20, 1 << 40)
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -352,7 +362,9 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
         FleetCommand::Status { conn, fleet, stale, all, json } => {
             status(&rt, conn, fleet.as_deref(), (*stale).into(), *all, *json, usage)
         }
-        FleetCommand::Serve { conn, fleet, listen, stale } => serve(&rt, conn, fleet.clone(), listen, (*stale).into()),
+        FleetCommand::Serve { conn, fleet, listen, stale, max_memory } => {
+            serve(&rt, conn, fleet.clone(), listen, (*stale).into(), *max_memory)
+        }
         FleetCommand::Sync { conn, fleet: f, device, all, now } => {
             let target = if *all { None } else { device.as_deref() };
             let id = rt
@@ -436,6 +448,7 @@ fn serve(
     fleet: Option<String>,
     listen: &str,
     stale: std::time::Duration,
+    max_memory: u64,
 ) -> Result<(), Failure> {
     use std::sync::Arc;
     let settings = conn.settings();
@@ -443,7 +456,11 @@ fn serve(
     rt.block_on(async {
         let listener = fleet::serve::bind(listen).await.map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
         let live = Arc::new(fleet::broker::Live {
-            fleet: std::sync::Mutex::new(fleet::model::Fleet::new(&conn.topic_prefix, stale)),
+            fleet: std::sync::Mutex::new({
+                let mut f = fleet::model::Fleet::new(&conn.topic_prefix, stale);
+                f.max_bytes = usize::try_from(max_memory).unwrap_or(usize::MAX);
+                f
+            }),
             connected: std::sync::atomic::AtomicBool::new(false),
         });
         let addr = listener.local_addr().map_err(|e| Failure::Failed(e.into()))?;
@@ -464,6 +481,7 @@ fn serve(
     _: Option<String>,
     _: &str,
     _: std::time::Duration,
+    _: u64,
 ) -> Result<(), Failure> {
     Err(Failure::Usage(anyhow::anyhow!(GATEWAY_BUILD)))
 }

@@ -344,7 +344,11 @@ fn watch_reports(
         let _ = client.try_unsubscribe(format!("{}/{old}/+", b.root));
     }
     let rev = now?;
-    if client.try_subscribe(format!("{}/{rev}/+", b.root), QoS::AtLeastOnce).is_ok() {
+    // QoS 0: the retained reports come as a burst at subscription, which a
+    // broker's per-client QoS 1 queue limits would cut short (see
+    // `fleet::broker::filters`); a report lost is read again at the next
+    // subscription.
+    if client.try_subscribe(format!("{}/{rev}/+", b.root), QoS::AtMostOnce).is_ok() {
         subs.push_back(Some(rev.clone()));
     }
     Some(rev)

@@ -26,6 +26,28 @@ pub fn render(fleet: &Fleet, connected: bool) -> String {
     let _ = writeln!(out, "tend_fleet_gateways_online {}", c.online);
     family(&mut out, "tend_fleet_gateways_stale", "gauge", "Gateways whose last sync is older than --stale.");
     let _ = writeln!(out, "tend_fleet_gateways_stale {}", c.stale);
+    family(
+        &mut out,
+        "tend_fleet_memory_bytes",
+        "gauge",
+        "What the view holds for gateways and events (--max-memory bounds it).",
+    );
+    let _ = writeln!(out, "tend_fleet_memory_bytes {}", fleet.held());
+    family(
+        &mut out,
+        "tend_fleet_events_evicted_total",
+        "counter",
+        "Events dropped, oldest first, to stay within --max-memory.",
+    );
+    let _ = writeln!(out, "tend_fleet_events_evicted_total {}", fleet.evicted);
+    family(
+        &mut out,
+        "tend_fleet_gateways_incomplete",
+        "gauge",
+        "Gateways known by one retained topic only (the broker dropped messages on the way).",
+    );
+    let _ = writeln!(out, "tend_fleet_gateways_incomplete{{missing=\"status\"}} {}", c.missing_status);
+    let _ = writeln!(out, "tend_fleet_gateways_incomplete{{missing=\"availability\"}} {}", c.missing_availability);
     family(&mut out, "tend_fleet_gateways_attention", "gauge", "Gateways offline, stale, failing or unreadable.");
     let _ = writeln!(out, "tend_fleet_gateways_attention {}", c.attention);
     family(

@@ -23,6 +23,11 @@ pub const EVENTS_KEPT: usize = 100;
 pub const MAX_DEVICES: usize = 200_000;
 /// Revisions listed by count before the rest are summed as "other".
 pub const TOP_REVISIONS: usize = 20;
+/// What the fleet view keeps in memory (gateways and their recent events),
+/// by default: anyone who may publish on the broker can send large distinct
+/// events or invent gateways, and the view must not grow past this. Oldest
+/// events go first; past that, new gateways are refused.
+pub const DEFAULT_MAX_BYTES: usize = 256 << 20;
 
 /// The phases of SPEC §4; anything else a gateway sends counts as `other`.
 pub use crate::store::PHASES;
@@ -57,6 +62,11 @@ pub struct Device {
     pub attention: bool,
     /// What could not be read from this gateway's messages.
     pub problems: Vec<String>,
+    /// Whether a status and an availability message came for it at all: a
+    /// gateway known by one and not the other is a sign that the broker
+    /// dropped retained messages on the way ([`Counts::missing_status`]).
+    pub seen_status: bool,
+    pub seen_availability: bool,
     pub health: Option<Health>,
     #[serde(skip)]
     pub last_sync_at: Option<SystemTime>,
@@ -94,7 +104,25 @@ pub struct EventView {
     pub kind: String,
     /// The other fields, as clipped text.
     pub detail: String,
+    /// This server's own count of events taken in (oldest first eviction).
+    #[serde(skip)]
+    serial: u64,
 }
+
+impl EventView {
+    /// Bytes its strings hold, with its entry's keys in the eviction order
+    /// (the slots themselves are counted by their deques' capacity).
+    fn weight(&self, key: &(String, String)) -> usize {
+        self.ts.as_ref().map_or(0, String::capacity)
+            + self.kind.capacity()
+            + self.detail.capacity()
+            + key.0.capacity()
+            + key.1.capacity()
+    }
+}
+
+/// A slot of [`Fleet`]'s eviction order.
+type Slot = (u64, (String, String));
 
 impl Device {
     fn new(fleet: &str, device_id: &str) -> Device {
@@ -118,6 +146,8 @@ impl Device {
             stale: true,
             attention: true,
             problems: Vec::new(),
+            seen_status: false,
+            seen_availability: false,
             health: None,
             last_sync_at: None,
             events: VecDeque::new(),
@@ -136,6 +166,38 @@ impl Device {
 
     fn clear_problems(&mut self, topic_kind: &str) {
         self.problems.retain(|p| !p.starts_with(&format!("{topic_kind}:")));
+    }
+
+    /// Bytes it holds but for its events (an estimate that errs high: the
+    /// map entry and every string's length).
+    fn weight(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        std::mem::size_of::<Device>()
+            + std::mem::size_of::<(String, String)>()
+            + 2 * (self.fleet.capacity() + self.device_id.capacity())
+            + self.phase.capacity()
+            + [
+                &self.revision,
+                &self.target_revision,
+                &self.last_good_revision,
+                &self.agent_version,
+                &self.last_sync,
+                &self.source,
+                &self.error,
+                &self.wave,
+                &self.due_at,
+                &self.waiting_for,
+            ]
+            .into_iter()
+            .map(opt)
+            .sum::<usize>()
+            + self.problems.iter().map(|p| p.capacity() + std::mem::size_of::<String>()).sum::<usize>()
+            + self.events.capacity() * std::mem::size_of::<EventView>()
+            + self.health.as_ref().map_or(0, |h| {
+                std::mem::size_of::<Health>()
+                    + opt(&h.ts)
+                    + h.checks.iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>()
+            })
     }
 
     fn refresh(&mut self, now: SystemTime, stale_after: Duration) {
@@ -165,6 +227,9 @@ pub fn clean(s: &str, max: usize) -> String {
             c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
         out.push(if bad { '\u{FFFD}' } else { c });
     }
+    // Kept for as long as the view runs: no more room than it needs (the
+    // guess above is four bytes a character).
+    out.shrink_to_fit();
     out
 }
 
@@ -190,6 +255,16 @@ pub struct Fleet {
     pub received: BTreeMap<&'static str, u64>,
     /// Messages refused, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// What the gateways and their events hold ([`Device::weight`],
+    /// [`EventView::weight`]); with the eviction order's slots
+    /// ([`Fleet::held`]) kept at most `max_bytes`.
+    pub bytes: usize,
+    pub max_bytes: usize,
+    /// Events by age, oldest first: (serial, gateway).
+    order: VecDeque<Slot>,
+    serial: u64,
+    /// Events dropped to stay within `max_bytes`.
+    pub evicted: u64,
 }
 
 impl Fleet {
@@ -201,6 +276,39 @@ impl Fleet {
             version: 0,
             received: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            bytes: 0,
+            max_bytes: DEFAULT_MAX_BYTES,
+            order: VecDeque::new(),
+            serial: 0,
+            evicted: 0,
+        }
+    }
+
+    /// Everything the view holds, as far as it counts: the gateways, their
+    /// events and the eviction order.
+    pub fn held(&self) -> usize {
+        self.bytes + self.order.capacity() * std::mem::size_of::<Slot>()
+    }
+
+    /// Drop the oldest events until the fleet fits `max_bytes` (or none is
+    /// left); deques that emptied out give their room back.
+    fn evict(&mut self) {
+        while self.held() > self.max_bytes {
+            let Some((serial, key)) = self.order.pop_front() else { break };
+            let Some(d) = self.devices.get_mut(&key) else { continue };
+            // Gone already if its gateway's own cap dropped it.
+            if d.events.front().is_some_and(|e| e.serial == serial) {
+                let before = d.weight();
+                let e = d.events.pop_front().expect("checked");
+                if d.events.capacity() > 2 * d.events.len() + 4 {
+                    d.events.shrink_to_fit();
+                }
+                self.bytes = (self.bytes + d.weight()).saturating_sub(before + e.weight(&key));
+                self.evicted += 1;
+            }
+            if self.order.capacity() > 2 * self.order.len() + 1024 {
+                self.order.shrink_to_fit();
+            }
         }
     }
 
@@ -247,10 +355,25 @@ impl Fleet {
             if payload.is_empty() {
                 return Ingest::Accepted;
             }
-            self.devices.insert(key.clone(), Device::new(fleet, device));
+            let new = Device::new(fleet, device);
+            // Events give way to gateways; a full view of gateways alone
+            // refuses more of them.
+            self.bytes += new.weight();
+            self.evict();
+            if self.held() > self.max_bytes {
+                self.bytes -= new.weight();
+                return Ingest::Rejected("memory bound reached");
+            }
+            self.devices.insert(key.clone(), new);
         }
         let d = self.devices.get_mut(&key).expect("inserted above");
+        let before = d.weight();
         *self.received.entry(kind).or_default() += 1;
+        match kind {
+            "status" => d.seen_status = true,
+            "availability" => d.seen_availability = true,
+            _ => {}
+        }
         let result = if payload.len() > MAX_PAYLOAD {
             d.problem(kind, format!("{} bytes, over the {MAX_PAYLOAD}-byte limit: not read", payload.len()));
             Ingest::Rejected("message too large")
@@ -259,10 +382,21 @@ impl Fleet {
                 "availability" => read_availability(d, payload),
                 "status" => read_status(d, payload, now),
                 "health" => read_health(d, payload),
-                _ => read_event(d, payload),
+                _ => {
+                    self.serial += 1;
+                    let (r, bytes) = read_event(d, payload, self.serial, &key);
+                    if let Some((added, dropped)) = bytes {
+                        self.bytes = (self.bytes + added).saturating_sub(dropped);
+                        self.order.push_back((self.serial, key.clone()));
+                    }
+                    r
+                }
             }
         };
+        let d = self.devices.get_mut(&key).expect("inserted above");
         d.refresh(now, self.stale_after);
+        self.bytes = (self.bytes + d.weight()).saturating_sub(before);
+        self.evict();
         result
     }
 
@@ -404,8 +538,10 @@ fn read_health(d: &mut Device, payload: &[u8]) -> Ingest {
     Ingest::Accepted
 }
 
-fn read_event(d: &mut Device, payload: &[u8]) -> Ingest {
-    let Some(mut m) = json_object(d, "events", payload) else { return Ingest::Rejected("unreadable event") };
+/// Read an event; with the bytes of the one added and of the one its
+/// gateway's cap dropped (0 if none).
+fn read_event(d: &mut Device, payload: &[u8], serial: u64, key: &(String, String)) -> (Ingest, Option<(usize, usize)>) {
+    let Some(mut m) = json_object(d, "events", payload) else { return (Ingest::Rejected("unreadable event"), None) };
     let mut bad = Vec::new();
     let kind = text(&m, "kind", 32, &mut bad).unwrap_or_else(|| "?".into());
     let ts = text(&m, "ts", 40, &mut bad);
@@ -414,11 +550,11 @@ fn read_event(d: &mut Device, payload: &[u8]) -> Ingest {
         m.remove(k);
     }
     let detail = clean(&Value::Object(m).to_string(), MAX_TEXT);
-    if d.events.len() == EVENTS_KEPT {
-        d.events.pop_front();
-    }
-    d.events.push_back(EventView { seq, ts, kind, detail });
-    Ingest::Accepted
+    let dropped = if d.events.len() >= EVENTS_KEPT { d.events.pop_front().map_or(0, |e| e.weight(key)) } else { 0 };
+    let e = EventView { seq, ts, kind, detail, serial };
+    let added = e.weight(key);
+    d.events.push_back(e);
+    (Ingest::Accepted, Some((added, dropped)))
 }
 
 /// Counts first: what an operator reads before any row.
@@ -438,6 +574,13 @@ pub struct Counts {
     pub by_revision: Vec<(String, u64)>,
     /// Gateways on the revisions not listed.
     pub other_revisions: u64,
+    /// Gateways known by their availability but with no status message, and
+    /// by their status but with no availability. A tend gateway publishes
+    /// both, retained, at every connection: either count above zero means
+    /// retained messages were lost between the broker and this reader (or a
+    /// gateway's were cleared by hand). See [`Counts::warning`].
+    pub missing_status: u64,
+    pub missing_availability: u64,
 }
 
 impl Counts {
@@ -456,6 +599,8 @@ impl Counts {
             }
             c.stale += u64::from(d.stale);
             c.attention += u64::from(d.attention);
+            c.missing_status += u64::from(d.seen_availability && !d.seen_status);
+            c.missing_availability += u64::from(d.seen_status && !d.seen_availability);
             *c.by_phase.entry(d.phase_label().to_owned()).or_default() += 1;
             *revs.entry(d.revision.as_deref().unwrap_or("none")).or_default() += 1;
         }
@@ -465,6 +610,24 @@ impl Counts {
         revs.truncate(TOP_REVISIONS);
         c.by_revision = revs;
         c
+    }
+}
+
+impl Counts {
+    /// What an operator must know before trusting the counts: gateways the
+    /// broker told of by one topic only, and the likely cause. `None` when
+    /// every gateway came with both.
+    pub fn warning(&self) -> Option<String> {
+        if self.missing_status == 0 && self.missing_availability == 0 {
+            return None;
+        }
+        Some(format!(
+            "incomplete: {} gateway(s) came without their status and {} without their availability (counted as unknown). \
+             The broker dropped retained messages on the way to this reader: a broker's per-client queue limits \
+             (Mosquitto's max_queued_messages, default 1000, and max_inflight_messages, 20, for QoS 1) or its \
+             message_size_limit; tend reads the retained set at QoS 0, so check the broker's limits and logs",
+            self.missing_status, self.missing_availability
+        ))
     }
 }
 
@@ -542,6 +705,43 @@ mod tests {
         // Unknown phases count as other.
         f.ingest("tend/v1/acme/h/status", &status("dancing", "r"), now);
         assert_eq!(f.counts().by_phase["other"], 1);
+    }
+
+    #[test]
+    fn memory_is_bounded_in_bytes_oldest_events_first() {
+        let mut f = fleet();
+        f.max_bytes = 2 << 20;
+        let now = SystemTime::now();
+        // Large distinct events from many gateways: a publisher's flood.
+        for i in 0..20_000u64 {
+            let e = format!(r#"{{"seq":{i},"kind":"x","ts":"t","pad":"{}"}}"#, "é".repeat(200 + (i % 7) as usize));
+            f.ingest(&format!("tend/v1/acme/gw-{}/events", i % 500), e.as_bytes(), now);
+            assert!(f.held() <= f.max_bytes, "{} > {} after {i}", f.held(), f.max_bytes);
+        }
+        assert!(f.evicted > 0);
+        assert_eq!(f.devices.len(), 500);
+        // The newest events are kept, the oldest gone.
+        let kept: usize = f.devices.values().map(|d| d.events.len()).sum();
+        assert!(kept > 1000, "{kept}");
+        let newest = f.devices.values().flat_map(|d| d.events.iter()).filter_map(|e| e.seq).max();
+        assert_eq!(newest, Some(19_999));
+        let oldest = f.devices.values().flat_map(|d| d.events.iter()).filter_map(|e| e.seq).min().unwrap();
+        assert!(oldest > 10_000, "{oldest}");
+        // The accounting matches what is held.
+        let held: usize =
+            f.devices.iter().map(|(k, d)| d.weight() + d.events.iter().map(|e| e.weight(k)).sum::<usize>()).sum();
+        assert_eq!(f.bytes, held);
+        // Gateways alone past the bound: new ones are refused, none evicted.
+        let mut f = fleet();
+        f.max_bytes = 1 << 20;
+        let mut refused = 0;
+        for i in 0..100_000 {
+            if f.ingest(&format!("tend/v1/acme/gw-{i}/availability"), b"online", now) != Ingest::Accepted {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0 && f.held() <= f.max_bytes, "{refused} {}", f.held());
+        assert_eq!(f.rejected["memory bound reached"], refused);
     }
 
     #[test]

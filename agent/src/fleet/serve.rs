@@ -33,6 +33,9 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>) -> std::io::Result<()
         loop {
             tick.tick().await;
             ticker.fleet.lock().unwrap_or_else(|e| e.into_inner()).refresh(SystemTime::now());
+            // What evicted events and answered requests freed goes back to
+            // the system: the view's memory follows --max-memory.
+            tend_sys::release_free_memory();
         }
     });
     loop {

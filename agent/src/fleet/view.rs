@@ -61,6 +61,9 @@ pub fn summary(c: &Counts) -> String {
         c.attention,
         if c.attention == 1 { "s" } else { "" },
     );
+    if let Some(w) = c.warning() {
+        let _ = writeln!(out, "! {w}");
+    }
     if c.gateways == 0 {
         return out;
     }
