@@ -186,3 +186,55 @@ fn fleet_serve_stays_within_its_memory_bound_under_a_flood_of_large_events() {
     // around it, and the largest message being parsed is 1 KiB.
     assert!(pss - base < 16 * 1024, "fleet serve grew {} KiB past its start (bound 8 MiB)", pss - base);
 }
+
+/// The daemon's thread budget when idle: at most 3 (the main thread, sled's
+/// one immortal I/O thread, vendor/sled/PATCHES.md, and one more); the
+/// blocking pool (at most 4) retires its threads after 10 s and sled's extra
+/// I/O threads after 1 s.
+#[test]
+fn the_daemon_keeps_its_thread_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let gw = Gateway::with_source_keys(
+        tmp.path(),
+        &fleet.url(),
+        "interval = \"1h\"",
+        &format!("[mqtt]\nurl = \"{}\"\nhealth_interval = \"1h\"\n", broker.url()),
+    );
+    good_bundle(&fleet);
+    fleet.commit("v1");
+    let daemon = gw.start_daemon_logging("info");
+    gw.wait_status("v1", Duration::from_secs(30), |s| s["phase"] == "synced");
+    let pid = daemon.child.id();
+    let threads = || std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+    // Busy: a sync through the control socket, sampled while it runs.
+    let names = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect()
+    };
+    let mut peak = names();
+    let mut sync = gw.command().args(["sync"]).stdout(Stdio::null()).spawn().unwrap();
+    while sync.try_wait().unwrap().is_none() {
+        let now = names();
+        if now.len() > peak.len() {
+            peak = now;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Busy, threads come and go (the blocking pool, sled's short-lived I/O
+    // threads, the fetch); what is promised is the idle budget.
+    eprintln!("threads during a sync: {peak:?}");
+    assert!(peak.len() > 1, "the sampling saw nothing: {peak:?}");
+    // Idle: the blocking pool's threads retire after 10 s.
+    let start = Instant::now();
+    while threads() > 3 {
+        assert!(start.elapsed() < Duration::from_secs(60), "{} threads after a minute idle", threads());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let idle = names();
+    assert!(idle.len() <= 3, "{idle:?}");
+}
