@@ -86,9 +86,15 @@ fn gateways_known_by_one_topic_only_are_counted_and_said() {
     assert_eq!(v["counts"]["by_phase"]["unknown"], 2);
     let text = fleet_status(&broker, &[]);
     let text = String::from_utf8_lossy(&text.stdout);
+    let joined = text.lines().map(str::trim).collect::<Vec<_>>().join(" ");
     assert!(
-        text.contains("! incomplete: 2 gateway(s) came without their status and 3 without their availability"),
+        text.starts_with("25 gateways: ") && text.lines().nth(1).is_some_and(|l| l.starts_with("! incomplete: ")),
         "{text}"
     );
-    assert!(text.contains("max_queued_messages"), "{text}");
+    assert!(
+        joined.contains("! incomplete: 2 gateway(s) came without their status and 3 without their availability"),
+        "{text}"
+    );
+    assert!(joined.contains("max_queued_messages"), "{text}");
+    assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
 }

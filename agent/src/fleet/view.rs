@@ -62,7 +62,17 @@ pub fn summary(c: &Counts) -> String {
         if c.attention == 1 { "s" } else { "" },
     );
     if let Some(w) = c.warning() {
-        let _ = writeln!(out, "! {w}");
+        // Within 80 columns, as the table.
+        let mut line = String::from("!");
+        for word in w.split(' ') {
+            if line.chars().count() + 1 + word.chars().count() > 79 {
+                let _ = writeln!(out, "{line}");
+                line = String::from(" ");
+            }
+            line.push(' ');
+            line.push_str(word);
+        }
+        let _ = writeln!(out, "{line}");
     }
     if c.gateways == 0 {
         return out;
