@@ -41,6 +41,7 @@ pub fn tmp_path(dest: &Path) -> PathBuf {
 /// given, owner and group. Never follows a link planted at the temporary
 /// name. Not yet durable, not yet visible.
 pub fn stage(dest: &Path, data: &[u8], mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<PathBuf, Failed> {
+    crate::sim::point("stage a file");
     let tmp = tmp_path(dest);
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -67,6 +68,7 @@ pub fn stage(dest: &Path, data: &[u8], mode: u32, uid: Option<u32>, gid: Option<
 
 /// Rename the staged file over `dest`.
 pub fn commit(dest: &Path) -> Result<(), Failed> {
+    crate::sim::point("rename a file into place");
     std::fs::rename(tmp_path(dest), dest).map_err(failed(dest, "rename into place"))
 }
 

@@ -24,6 +24,7 @@ pub mod reconcile;
 pub mod report;
 pub mod rollout;
 pub mod secrets;
+pub mod sim;
 pub mod source;
 pub mod store;
 pub mod sync;

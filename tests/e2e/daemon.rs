@@ -57,7 +57,11 @@ fn offline_enforcement_then_recovery_with_a_killed_git_server() {
     two_files(&fleet, "2");
     let v2 = fleet.commit("v2");
     let _server = GitDaemon::start_on(&srv, port);
-    let s = gw.wait_status("v2 applied", Duration::from_secs(30), |s| s["revision"] == v2.as_str());
+    // The status names v2 from its apply on (`progressing` during its
+    // health window), `synced` once it passed.
+    let s = gw.wait_status("v2 applied", Duration::from_secs(30), |s| {
+        s["revision"] == v2.as_str() && s["phase"] != "progressing"
+    });
     assert_eq!(s["source"], "ok");
     assert_eq!(s["phase"], "synced");
     assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 2\n");

@@ -16,7 +16,7 @@ use crate::control::{self, ClientError, Request};
 use crate::daemon;
 use crate::fleet;
 use crate::report::mqtt;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use crate::sync::{self, Agent, SyncError, SyncOptions, files_by_bundle};
 
 mod print;

@@ -7,7 +7,7 @@ use super::*;
 use proptest::prelude::*;
 use std::time::Duration;
 
-const RULES: Rules = Rules { retry_limit: 3, crash_limit: 2 };
+const RULES: Rules = Rules { retry_limit: 3, crash_limit: 2, rollback: true };
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -28,7 +28,7 @@ fn prepared(commit: &str, gate: Gate, now: bool) -> Event {
 /// A gateway with `a` applied and healthy.
 fn synced() -> Pointers {
     let (p, _) = step(&Pointers::default(), &Event::Applied { current: rev(1, "a") }, t(0), RULES);
-    let (p, fx) = step(&p, &Event::Health { healthy: true }, t(0), RULES);
+    let (p, fx) = step(&p, &Event::Health { healthy: true, failures: String::new() }, t(0), RULES);
     assert_eq!(fx, vec![Effect::Promote]);
     p
 }
@@ -39,6 +39,11 @@ fn in_health_window(commit: &str) -> Pointers {
     let (p, fx) = step(&p, &Event::Applied { current: rev(2, commit) }, t(1), RULES);
     assert_eq!(fx, vec![Effect::RunHealth]);
     p
+}
+
+/// `commit` failed after its first write (recorded as seq 9).
+fn fail(commit: &str, kind: ErrorKind) -> Event {
+    Event::Failed { record: rev(9, commit), kind, error: format!("apply of {commit} failed") }
 }
 
 fn boot(death: Option<&str>) -> Event {
@@ -71,8 +76,8 @@ fn the_same_revision_is_repaired_and_a_new_one_prepared() {
 
 #[test]
 fn a_quarantined_revision_is_refused_until_retried_or_the_branch_moves() {
-    let (p, fx) = step(&synced(), &Event::Failed { commit: "b".into(), kind: ErrorKind::Permanent }, t(1), RULES);
-    assert_eq!(fx, vec![Effect::RollBack { quarantined: true, tries: 0 }]);
+    let (p, fx) = step(&synced(), &fail("b", ErrorKind::Permanent), t(1), RULES);
+    assert_eq!(fx, vec![Effect::RollBack { commit: "b".into(), to: Some(rev(1, "a")), quarantined: true, tries: 0 }]);
     let (p, fx) = step(&p, &tip("b"), t(2), RULES);
     assert!(matches!(&fx[..], [Effect::Refuse { reason }, Effect::Heal] if reason == "bad revision"), "{fx:?}");
     // --retry lifts it.
@@ -88,33 +93,45 @@ fn a_quarantined_revision_is_refused_until_retried_or_the_branch_moves() {
 fn transient_failures_are_retried_up_to_the_limit_and_permanent_ones_quarantined_at_once() {
     let mut p = synced();
     for n in 1..RULES.retry_limit {
-        let (q, fx) = step(&p, &Event::Failed { commit: "b".into(), kind: ErrorKind::Transient }, t(n.into()), RULES);
-        assert_eq!(fx, vec![Effect::RollBack { quarantined: false, tries: n }]);
+        let (q, fx) = step(&p, &fail("b", ErrorKind::Transient), t(n.into()), RULES);
+        assert_eq!(
+            fx,
+            vec![Effect::RollBack { commit: "b".into(), to: Some(rev(1, "a")), quarantined: false, tries: n }]
+        );
         assert_eq!(q.transient, Some(("b".into(), n)));
         assert_eq!(step(&q, &tip("b"), t(10), RULES).1, vec![Effect::Prepare], "retried after {n} failures");
         p = q;
     }
-    let (p, fx) = step(&p, &Event::Failed { commit: "b".into(), kind: ErrorKind::Transient }, t(9), RULES);
-    assert_eq!(fx, vec![Effect::RollBack { quarantined: true, tries: RULES.retry_limit }]);
+    let (p, fx) = step(&p, &fail("b", ErrorKind::Transient), t(9), RULES);
+    assert_eq!(
+        fx,
+        vec![Effect::RollBack {
+            commit: "b".into(),
+            to: Some(rev(1, "a")),
+            quarantined: true,
+            tries: RULES.retry_limit
+        }]
+    );
     assert_eq!(p.quarantine["b"], "failed 3 times");
     assert_eq!(p.transient, None);
     // A transient failure of another commit starts its own count.
-    let (p, _) = step(&synced(), &Event::Failed { commit: "b".into(), kind: ErrorKind::Transient }, t(1), RULES);
+    let (p, _) = step(&synced(), &fail("b", ErrorKind::Transient), t(1), RULES);
     let (p, _) = step(&p, &tip("c"), t(2), RULES);
-    let (p, _) = step(&p, &Event::Failed { commit: "c".into(), kind: ErrorKind::Transient }, t(3), RULES);
+    let (p, _) = step(&p, &fail("c", ErrorKind::Transient), t(3), RULES);
     assert_eq!(p.transient, Some(("c".into(), 1)));
     // An unhealthy revision is a permanent failure.
     let (p, _) = step(&synced(), &Event::Applied { current: rev(2, "b") }, t(1), RULES);
-    let (p, fx) = step(&p, &Event::Health { healthy: false }, t(2), RULES);
-    assert_eq!(fx, vec![Effect::RollBack { quarantined: true, tries: 0 }]);
+    let (p, fx) = step(&p, &Event::Health { healthy: false, failures: "check api: refused".into() }, t(2), RULES);
+    assert_eq!(fx, vec![Effect::RollBack { commit: "b".into(), to: Some(rev(1, "a")), quarantined: true, tries: 0 }]);
     assert!(p.quarantine.contains_key("b"));
 }
 
 #[test]
 fn an_operators_rollback_is_not_undone_by_the_next_poll() {
     let (p, _) = step(&synced(), &Event::Applied { current: rev(2, "b") }, t(1), RULES);
-    let (p, _) = step(&p, &Event::Health { healthy: true }, t(2), RULES);
-    let back = Event::OperatorRollback { to: rev(1, "a"), tip: Some("b".into()), healthy: true };
+    let (p, _) = step(&p, &Event::Health { healthy: true, failures: String::new() }, t(2), RULES);
+    let back =
+        Event::OperatorRollback { to: rev(1, "a"), tip: Some("b".into()), healthy: true, failures: String::new() };
     let (p, fx) = step(&p, &back, t(3), RULES);
     assert!(fx.is_empty());
     assert_eq!(p.current, Some(rev(1, "a")));
@@ -261,7 +278,7 @@ proptest! {
                         if let Some(t) = tip.as_ref().filter(|t| **t != lg.commit) {
                             held.insert(t.clone());
                         }
-                        p = step(&p, &Event::OperatorRollback { to: lg, tip, healthy: true }, clock, RULES).0;
+                        p = step(&p, &Event::OperatorRollback { to: lg, tip, healthy: true, failures: String::new() }, clock, RULES).0;
                     }
                 }
                 Op::Poll { tip, retry, now } => {
@@ -293,6 +310,7 @@ proptest! {
                         lock_timeout: Some(lock_timeout),
                         failing: Some((0..failing).map(|i| format!("gw-{i}")).collect()),
                         max_failed: Some(3),
+                        note: None,
                     };
                     let (q, fx) = step(&p, &prepared(&commit, gate, now), clock, RULES);
                     p = q;
@@ -321,20 +339,25 @@ proptest! {
                     let (q, _) = step(&p, &Event::Applied { current: rev(seq, &commit) }, clock, RULES);
                     p = q;
                     let (q, fx) = match outcome {
-                        0 => step(&p, &Event::Health { healthy: true }, clock, RULES),
-                        1 => step(&p, &Event::Health { healthy: false }, clock, RULES),
-                        2 => step(&p, &Event::Failed { commit: commit.clone(), kind: ErrorKind::Transient }, clock, RULES),
-                        _ => step(&p, &Event::Failed { commit: commit.clone(), kind: ErrorKind::Permanent }, clock, RULES),
+                        0 => step(&p, &Event::Health { healthy: true, failures: String::new() }, clock, RULES),
+                        1 => step(&p, &Event::Health { healthy: false, failures: "check api: refused".into() }, clock, RULES),
+                        2 => step(&p, &fail(&commit, ErrorKind::Transient), clock, RULES),
+                        _ => step(&p, &fail(&commit, ErrorKind::Permanent), clock, RULES),
                     };
                     p = q;
                     if fx.iter().any(|e| matches!(e, Effect::RollBack { quarantined: true, .. })) {
-                        // The driver returns to last-known-good.
-                        p.current.clone_from(&p.last_good);
-                        p.current_gated = true;
                         held.insert(commit.clone());
-                    } else if fx.iter().any(|e| matches!(e, Effect::RollBack { .. })) {
-                        p.current.clone_from(&p.last_good);
-                        p.current_gated = true;
+                    }
+                    if fx.iter().any(|e| matches!(e, Effect::RollBack { .. })) {
+                        // The driver returns to last-known-good and says so:
+                        // the step moves the state back, nothing beside it.
+                        let (q, _) = step(&p, &Event::RolledBack { restored: true, detail: String::new() }, clock, RULES);
+                        p = q;
+                        prop_assert_eq!(&p.current, &p.last_good);
+                    }
+                    // Last-known-good only ever is a revision that passed its window.
+                    if outcome != 0 {
+                        prop_assert!(p.last_good.as_ref().is_none_or(|g| g.commit != commit || g.seq != seq));
                     }
                 }
             }
@@ -362,7 +385,7 @@ fn a_death_in_the_health_window_returns_to_last_known_good_and_counts_once() {
     let (p, _) = step(&p, &Event::Applying { commit: "b".into() }, t(4), RULES);
     assert_eq!(p.attempt.as_ref().map(|a| (a.deaths, a.running)), Some((1, true)));
     let (p, _) = step(&p, &Event::Applied { current: rev(3, "b") }, t(4), RULES);
-    let (p, _) = step(&p, &Event::Health { healthy: true }, t(5), RULES);
+    let (p, _) = step(&p, &Event::Health { healthy: true, failures: String::new() }, t(5), RULES);
     assert_eq!(p.attempt, None);
     assert_eq!(p.last_good, Some(rev(3, "b")));
 }
@@ -436,6 +459,6 @@ fn deaths_count_per_revision() {
     assert!(p.quarantine.is_empty());
     // A failure decided in the window ends the attempt.
     let (p, _) = step(&p, &Event::Applying { commit: "c".into() }, t(5), RULES);
-    let (p, _) = step(&p, &Event::Failed { commit: "c".into(), kind: ErrorKind::Permanent }, t(5), RULES);
+    let (p, _) = step(&p, &fail("c", ErrorKind::Permanent), t(5), RULES);
     assert_eq!(p.attempt, None);
 }

@@ -31,7 +31,6 @@ use crate::config::{Apply, Source};
 use crate::control::{self, Request, Response};
 use crate::report::mqtt::{self, CommandKind, Settings};
 use crate::report::{Kind, announce};
-use crate::store::Store;
 use crate::sync::{self, Agent, SyncError, SyncOptions};
 
 /// How often, at most, polls make the store durable (see the poll branch).
@@ -68,6 +67,9 @@ pub fn run(mut agent: Agent) -> Result<(), DaemonError> {
     }
     let agent = Arc::new(agent);
     let death = take_last_exit(&agent.cfg.state_dir);
+    if let Some(d) = &death {
+        tracing::warn!("the last run ended badly: {d}");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
@@ -443,7 +445,8 @@ async fn fleet_command(agent: &Arc<Agent>, cmd: mqtt::Command, suspended: &mut b
         Ok(k @ (CommandKind::Suspend | CommandKind::Resume)) => {
             let on = k == CommandKind::Suspend;
             let a = agent.clone();
-            let r = tokio::task::spawn_blocking(move || a.update_pointers(|p| p.suspended = on).map(|_| ()))
+            let event = if on { crate::cycle::Event::Suspend } else { crate::cycle::Event::Resume };
+            let r = tokio::task::spawn_blocking(move || a.transition(&event, Default::default()).map(|_| ()))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));

@@ -21,7 +21,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::report::mqtt::{Command, CommandKind, Settings, parse_command};
 use crate::report::{Host, Topics};
-use crate::store::Store;
 use crate::sync::Agent;
 
 /// Events in flight at once (QoS 1 keeps their order on one connection).

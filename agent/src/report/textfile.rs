@@ -163,7 +163,7 @@ mod tests {
             device_id: "gw-1".into(),
             fleet: "acme".into(),
             agent_version: "0.1.0".into(),
-            phase: "synced".into(),
+            phase: crate::store::Phase::Synced,
             revision: Some("3f2a9c01b7e4".into()),
             target_revision: None,
             last_good_revision: None,

@@ -61,6 +61,10 @@ pub struct Waiting {
     /// What it waits for, for people: the wave's name, the windows, the
     /// locks, the failing gateways.
     pub detail: String,
+    /// What else the status says of it (why the circuit breaker cannot hold
+    /// it now, say).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// What the rollout policy and the gateway say about applying a prepared
@@ -79,4 +83,7 @@ pub struct Gate {
     /// off (no `[mqtt]` or no `max_failed`).
     pub failing: Option<Vec<String>>,
     pub max_failed: Option<u32>,
+    /// Said with the waiting revision's status: why the breaker cannot
+    /// hold anything now (no `[mqtt]`, the fleet's reports not read yet).
+    pub note: Option<String>,
 }

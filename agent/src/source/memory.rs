@@ -39,6 +39,20 @@ impl MemorySource {
         id
     }
 
+    /// The branch moves back to `id`, an earlier commit (a force-push of an
+    /// older tip).
+    pub fn reset_to(&self, id: &str) {
+        let mut commits = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = commits.iter().find(|c| c.id == id).cloned() {
+            commits.push(c);
+        }
+    }
+
+    /// The branch's tip.
+    pub fn tip(&self) -> Option<String> {
+        self.commits.lock().unwrap_or_else(|e| e.into_inner()).last().map(|c| c.id.clone())
+    }
+
     /// Fetches fail with `error` until set back to `None`.
     pub fn fail(&self, error: Option<SourceError>) {
         *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = error;
@@ -122,6 +136,10 @@ pub struct FakeClock(Mutex<Timestamp>);
 impl FakeClock {
     pub fn new(at: Timestamp) -> FakeClock {
         FakeClock(Mutex::new(at))
+    }
+    /// The clock jumps to `at` (back, too).
+    pub fn set(&self, at: Timestamp) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
     pub fn advance(&self, by: std::time::Duration) {
         let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,6 +7,7 @@
 //! it; a revision record is only written after every content it references is
 //! durable. `sled.rs` is the only file that knows the backing database.
 
+pub mod memory;
 pub mod objects;
 mod sled;
 
@@ -187,6 +188,64 @@ pub struct Pointers {
     /// start that finds it running counts a death of the agent (SPEC §3, 8).
     #[serde(default)]
     pub attempt: Option<Attempt>,
+    /// The phase the status shows, as the decision step decided it (`None`
+    /// in a store written before the step decided phases: the stored
+    /// status says it until the next decision).
+    #[serde(default)]
+    pub phase: Option<Phase>,
+    /// What went wrong, for the status (`None`: nothing).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The commit fetched last (the status's `target_revision`).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// The source could not be fetched: why (the status's `source`).
+    #[serde(default)]
+    pub unreachable: Option<String>,
+    /// This gateway's wave under the last prepared revision's `[rollout]`.
+    #[serde(default)]
+    pub wave: Option<String>,
+}
+
+/// The phases of SPEC §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Synced,
+    Progressing,
+    Waiting,
+    Held,
+    Degraded,
+    RolledBack,
+    Failed,
+    Suspended,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Synced => "synced",
+            Phase::Progressing => "progressing",
+            Phase::Waiting => "waiting",
+            Phase::Held => "held",
+            Phase::Degraded => "degraded",
+            Phase::RolledBack => "rolled_back",
+            Phase::Failed => "failed",
+            Phase::Suspended => "suspended",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Phase {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// One revision's apply, as far as the agent's deaths during it go.
@@ -220,7 +279,7 @@ pub struct Status {
     pub device_id: String,
     pub fleet: String,
     pub agent_version: String,
-    pub phase: String,
+    pub phase: Phase,
     pub revision: Option<String>,
     pub target_revision: Option<String>,
     pub last_good_revision: Option<String>,

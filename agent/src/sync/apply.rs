@@ -19,7 +19,17 @@ impl Agent {
         clock: Arc<dyn crate::source::Clock>,
     ) -> Result<Agent, StoreError> {
         let store = SledStore::open(&cfg.state_dir.join("store"), &cfg.state_dir.join("objects"))?;
-        Ok(Agent {
+        Ok(Self::with_parts(cfg, Arc::new(store), source, clock))
+    }
+
+    /// The agent on the given outside systems (the simulation's in memory).
+    pub fn with_parts(
+        cfg: Config,
+        store: Arc<dyn Store + Send + Sync>,
+        source: Box<dyn crate::source::Source>,
+        clock: Arc<dyn crate::source::Clock>,
+    ) -> Agent {
+        Agent {
             events: Events::new(&cfg.device_id, &cfg.fleet, cfg.mqtt.url.is_some()),
             source,
             clock,
@@ -31,10 +41,11 @@ impl Agent {
             pending_last_sync: std::sync::Mutex::new(None),
             counters: Default::default(),
             breaker: None,
+            check_probe: None,
             problems: Vec::new(),
             store,
             cfg,
-        })
+        }
     }
 
     /// Everything besides the commit that shapes the rendered bundle.
@@ -348,7 +359,7 @@ impl Agent {
             ApplyReport::default()
         } else {
             self.root
-                .apply(&plan, &content, &self.store, &mut inv, self.runner.as_ref())
+                .apply(&plan, &content, self.store.as_ref(), &mut inv, self.runner.as_ref())
                 .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?
         };
         if !plan.containers.is_empty() {

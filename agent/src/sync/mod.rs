@@ -21,6 +21,8 @@ mod records;
 mod rollback;
 mod run;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use rollback::rollback;
@@ -35,7 +37,7 @@ use tracing::Instrument;
 
 use crate::bundle::{self, BundleError, Desired, Limits, Policy, RelPath};
 use crate::config::Config;
-use crate::cycle::{self, Effect, ErrorKind, Event, Phase};
+use crate::cycle::{self, Effect, ErrorKind, Event, Phase, Refusal};
 use crate::hash::ContentHash;
 use crate::health::{self, Health};
 use crate::reconcile::containers::{self, ContainerOp, DockerRuntime, Runtime, RuntimeError};
@@ -43,7 +45,7 @@ use crate::reconcile::files::{self, ApplyReport, FileError, FileRoot, ProcessRun
 use crate::reconcile::k3s::{self, ManifestOp};
 use crate::reconcile::plan::{Live, Op, Plan, plan};
 use crate::report::{Events, Kind};
-use crate::rollout::gate;
+use crate::rollout::{Gate, gate};
 use crate::secrets::AgeKeys;
 use crate::source::{AllowedSigners, Fetched, GitSource, SourceError};
 use crate::store::{
@@ -221,6 +223,34 @@ pub struct Timings {
     pub health_ms: f64,
 }
 
+/// What a sync measured, written with a transition's status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Measured {
+    /// The resources of the revision applied now, when counted.
+    pub resources: Option<Resources>,
+    /// The time of the last sync is now.
+    pub synced: bool,
+}
+
+impl Measured {
+    /// A sync's transition: the time of the last sync is now.
+    pub fn synced() -> Measured {
+        Measured { resources: None, synced: true }
+    }
+    pub fn with(resources: Resources) -> Measured {
+        Measured { resources: Some(resources), synced: true }
+    }
+}
+
+/// One transition of the cycle: the state before and after, and the
+/// effects the driver performs.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub before: Pointers,
+    pub after: Pointers,
+    pub effects: Vec<Effect>,
+}
+
 /// A bundle ready to apply: the desired state and the contents it needs that
 /// are not in the store yet.
 #[derive(Debug, Clone)]
@@ -235,12 +265,27 @@ pub struct Prepared {
     pub forced: Option<String>,
 }
 
+impl Prepared {
+    /// A revision refused before it was rendered: only its commit is known.
+    pub(super) fn nothing(commit: &str, render_key: String) -> Prepared {
+        Prepared {
+            commit: commit.to_owned(),
+            render_key,
+            desired: Desired::default(),
+            blobs: HashMap::new(),
+            rendered: true,
+            forced: None,
+        }
+    }
+}
+
 /// One gateway's agent: its config, store, source and destination tree.
 pub struct Agent {
     pub cfg: Config,
     /// Raises events into the store's outbox (published by the reporter).
     pub events: Events,
-    pub store: SledStore,
+    /// The store: sled under `state_dir` (`MemStore` in the simulation).
+    pub store: Arc<dyn Store + Send + Sync>,
     pub source: Box<dyn crate::source::Source>,
     /// What time it is for the cycle's decisions (waves, windows, locks).
     pub clock: Arc<dyn crate::source::Clock>,
@@ -261,10 +306,16 @@ pub struct Agent {
     /// The fleet's failure reports (SPEC §7), read by the daemon's MQTT
     /// reporter; `None` without `[mqtt]` or in a one-shot command.
     pub breaker: Option<Arc<crate::report::breaker::Breaker>>,
+    /// How a bundle's `[[check]]`s are probed; `None`: for real (HTTP, TCP,
+    /// commands). The simulation probes them in memory.
+    pub check_probe: Option<CheckProbe>,
     /// What the daemon found wrong with its surroundings at start (a
     /// read-only `[files].allow` root), shown in the status until it restarts.
     pub problems: Vec<String>,
 }
+
+/// Makes the probe of one `[[check]]`.
+pub type CheckProbe = Arc<dyn Fn(&crate::bundle::Check) -> Box<dyn health::Probe> + Send + Sync>;
 
 /// How long a fingerprint stands in for the full check: past it, a poll reads
 /// the revision and checks everything again (level-triggered, as at start).

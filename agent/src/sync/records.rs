@@ -44,33 +44,24 @@ impl Agent {
         Ok(())
     }
 
-    /// Tell the cycle's decision step what happened; its pointers are stored
-    /// (one write) and its effects returned for the driver to perform.
-    pub fn decide(&self, event: &Event) -> Result<(Pointers, Vec<Effect>), StoreError> {
-        let (before, after, effects) = self.step(event, self.clock.now())?;
-        if after != before {
-            self.store.set_pointers(&after)?;
-        }
-        Ok((after, effects))
-    }
-
-    /// The decision step on the stored pointers: (before, after, effects).
+    /// The decision step on the stored state: (before, after, effects).
     pub(super) fn step(
         &self,
         event: &Event,
         now: jiff::Timestamp,
     ) -> Result<(Pointers, Pointers, Vec<Effect>), StoreError> {
         let before = self.store.pointers()?;
-        let rules = cycle::Rules { retry_limit: self.cfg.apply.retry.limit, crash_limit: self.cfg.apply.crash_limit };
-        let (after, effects) = cycle::step(&before, event, now, rules);
+        let (after, effects) = cycle::step(&before, event, now, self.rules());
         Ok((before, after, effects))
     }
 
-    pub fn update_pointers(&self, f: impl FnOnce(&mut Pointers)) -> Result<Pointers, StoreError> {
-        let mut p = self.store.pointers()?;
-        f(&mut p);
-        self.store.set_pointers(&p)?;
-        Ok(p)
+    /// The rules the decision step takes from the config.
+    pub fn rules(&self) -> cycle::Rules {
+        cycle::Rules {
+            retry_limit: self.cfg.apply.retry.limit,
+            crash_limit: self.cfg.apply.crash_limit,
+            rollback: self.cfg.apply.rollback,
+        }
     }
 
     /// The summary of a poll with nothing to repair, when the fingerprint of
@@ -135,7 +126,7 @@ impl Agent {
             device_id: self.cfg.device_id.clone(),
             fleet: self.cfg.fleet.clone(),
             agent_version: AGENT_VERSION.into(),
-            phase: "progressing".into(),
+            phase: Phase::Progressing,
             revision: None,
             target_revision: None,
             last_good_revision: None,
@@ -150,32 +141,41 @@ impl Agent {
         }
     }
 
-    /// One transition of the cycle: the decision step's pointers for `event`
-    /// and the status `f` makes of them (given the effects), written in one
-    /// atomic store write.
-    pub fn transition(
-        &self,
-        event: &Event,
-        f: impl FnOnce(&mut Status, &[Effect]),
-    ) -> Result<(Pointers, Vec<Effect>, Status), StoreError> {
-        self.transition_at(event, self.clock.now(), f)
+    /// One transition of the cycle: the decision step's state for `event`
+    /// and the status that state says (with what was measured: `m`),
+    /// written in one atomic store write. A transition that changes nothing
+    /// but the time of the last sync writes nothing to the flash (the time
+    /// is kept in memory and persisted with the next change or flush).
+    pub fn transition(&self, event: &Event, m: Measured) -> Result<Transition, StoreError> {
+        self.transition_at(event, self.clock.now(), m)
     }
 
-    pub fn transition_at(
-        &self,
-        event: &Event,
-        now: jiff::Timestamp,
-        f: impl FnOnce(&mut Status, &[Effect]),
-    ) -> Result<(Pointers, Vec<Effect>, Status), StoreError> {
-        let (_, after, effects) = self.step(event, now)?;
+    pub fn transition_at(&self, event: &Event, now: jiff::Timestamp, m: Measured) -> Result<Transition, StoreError> {
+        let (before, after, effects) = self.step(event, now)?;
         let mut s = self.status_of(&after)?;
-        f(&mut s, &effects);
+        if let Some(r) = m.resources {
+            s.resources = r;
+        }
+        if m.synced {
+            s.last_sync = Some(now_rfc3339());
+        }
+        if after == before {
+            let mut stored = self.store.status()?;
+            if let Some(st) = stored.as_mut() {
+                st.last_sync.clone_from(&s.last_sync);
+            }
+            if stored.as_ref() == Some(&s) {
+                *self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()) = s.last_sync.clone();
+                return Ok(Transition { before, after, effects });
+            }
+        }
         self.store.set_pointers_and_status(&after, &s)?;
         *self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        Ok((after, effects, s))
+        Ok(Transition { before, after, effects })
     }
 
-    /// The stored status with what the pointers and the config say filled in.
+    /// The stored status with what the state, the config and the decision
+    /// step say filled in: the status always agrees with the state.
     pub(super) fn status_of(&self, ptr: &Pointers) -> Result<Status, StoreError> {
         let mut s = self.status()?;
         s.device_id = self.cfg.device_id.clone();
@@ -183,6 +183,29 @@ impl Agent {
         s.agent_version = AGENT_VERSION.into();
         s.revision = ptr.current.as_ref().map(|r| r.commit.clone());
         s.last_good_revision = ptr.last_good.as_ref().map(|r| r.commit.clone());
+        // A store written before the step decided phases keeps its stored
+        // status until the next decision.
+        let Some(phase) = ptr.phase else { return Ok(s) };
+        s.phase = phase;
+        s.error.clone_from(&ptr.error);
+        if ptr.target.is_some() {
+            s.target_revision.clone_from(&ptr.target);
+        }
+        s.source = if ptr.unreachable.is_some() { "unreachable" } else { "ok" }.into();
+        s.wave.clone_from(&ptr.wave);
+        let waiting = ptr.waiting.as_ref().filter(|_| matches!(phase, Phase::Waiting | Phase::Held));
+        s.waiting_for = waiting.map(|w| w.waiting_for.as_str().to_owned());
+        s.due_at = waiting.and_then(|w| w.due_at).map(|t| t.to_string());
+        s.waiting_detail = waiting.map(|w| {
+            let mut d = match w.waiting_for {
+                crate::rollout::WaitingFor::Lock => format!("{} held since {}", w.detail, w.since),
+                _ => w.detail.clone(),
+            };
+            if let Some(note) = &w.note {
+                d = format!("{d}; {note}");
+            }
+            d
+        });
         Ok(s)
     }
 
@@ -271,21 +294,8 @@ impl Agent {
     pub fn event(&self, kind: Kind, fields: serde_json::Value) {
         self.counters.event(kind.as_str());
         log_event(kind, &fields);
-        if let Err(e) = self.events.raise(&self.store, kind, fields) {
+        if let Err(e) = self.events.raise(self.store.as_ref(), kind, fields) {
             tracing::warn!(error = %e, kind = kind.as_str(), "could not queue an event");
-        }
-    }
-
-    /// Record whether the source answered, raising `source_unreachable` or
-    /// `source_restored` when that changes.
-    pub(super) fn note_source(&self, reachable: bool, error: Option<&str>) {
-        let was = self.status().map(|s| s.source).unwrap_or_default();
-        match (was.as_str(), reachable) {
-            ("unreachable", true) => self.event(Kind::SourceRestored, serde_json::json!({})),
-            (w, false) if w != "unreachable" => {
-                self.event(Kind::SourceUnreachable, serde_json::json!({ "error": error }))
-            }
-            _ => {}
         }
     }
 

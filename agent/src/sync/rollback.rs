@@ -1,51 +1,8 @@
-//! When a revision fails: refuse it, roll back to last-known-good; and an
+//! What the agent's death left (a revision that killed it), and an
 //! operator's `tend rollback`.
 
 use super::run::{blocking, checks_json, probes_for};
 use super::*;
-
-/// A bundle that cannot be applied at all: record it as failed, quarantine it
-/// (unless the failure is transient), keep enforcing what is applied.
-pub(super) async fn reject(agent: &Arc<Agent>, commit: &str, e: &SyncError) -> Result<(), SyncError> {
-    let transient = e.is_transient();
-    let msg = e.to_string();
-    let c = commit.to_owned();
-    let e_kind = match e {
-        SyncError::Blocked { .. } => "blocked",
-        SyncError::Untrusted { .. } => "untrusted",
-        _ => "bundle",
-    };
-    blocking(agent, move |a| -> Result<(), StoreError> {
-        let p = Prepared {
-            commit: c.clone(),
-            render_key: a.render_key(),
-            desired: Desired::default(),
-            blobs: HashMap::new(),
-            rendered: true,
-            forced: None,
-        };
-        if !transient {
-            a.record(&p, Outcome::Failed, Some(msg.clone()))?;
-            let why = match e_kind {
-                "blocked" => "rejected: something on the gateway is in the way",
-                "untrusted" => "refused: the commit's signature is not trusted",
-                _ => "rejected: the bundle is invalid",
-            };
-            a.update_pointers(|ptr| {
-                ptr.quarantine.insert(c.clone(), why.into());
-            })?;
-            a.gc()?;
-        }
-        a.event(Kind::Failed, serde_json::json!({ "revision": c, "error": msg }));
-        a.set_status(|s| set_failed(s, c, msg))?;
-        Ok(())
-    })
-    .await?;
-    if let Err(h) = enforce_current(agent).await {
-        tracing::warn!(error = %h, "could not re-enforce the current revision");
-    }
-    Ok(())
-}
 
 impl Agent {
     /// The agent died `crash_limit` times applying `commit` (the decision
@@ -68,15 +25,7 @@ impl Agent {
         match seq {
             Some(seq) => self.set_outcome(seq, Outcome::RolledBack, Some(msg.clone()))?,
             None => {
-                let p = Prepared {
-                    commit: commit.to_owned(),
-                    render_key: self.render_key(),
-                    desired: Desired::default(),
-                    blobs: HashMap::new(),
-                    rendered: true,
-                    forced: None,
-                };
-                self.record(&p, Outcome::Failed, Some(msg.clone()))?;
+                self.record(&Prepared::nothing(commit, self.render_key()), Outcome::Failed, Some(msg.clone()))?;
             }
         }
         self.event(Kind::Failed, serde_json::json!({ "revision": commit, "error": reason }));
@@ -87,117 +36,6 @@ impl Agent {
         self.gc()?;
         Ok(msg)
     }
-}
-
-/// The status of a sync that found `commit` on the branch and failed with `error`.
-fn set_failed(s: &mut Status, commit: String, error: String) {
-    s.phase = "failed".into();
-    s.source = "ok".into();
-    s.target_revision = Some(commit);
-    s.last_sync = Some(now_rfc3339());
-    s.error = Some(error);
-}
-
-/// A revision failed to apply or failed its health window: return to
-/// last-known-good (from the store, no network), record and quarantine it.
-/// Returns the error to report, with what happened after.
-pub(super) async fn fail_and_roll_back(
-    agent: &Arc<Agent>,
-    p: &Prepared,
-    seq: Option<u64>,
-    error: SyncError,
-) -> SyncError {
-    let kind = error.kind();
-    let rollback_enabled = agent.cfg.apply.rollback;
-    let p = p.clone();
-    let msg = error.to_string();
-    let p2 = p.clone();
-    let outcome = blocking(agent, move |a| -> Result<(String, &'static str), SyncError> {
-        let p = p2;
-        // Record the attempt (an apply that failed midway has no record yet).
-        let seq = match seq {
-            Some(s) => s,
-            None => a.record(&p, Outcome::Failed, Some(msg.clone()))?,
-        };
-        let after;
-        let mut phase = "failed";
-        if rollback_enabled {
-            let lkg = a.last_good()?;
-            let (lkg_commit, lkg_desired) = match &lkg {
-                Some(r) => (r.commit.clone(), r.desired.clone()),
-                None => (String::new(), Desired::default()),
-            };
-            match a.enforce(&lkg_commit, &lkg_desired, &HashMap::new(), true) {
-                Ok(_) => {
-                    a.update_pointers(|ptr| {
-                        ptr.current = lkg.as_ref().map(RevRef::of);
-                        ptr.current_gated = true;
-                    })?;
-                    a.set_outcome(seq, Outcome::RolledBack, Some(msg.clone()))?;
-                    phase = "rolled_back";
-                    after = match &lkg {
-                        Some(r) => format!("rolled back to {}", short(&r.commit)),
-                        None => "rolled back to the state before tend's first revision".into(),
-                    };
-                }
-                Err(re) => {
-                    a.set_outcome(seq, Outcome::Failed, Some(msg.clone()))?;
-                    after = format!("rollback failed too: {re}");
-                }
-            }
-        } else {
-            a.set_outcome(seq, Outcome::Failed, Some(msg.clone()))?;
-            a.update_pointers(|ptr| {
-                ptr.current = Some(RevRef { seq, commit: p.commit.clone(), render_key: p.render_key.clone() });
-                ptr.current_gated = true;
-            })?;
-            phase = "degraded";
-            after = "rollback is off ([apply].rollback = false)".into();
-        }
-        // Once back on last-known-good: the decision step counts a transient
-        // failure or quarantines the commit, in one write with the status
-        // that says so (a crash before it leaves the commit to be tried
-        // again, never a quarantined revision in place).
-        let resources = a.resources();
-        let full = format!("{msg}; {after}");
-        a.transition(&Event::Failed { commit: p.commit.clone(), kind }, |s, _| {
-            s.phase = phase.into();
-            s.source = "ok".into();
-            s.target_revision = Some(p.commit.clone());
-            s.last_sync = Some(now_rfc3339());
-            s.error = Some(full);
-            s.resources = resources;
-        })?;
-        let kind = if phase == "rolled_back" { Kind::RolledBack } else { Kind::Failed };
-        a.event(
-            kind,
-            serde_json::json!({
-                "revision": p.commit,
-                "error": msg,
-                "to": a.store.pointers()?.current.map(|c| c.commit),
-                "after": after,
-            }),
-        );
-        a.gc()?;
-        Ok((after, phase))
-    })
-    .await;
-    let (final_error, unrecorded) = match (error, outcome) {
-        (SyncError::Unhealthy { commit, failures, .. }, Ok((after, _))) => {
-            (SyncError::Unhealthy { commit, failures, after }, false)
-        }
-        (e, Ok((after, _))) => (SyncError::Rollback(format!("{e}; {after}")), false),
-        (e, Err(inner)) => (SyncError::Rollback(format!("{e}; and then: {inner}")), true),
-    };
-    if unrecorded {
-        // The rollback itself could not be recorded: say so, as well as the store lets.
-        let (full, commit) = (final_error.to_string(), p.commit.clone());
-        let recorded = blocking(agent, move |a| a.set_status(|s| set_failed(s, commit, full))).await;
-        if let Err(e) = recorded {
-            tracing::error!(error = %e, "could not record the status");
-        }
-    }
-    final_error
 }
 
 /// `tend rollback [REVISION]`: return to last-known-good, or to a revision in
@@ -273,8 +111,8 @@ pub(super) async fn rollback_to(agent: &Arc<Agent>, target: RevisionRecord) -> R
     summary.files = target.desired.files.len();
     summary.checks = checks_json(&health);
     let healthy = health.healthy();
-    let failures = health.failures();
     let t3 = target.clone();
+    let f2 = health.failures();
     blocking(agent, move |a| -> Result<(), StoreError> {
         let status = a.status()?;
         if healthy {
@@ -282,19 +120,9 @@ pub(super) async fn rollback_to(agent: &Arc<Agent>, target: RevisionRecord) -> R
         }
         let resources = a.resources_of(Some(&t3));
         // The branch's tip is held so the next poll does not undo this.
-        let back = Event::OperatorRollback { to: RevRef::of(&t3), tip: status.target_revision.clone(), healthy };
-        a.transition(&back, |s, _| {
-            s.phase = if !healthy {
-                "degraded".into()
-            } else if s.target_revision.as_deref().is_none_or(|t| t == t3.commit) {
-                "synced".into()
-            } else {
-                "rolled_back".into()
-            };
-            s.last_sync = Some(now_rfc3339());
-            s.error = (!healthy).then(|| format!("revision {} is unhealthy: {failures}", short(&t3.commit)));
-            s.resources = resources;
-        })?;
+        let back =
+            Event::OperatorRollback { to: RevRef::of(&t3), tip: status.target_revision.clone(), healthy, failures: f2 };
+        a.transition(&back, Measured::with(resources))?;
         a.event(Kind::RolledBack, serde_json::json!({ "to": t3.commit, "by": "operator", "healthy": healthy }));
         Ok(())
     })

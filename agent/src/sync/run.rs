@@ -1,11 +1,13 @@
 //! The cycle itself, async: boot, one sync (fetch, decide, prepare, wait or
 //! apply, health gate), and drift repair of what is applied.
 
-use super::rollback::{fail_and_roll_back, reject};
 use super::*;
 
 /// Run a blocking step of the cycle on the blocking pool.
 pub(super) async fn blocking<T: Send + 'static>(agent: &Arc<Agent>, f: impl FnOnce(&Agent) -> T + Send + 'static) -> T {
+    if crate::sim::inline() {
+        return f(agent);
+    }
     let a = agent.clone();
     match tokio::task::spawn_blocking(move || f(&a)).await {
         Ok(v) => v,
@@ -26,7 +28,17 @@ pub async fn enforce_current(agent: &Arc<Agent>) -> Result<Option<SyncSummary>, 
         if let Some(s) = a.verified_unchanged()? {
             return Ok(Some(s));
         }
-        let Some(cur) = a.current()? else { return Ok(None) };
+        let Some(cur) = a.current()? else {
+            // No revision in place, yet tend made something: what a first
+            // apply the agent died in left behind. Back to the state before
+            // tend's first revision.
+            let inv = a.store.inventory()?;
+            if inv.dirty || !inv.files.is_empty() || !inv.containers.is_empty() || !inv.manifests.is_empty() {
+                tracing::info!("no revision in place: removing what an interrupted first apply left");
+                a.enforce("", &Desired::default(), &HashMap::new(), true)?;
+            }
+            return Ok(None);
+        };
         let (plan, _) = a.enforce(&cur.commit, &cur.desired, &HashMap::new(), true)?;
         if cur.desired.containers.is_empty() && cur.desired.manifests.is_empty() {
             let inv = a.store.inventory()?;
@@ -76,54 +88,41 @@ pub async fn recover(agent: &Arc<Agent>, death: Option<String>) -> Result<(), Sy
         if after == before {
             return Ok(());
         }
-        // The failure's record and events first, then the pointers: a death
+        // The failure's record and events first, then the state: a death
         // between the two is counted again and reported twice, never lost.
-        let crashed = effects.iter().find_map(|e| match e {
-            Effect::Crashed { commit, reason, seq } => Some((commit, reason, *seq)),
-            _ => None,
-        });
-        let crashed_seq = crashed.as_ref().and_then(|(_, _, seq)| *seq);
-        if let Some((commit, reason, seq)) = crashed {
-            let msg = a.crashed(commit, reason, seq, after.current.as_ref())?;
-            let back = match &after.current {
-                Some(r) => a.store.revision(r.seq)?,
-                None => None,
-            };
-            let resources = a.resources_of(back.as_ref());
-            let phase = if after.current.is_some() { "rolled_back" } else { "failed" };
-            let mut st = a.status_of(&after)?;
-            st.phase = phase.into();
-            st.target_revision = Some(commit.clone());
-            st.error = Some(msg);
-            st.resources = resources;
-            st.waiting_for = None;
-            st.due_at = None;
-            st.waiting_detail = None;
-            a.store.set_pointers_and_status(&after, &st)?;
-        } else {
-            // The status says what the pointers say (the revision in place).
-            let st = a.status_of(&after)?;
-            a.store.set_pointers_and_status(&after, &st)?;
+        let mut crashed_seq = None;
+        for e in &effects {
+            match e {
+                Effect::Crashed { commit, reason, seq } => {
+                    a.crashed(commit, reason, *seq, after.last_good.as_ref())?;
+                    crashed_seq = *seq;
+                }
+                Effect::Restore { left, died } => {
+                    tracing::info!(revision = short(&left.commit), "its health window was interrupted: returning to last-known-good");
+                    if crashed_seq != Some(left.seq) {
+                        let why = match (died, &after.attempt) {
+                            (true, Some(at)) => format!(
+                                "the agent died during its health window ({} of [apply].crash_limit {}): back on last-known-good, to be tried again",
+                                at.deaths, a.cfg.apply.crash_limit
+                            ),
+                            _ => "tend stopped during its health window: back on last-known-good, to be tried again".into(),
+                        };
+                        a.set_outcome(left.seq, Outcome::Interrupted, Some(why))?;
+                    }
+                }
+                _ => {}
+            }
         }
-        if let Some((left, died)) = effects.iter().find_map(|e| match e {
-            Effect::Restore { left, died } => Some((left, *died)),
-            _ => None,
-        }) {
-            tracing::info!(revision = short(&left.commit), "its health window was interrupted: returning to last-known-good");
-            if crashed_seq != Some(left.seq) {
-                let why = match (died, &after.attempt) {
-                    (true, Some(at)) => format!(
-                        "the agent died during its health window ({} of [apply].crash_limit {}): back on last-known-good, to be tried again",
-                        at.deaths, a.cfg.apply.crash_limit
-                    ),
-                    _ => "tend stopped during its health window: back on last-known-good, to be tried again".into(),
-                };
-                a.set_outcome(left.seq, Outcome::Interrupted, Some(why))?;
-            }
-            // No last-known-good: back to the state before tend's first revision.
-            if after.current.is_none() {
-                a.enforce("", &Desired::default(), &HashMap::new(), true)?;
-            }
+        let back = match &after.current {
+            Some(r) => a.store.revision(r.seq)?,
+            None => None,
+        };
+        let mut st = a.status_of(&after)?;
+        st.resources = a.resources_of(back.as_ref());
+        a.store.set_pointers_and_status(&after, &st)?;
+        // No last-known-good: back to the state before tend's first revision.
+        if after.current.is_none() && effects.iter().any(|e| matches!(e, Effect::Restore { .. })) {
+            a.enforce("", &Desired::default(), &HashMap::new(), true)?;
         }
         // Durable before anything else happens: a death counted once.
         a.store.flush()?;
@@ -135,7 +134,7 @@ pub async fn recover(agent: &Arc<Agent>, death: Option<String>) -> Result<(), Sy
 /// Mark a clean stop (SIGTERM, SIGINT): an apply or health window left now
 /// is not a death of the agent. Called once nothing runs on the blocking pool.
 pub fn stopped(agent: &Agent) -> Result<(), StoreError> {
-    agent.decide(&Event::Stop)?;
+    agent.transition(&Event::Stop, Measured::default())?;
     agent.store.flush()
 }
 
@@ -173,432 +172,509 @@ pub(super) async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions) -> Result<
     let t = Instant::now();
     let fetched: Result<Fetched, SourceError> = blocking(agent, |a| a.source.fetch()).await;
     timings.fetch_ms = ms(t.elapsed());
-    let fetched = match fetched {
-        Ok(f) => f,
-        Err(e) => {
-            if opts.dry_run {
-                return Err(e.into());
-            }
-            // Offline: keep enforcing what is applied.
-            let healed = if opts.no_heal { Ok(None) } else { enforce_current(agent).await };
-            let msg = format!("source: {e}");
-            let heal_err = healed.as_ref().err().map(ToString::to_string);
-            let shown = e.to_string();
-            blocking(agent, move |a| {
-                a.note_source(false, Some(&shown));
-                let resources = a.resources();
-                a.set_status(|s| {
-                    s.source = "unreachable".into();
-                    s.last_sync = Some(now_rfc3339());
-                    s.error = Some(match heal_err {
-                        Some(h) => format!("{msg}; {h}"),
-                        None => msg,
-                    });
-                    s.resources = resources;
-                    if s.revision.is_none() {
-                        s.phase = "failed".into();
-                    }
-                })
-            })
-            .await?;
-            return Err(match healed {
-                Err(repair) => SyncError::Offline { error: e, repair: Box::new(repair) },
-                Ok(_) => e.into(),
-            });
-        }
+    let (event, span) = match &fetched {
+        Err(e) if opts.dry_run => return Err(e.clone().into()),
+        Err(e) => (Event::Unreachable { error: e.to_string() }, tracing::info_span!("sync")),
+        Ok(f) => (
+            Event::Tip { commit: f.commit.clone(), render_key: agent.render_key(), retry: opts.retry },
+            tracing::info_span!("sync", revision = %short(&f.commit)),
+        ),
     };
-    let span = tracing::info_span!("sync", revision = %short(&fetched.commit));
-    sync_fetched(agent, opts, fetched, timings).instrument(span).await
+    let run = Run {
+        agent,
+        opts,
+        fetched,
+        timings,
+        outcome: None,
+        failure: None,
+        prepared: None,
+        blobs: None,
+        applied: None,
+        checks: None,
+        newly_waiting: false,
+    };
+    run.drive(event).instrument(span).await
 }
 
-pub(super) async fn sync_fetched(
-    agent: &Arc<Agent>,
+/// One sync, driven: the decision step says what to do next ([`Effect`]),
+/// this performs it and tells the step what happened ([`Event`]), until
+/// nothing is left to do. Nothing here decides what the gateway should be
+/// in; it only does, measures and reports.
+struct Run<'a> {
+    agent: &'a Arc<Agent>,
     opts: SyncOptions,
-    fetched: Fetched,
-    mut timings: Timings,
-) -> Result<SyncSummary, SyncError> {
-    let commit = fetched.commit.clone();
+    fetched: Result<Fetched, SourceError>,
+    timings: Timings,
+    /// What `tend sync` answers, once known.
+    outcome: Option<Result<SyncSummary, SyncError>>,
+    /// The error a failing revision is rolled back for.
+    failure: Option<SyncError>,
+    /// The prepared tip (its contents go to the store at the apply).
+    prepared: Option<Arc<Prepared>>,
+    blobs: Option<HashMap<ContentHash, Vec<u8>>>,
+    /// The plan applied and the revision's history record.
+    applied: Option<(Plan, u64)>,
+    /// The health checks' results, for the summary.
+    checks: Option<BTreeMap<String, String>>,
+    /// The last decision made a revision wait for something it did not
+    /// wait for before (said once in the log).
+    newly_waiting: bool,
+}
 
-    // The decision step: quarantine (cleared when the branch moves, honoured
-    // otherwise), the same revision (repair), or a new one (prepare).
-    let tip = Event::Tip { commit: commit.clone(), render_key: agent.render_key(), retry: opts.retry };
-    let (_, effects) = blocking(agent, move |a| {
-        a.note_source(true, None);
-        a.decide(&tip)
-    })
-    .await?;
-    let refused = effects.iter().find_map(|e| match e {
-        Effect::Refuse { reason } => Some(reason.clone()),
-        _ => None,
-    });
-    if let Some(reason) = refused {
-        let err = SyncError::Quarantined { commit: commit.clone(), reason };
-        if !opts.dry_run {
-            let healed = enforce_current(agent).await?;
-            let msg = err.to_string();
-            let c = commit.clone();
-            blocking(agent, move |a| {
-                let resources = a.resources();
-                a.set_status(|s| {
-                    s.source = "ok".into();
-                    s.target_revision = Some(c);
-                    s.last_sync = Some(now_rfc3339());
-                    s.error = Some(msg);
-                    s.resources = resources;
-                })
-            })
-            .await?;
-            if let Some(h) = healed {
-                tracing::debug!(action = %h.action, "current revision enforced");
-            }
-        }
-        return Err(err);
+impl Run<'_> {
+    fn commit(&self) -> String {
+        self.fetched.as_ref().map(|f| f.commit.clone()).unwrap_or_default()
     }
 
-    // The same revision as applied now, its health decided: repair drift
-    // (self-heal) without rendering or reading the revision twice.
-    let unchanged = !effects.contains(&Effect::Prepare);
-    let healed = if unchanged && !opts.dry_run && !opts.no_heal {
-        let t = Instant::now();
-        let r = enforce_current(agent).await;
-        timings.apply_ms = ms(t.elapsed());
-        match r {
-            // A damaged store lacks contents the repair needs: the revision
-            // is rendered from Git again, below, as if it were new.
-            Err(e @ SyncError::MissingContent { .. }) => {
-                tracing::warn!(error = %e, "rendering the revision from Git again");
-                None
+    fn received_pack(&self) -> bool {
+        self.fetched.as_ref().is_ok_and(|f| f.received_pack)
+    }
+
+    async fn transition(&self, event: Event, m: Measured) -> Result<Transition, SyncError> {
+        let tr = blocking(self.agent, move |a| a.transition(&event, m)).await?;
+        // The source's reachability changes are said once each.
+        match (tr.before.unreachable.is_some(), tr.after.unreachable.as_deref()) {
+            (true, None) => self.agent.event(Kind::SourceRestored, serde_json::json!({})),
+            (false, Some(e)) => self.agent.event(Kind::SourceUnreachable, serde_json::json!({ "error": e })),
+            _ => {}
+        }
+        Ok(tr)
+    }
+
+    async fn drive(mut self, first: Event) -> Result<SyncSummary, SyncError> {
+        let mut events = std::collections::VecDeque::from([first]);
+        while let Some(event) = events.pop_front() {
+            let tr = self.transition(event, Measured::synced()).await?;
+            let waits = |p: &Pointers| p.waiting.as_ref().map(|w| (w.commit.clone(), w.waiting_for));
+            self.newly_waiting = waits(&tr.after).is_some() && waits(&tr.before) != waits(&tr.after);
+            // The effects of one decision: the first is the main one; a
+            // repair beside it (`Heal` after a refusal or while waiting) is
+            // best effort.
+            let main = tr.effects.len() == 1;
+            for effect in tr.effects {
+                if let Some(next) = self.perform(effect, main).await? {
+                    events.push_back(next);
+                }
+                if self.opts.dry_run && self.outcome.is_some() {
+                    break;
+                }
             }
-            Err(e) => {
-                // The revision applied now cannot be enforced (something in
-                // the way, a runtime down): the status says so.
-                let msg = e.to_string();
-                blocking(agent, move |a| -> Result<(), StoreError> {
-                    a.update_pointers(|p| p.heal_failed = true)?;
-                    a.set_status(|st| {
-                        st.source = "ok".into();
-                        st.last_sync = Some(now_rfc3339());
-                        st.phase = "degraded".into();
-                        st.error = Some(msg);
-                    })?;
+        }
+        self.outcome.take().unwrap_or_else(|| {
+            Ok(SyncSummary { commit: Some(self.commit()), action: "unchanged".into(), ..Default::default() })
+        })
+    }
+
+    /// Perform one effect; the event it leads to, if any.
+    async fn perform(&mut self, effect: Effect, main: bool) -> Result<Option<Event>, SyncError> {
+        let agent = self.agent;
+        match effect {
+            Effect::Heal => self.heal(main).await,
+            Effect::Refuse { reason } => {
+                self.outcome = Some(Err(SyncError::Quarantined { commit: self.commit(), reason }));
+                Ok(None)
+            }
+            Effect::Prepare => self.prepare().await,
+            Effect::Wait { phase, waiting } => {
+                let prepared = self.prepared.clone().expect("prepared before a wait");
+                if phase == Phase::Waiting && !prepared.desired.containers.is_empty() {
+                    let (c, containers) = (prepared.commit.clone(), prepared.desired.containers.clone());
+                    blocking(agent, move |a| a.prefetch_images(&c, &containers)).await;
+                }
+                let due_at = waiting.due_at.map(|t| t.to_string());
+                let reason = waiting.waiting_for.as_str();
+                // Said once: when it starts to wait, or for something new.
+                if self.newly_waiting {
+                    tracing::info!(revision = short(&waiting.commit), waiting_for = reason, detail = %waiting.detail, due_at = ?due_at, "{phase}");
+                }
+                self.outcome = Some(Ok(SyncSummary {
+                    commit: Some(waiting.commit.clone()),
+                    action: phase.as_str().into(),
+                    received_pack: self.received_pack(),
+                    timings: self.timings.clone(),
+                    waiting_for: Some(reason.into()),
+                    due_at,
+                    ..Default::default()
+                }));
+                Ok(None)
+            }
+            Effect::Apply { forced } => self.apply(forced).await,
+            Effect::RunHealth => self.health().await,
+            Effect::Promote => {
+                let (plan, _seq) = self.applied.take().expect("applied before promoted");
+                let prepared = self.prepared.clone().expect("prepared before promoted");
+                let c = prepared.commit.clone();
+                blocking(agent, move |a| -> Result<(), SyncError> {
+                    let resources = a.resources();
+                    a.set_status(|s| s.resources = resources)?;
+                    a.event(Kind::Healthy, serde_json::json!({ "revision": c }));
+                    a.gc()?;
                     Ok(())
                 })
                 .await?;
-                return Err(e);
+                tracing::debug!(revision = short(&prepared.commit), "revision healthy");
+                let mut summary = SyncSummary::from_plan(&plan);
+                summary.commit = Some(prepared.commit.clone());
+                summary.action = "applied".into();
+                summary.received_pack = self.received_pack();
+                summary.set_counts(&prepared.desired);
+                summary.checks = self.checks.take().unwrap_or_default();
+                summary.timings = self.timings.clone();
+                self.outcome = Some(Ok(summary));
+                Ok(None)
             }
-            Ok(s) => Some(s.unwrap_or_default()),
+            Effect::Reject { commit, quarantined } => {
+                let error = match &self.outcome {
+                    Some(Err(e)) => e.to_string(),
+                    _ => String::new(),
+                };
+                blocking(agent, move |a| -> Result<(), StoreError> {
+                    if quarantined {
+                        let p = Prepared::nothing(&commit, a.render_key());
+                        a.record(&p, Outcome::Failed, Some(error.clone()))?;
+                        a.gc()?;
+                    }
+                    a.event(Kind::Failed, serde_json::json!({ "revision": commit, "error": error }));
+                    Ok(())
+                })
+                .await?;
+                Ok(None)
+            }
+            Effect::RollBack { commit, to, .. } => self.roll_back(commit, to).await,
+            Effect::KeepFailed { commit } => {
+                let error = self.failure.take().map(|e| e.to_string()).unwrap_or_default();
+                let after = "rollback is off ([apply].rollback = false)".to_owned();
+                let (e2, a2) = (error.clone(), after.clone());
+                blocking(agent, move |a| -> Result<(), SyncError> {
+                    let seq = a.store.pointers()?.current.map(|c| c.seq);
+                    if let Some(seq) = seq {
+                        a.set_outcome(seq, Outcome::Failed, Some(e2.clone()))?;
+                    }
+                    let resources = a.resources();
+                    a.set_status(|s| s.resources = resources)?;
+                    a.event(Kind::Failed, serde_json::json!({ "revision": commit, "error": e2, "after": a2 }));
+                    a.gc()?;
+                    Ok(())
+                })
+                .await?;
+                self.outcome = Some(Err(SyncError::Rollback(format!("{error}; {after}"))));
+                Ok(None)
+            }
+            Effect::Restore { .. } | Effect::Crashed { .. } => Ok(None),
         }
-    } else {
-        None
-    };
-    if unchanged && !opts.dry_run && (opts.no_heal || healed.is_some()) {
-        let mut s = match healed {
-            Some(s) => s,
-            None => SyncSummary { commit: Some(commit.clone()), action: "unchanged".into(), ..Default::default() },
-        };
-        s.received_pack = fetched.received_pack;
-        s.timings = timings;
-        let files = s.files;
-        let healed = !opts.no_heal;
-        blocking(agent, move |a| -> Result<(), StoreError> {
-            // Enforced again after a failed repair: no longer degraded.
-            let recovered = healed && a.store.pointers()?.heal_failed;
-            if recovered {
-                a.update_pointers(|p| p.heal_failed = false)?;
-            }
-            a.set_status(|st| {
-                st.source = "ok".into();
-                st.last_sync = Some(now_rfc3339());
-                if healed {
-                    st.resources = Resources { total: files, ready: files, failed: 0 };
-                }
-                if recovered || (st.phase != "degraded" && st.phase != "rolled_back") {
-                    st.phase = "synced".into();
-                    st.error = None;
-                }
-                st.target_revision = st.revision.clone();
-            })?;
-            Ok(())
-        })
-        .await?;
-        return Ok(s);
     }
+}
 
-    let t = Instant::now();
-    let c = commit.clone();
-    let prepared = blocking(agent, move |a| a.prepare(&c)).await;
-    timings.render_ms = ms(t.elapsed());
-    let prepared = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            if !opts.dry_run {
-                reject(agent, &commit, &e).await?;
-            }
-            return Err(e);
+impl Run<'_> {
+    /// Enforce the revision applied now. As the decision's main effect (the
+    /// tip is the revision in place, or the source is unreachable) its
+    /// outcome is the sync's; beside another effect it is best effort.
+    async fn heal(&mut self, main: bool) -> Result<Option<Event>, SyncError> {
+        // A dry run of the revision in place plans it again: "nothing to do"
+        // when nothing drifted.
+        if self.opts.dry_run && main && self.fetched.is_ok() {
+            return self.prepare().await;
         }
-    };
-
-    if opts.dry_run {
+        if self.opts.dry_run || (self.opts.no_heal && main) {
+            if main && self.outcome.is_none() {
+                self.outcome = Some(match &self.fetched {
+                    Ok(f) => Ok(SyncSummary {
+                        commit: Some(f.commit.clone()),
+                        action: "unchanged".into(),
+                        received_pack: f.received_pack,
+                        timings: self.timings.clone(),
+                        ..Default::default()
+                    }),
+                    Err(e) => Err(e.clone().into()),
+                });
+            }
+            return Ok(None);
+        }
         let t = Instant::now();
-        let p = prepared.clone();
-        let plan = blocking(agent, move |a| -> Result<Plan, SyncError> {
-            let inv = a.store.inventory()?;
-            a.plan(&p.commit, &p.desired, &inv, a.cfg.apply.prune)
-        })
-        .await?;
-        timings.plan_ms = ms(t.elapsed());
-        let mut s = SyncSummary::from_plan(&plan);
-        if !plan.blocked.is_empty() {
-            let blocked =
-                plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
-            return Err(SyncError::Blocked { commit, blocked });
-        }
-        s.commit = Some(commit);
-        s.action = "planned".into();
-        s.dry_run = true;
-        s.received_pack = fetched.received_pack;
-        s.set_counts(&prepared.desired);
-        s.timings = timings;
-        return Ok(s);
-    }
-
-    // Rollout control (SPEC §7): due for this gateway's wave, inside a
-    // window, no update lock held?
-    let (c, policy, told) = (commit.clone(), prepared.desired.rollout.clone(), opts.now);
-    let gated = blocking(agent, move |a| -> Result<Gated, SyncError> {
-        let committed_at = a.source.committed_at(&c)?;
-        let local = gate::Local {
-            fleet: &a.cfg.fleet,
-            device_id: &a.cfg.device_id,
-            labels: &a.cfg.labels,
-            lock_dir: &a.cfg.apply.lock_dir,
-            lock_timeout: a.cfg.apply.lock_timeout,
-        };
-        let now = a.clock.now();
-        let failing = a.breaker.as_ref().and_then(|b| b.failing(&c));
-        // Why the breaker cannot hold anything now, for the status.
-        let breaker_off = match (&a.breaker, &failing) {
-            _ if policy.as_ref().is_none_or(|p| p.max_failed.is_none()) => None,
-            (None, _) => Some("circuit breaker off: no [mqtt] (or a one-shot command)"),
-            (Some(_), None) => Some("circuit breaker: the fleet's reports not read yet"),
-            _ => None,
-        };
-        let gate = gate::gather(policy.as_ref(), &local, committed_at, failing, now)
-            .map_err(|error| SyncError::Rollout { commit: c.clone(), error })?;
-        let wave = gate.wave.as_ref().map(|(w, _)| w.clone());
-        // The decision and the status that says it, in one store write.
-        let mut newly = false;
-        let event = Event::Prepared { commit: c.clone(), gate, now: told };
-        let (_, effects, _) = a.transition_at(&event, now, |s, effects| {
-            if let Some(Effect::Wait { phase, waiting }) = effects.iter().find(|e| matches!(e, Effect::Wait { .. })) {
-                let reason = Some(waiting.waiting_for.as_str());
-                newly = s.waiting_for.as_deref() != reason || s.target_revision.as_deref() != Some(c.as_str());
-                set_waiting(s, &c, wave.clone(), *phase, waiting, breaker_off);
-            } else {
-                // Applied next: a new revision in progress, nothing waited for.
-                s.phase = "progressing".into();
-                s.source = "ok".into();
-                s.target_revision = Some(c.clone());
-                s.error = None;
-                s.wave = wave.clone();
-                s.waiting_for = None;
-                s.due_at = None;
-                s.waiting_detail = None;
+        let healed = enforce_current(self.agent).await;
+        if !main {
+            if let Err(e) = &healed {
+                tracing::warn!(error = %e, "could not re-enforce the current revision");
             }
-        })?;
-        Ok(Gated { newly, effects })
-    })
-    .await;
-    let Gated { newly, effects } = match gated {
-        Ok(v) => v,
-        Err(e @ SyncError::Rollout { .. }) => {
-            reject(agent, &commit, &e).await?;
-            return Err(e);
+            let a = self.agent.clone();
+            blocking(self.agent, move |_| {
+                let resources = a.resources();
+                a.set_status(|s| s.resources = resources)
+            })
+            .await?;
+            return Ok(None);
         }
-        Err(e) => return Err(e),
-    };
-    if let Some((phase, waiting)) = effects.iter().find_map(|e| match e {
-        Effect::Wait { phase, waiting } => Some((*phase, waiting.clone())),
-        _ => None,
-    }) {
-        if phase == Phase::Waiting && !prepared.desired.containers.is_empty() {
-            let (c, containers) = (commit.clone(), prepared.desired.containers.clone());
-            blocking(agent, move |a| a.prefetch_images(&c, &containers)).await;
+        self.timings.apply_ms = ms(t.elapsed());
+        match (&self.fetched, healed) {
+            // Offline: what is applied stays enforced; the sync failed.
+            (Err(e), healed) => {
+                let error = e.clone();
+                self.outcome = Some(Err(match healed {
+                    Err(repair) => {
+                        let h = repair.to_string();
+                        self.transition(Event::HealFailed { error: h }, Measured::default()).await?;
+                        SyncError::Offline { error, repair: Box::new(repair) }
+                    }
+                    Ok(_) => {
+                        let a = self.agent.clone();
+                        blocking(self.agent, move |_| {
+                            let resources = a.resources();
+                            a.set_status(|s| s.resources = resources)
+                        })
+                        .await?;
+                        error.into()
+                    }
+                }));
+                Ok(None)
+            }
+            // A damaged store lacks contents the repair needs: the revision
+            // is rendered from Git again, as if it were new.
+            (Ok(_), Err(e @ SyncError::MissingContent { .. })) => {
+                tracing::warn!(error = %e, "rendering the revision from Git again");
+                self.prepare().await
+            }
+            (Ok(_), Err(e)) => {
+                self.transition(Event::HealFailed { error: e.to_string() }, Measured::default()).await?;
+                self.outcome = Some(Err(e));
+                Ok(None)
+            }
+            (Ok(f), Ok(healed)) => {
+                let mut s = healed.unwrap_or_else(|| SyncSummary {
+                    commit: Some(f.commit.clone()),
+                    action: "unchanged".into(),
+                    ..Default::default()
+                });
+                s.received_pack = f.received_pack;
+                s.timings = self.timings.clone();
+                // Enforced: every file of the revision is as desired.
+                let files = s.files;
+                let m = Measured::with(Resources { total: files, ready: files, failed: 0 });
+                self.transition(Event::Healed, m).await?;
+                self.outcome = Some(Ok(s));
+                Ok(None)
+            }
         }
-        let summary = (fetched.received_pack, timings);
-        return wait(agent, &commit, phase, &waiting, newly, summary).await;
-    }
-    let forced = effects.iter().find_map(|e| match e {
-        Effect::Apply { forced } => forced.clone(),
-        _ => None,
-    });
-    if let Some(f) = &forced {
-        tracing::info!(revision = short(&commit), forced = %f, "applying past the rollout policy");
     }
 
-    // A new revision (the status says `progressing` since the gate's transition).
-    let t = Instant::now();
-    // The contents go to the apply (and the store) and are dropped there; the
-    // rest is shared with the health gate and a rollback, not copied.
-    let mut prepared = prepared;
-    prepared.forced.clone_from(&forced);
-    let blobs = std::mem::take(&mut prepared.blobs);
-    let prepared = Arc::new(prepared);
-    let p = prepared.clone();
-    let applied = blocking(agent, move |a| -> Result<(Plan, ApplyReport, u64), SyncError> {
+    /// Verify and render the tip (or take it from the store), then gather
+    /// what the rollout gate needs.
+    async fn prepare(&mut self) -> Result<Option<Event>, SyncError> {
+        let agent = self.agent;
+        let commit = self.commit();
+        let t = Instant::now();
+        let c = commit.clone();
+        let prepared = blocking(agent, move |a| a.prepare(&c)).await;
+        self.timings.render_ms = ms(t.elapsed());
+        let mut prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => return Ok(self.refused(e)),
+        };
+        if self.opts.dry_run {
+            let t = Instant::now();
+            let p = prepared.clone();
+            let plan = blocking(agent, move |a| -> Result<Plan, SyncError> {
+                let inv = a.store.inventory()?;
+                a.plan(&p.commit, &p.desired, &inv, a.cfg.apply.prune)
+            })
+            .await?;
+            self.timings.plan_ms = ms(t.elapsed());
+            if !plan.blocked.is_empty() {
+                let blocked =
+                    plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
+                self.outcome = Some(Err(SyncError::Blocked { commit, blocked }));
+                return Ok(None);
+            }
+            let mut s = SyncSummary::from_plan(&plan);
+            s.commit = Some(commit);
+            s.action = "planned".into();
+            s.dry_run = true;
+            s.received_pack = self.received_pack();
+            s.set_counts(&prepared.desired);
+            s.timings = self.timings.clone();
+            self.outcome = Some(Ok(s));
+            return Ok(None);
+        }
+        // Rollout control (SPEC §7): what the gate needs, gathered here; the
+        // decision step decides.
+        let (c, policy) = (commit.clone(), prepared.desired.rollout.clone());
+        let gate = blocking(agent, move |a| -> Result<(Gate, jiff::Timestamp), SyncError> {
+            let committed_at = a.source.committed_at(&c)?;
+            let local = gate::Local {
+                fleet: &a.cfg.fleet,
+                device_id: &a.cfg.device_id,
+                labels: &a.cfg.labels,
+                lock_dir: &a.cfg.apply.lock_dir,
+                lock_timeout: a.cfg.apply.lock_timeout,
+            };
+            let now = a.clock.now();
+            let failing = a.breaker.as_ref().and_then(|b| b.failing(&c));
+            // Why the breaker cannot hold anything now, for the status.
+            let note = match (&a.breaker, &failing) {
+                _ if policy.as_ref().is_none_or(|p| p.max_failed.is_none()) => None,
+                (None, _) => Some("circuit breaker off: no [mqtt] (or a one-shot command)"),
+                (Some(_), None) => Some("circuit breaker: the fleet's reports not read yet"),
+                _ => None,
+            };
+            let mut gate = gate::gather(policy.as_ref(), &local, committed_at, failing, now)
+                .map_err(|error| SyncError::Rollout { commit: c.clone(), error })?;
+            gate.note = note.map(str::to_owned);
+            Ok((gate, now))
+        })
+        .await;
+        let (gate, _) = match gate {
+            Ok(g) => g,
+            Err(e @ SyncError::Rollout { .. }) => return Ok(self.refused(e)),
+            Err(e) => return Err(e),
+        };
+        self.blobs = Some(std::mem::take(&mut prepared.blobs));
+        self.prepared = Some(Arc::new(prepared));
+        Ok(Some(Event::Prepared { commit, gate, now: self.opts.now }))
+    }
+
+    /// The tip was refused before anything of it was written.
+    fn refused(&mut self, e: SyncError) -> Option<Event> {
+        let refusal = match &e {
+            SyncError::Blocked { .. } => Refusal::Blocked,
+            SyncError::Untrusted { .. } => Refusal::Untrusted,
+            _ => Refusal::Bundle,
+        };
+        let event = Event::Refused { commit: self.commit(), kind: e.kind(), refusal, error: e.to_string() };
+        self.outcome = Some(Err(e));
+        (!self.opts.dry_run).then_some(event)
+    }
+
+    /// Apply the prepared tip: the attempt made durable first (SPEC §3, 8),
+    /// then every write, recorded in the history.
+    async fn apply(&mut self, forced: Option<String>) -> Result<Option<Event>, SyncError> {
+        let agent = self.agent;
+        let mut prepared = Arc::unwrap_or_clone(self.prepared.take().expect("prepared before applied"));
+        if let Some(f) = &forced {
+            tracing::info!(revision = short(&prepared.commit), forced = %f, "applying past the rollout policy");
+        }
+        prepared.forced.clone_from(&forced);
+        let prepared = Arc::new(prepared);
+        self.prepared = Some(prepared.clone());
         // The attempt is durable before the first write: if the agent dies
         // from here to the end of the health window, the next start counts it.
-        a.decide(&Event::Applying { commit: p.commit.clone() })?;
-        a.store.flush()?;
-        let mut started = serde_json::json!({ "revision": p.commit });
-        if let Some(f) = forced {
-            started["forced"] = f.into();
-        }
-        a.event(Kind::SyncStarted, started);
-        let prune = a.cfg.apply.prune;
-        let result = a.enforce(&p.commit, &p.desired, &blobs, prune);
-        drop(blobs);
-        match result {
-            Ok((plan, report)) => {
-                let seq = a.record(&p, Outcome::Applied, None)?;
-                let current = RevRef { seq, commit: p.commit.clone(), render_key: p.render_key.clone() };
-                // The status names the revision in place, in the same write.
-                a.transition(&Event::Applied { current }, |_, _| {})?;
-                let (created, updated, deleted, hooks) = plan.counts();
-                a.event(
-                    Kind::Applied,
-                    serde_json::json!({ "revision": p.commit, "created": created, "updated": updated, "deleted": deleted, "hooks": hooks }),
-                );
-                a.store.flush()?;
-                Ok((plan, report, seq))
+        self.transition(Event::Applying { commit: prepared.commit.clone() }, Measured::default()).await?;
+        let t = Instant::now();
+        let blobs = self.blobs.take().unwrap_or_default();
+        let p = prepared.clone();
+        let applied = blocking(agent, move |a| -> Result<(Plan, u64), SyncError> {
+            a.store.flush()?;
+            let mut started = serde_json::json!({ "revision": p.commit });
+            if let Some(f) = forced {
+                started["forced"] = f.into();
             }
-            Err(e) => Err(e),
+            a.event(Kind::SyncStarted, started);
+            let result = a.enforce(&p.commit, &p.desired, &blobs, a.cfg.apply.prune);
+            drop(blobs);
+            let (plan, _report) = result?;
+            let seq = a.record(&p, Outcome::Applied, None)?;
+            let (created, updated, deleted, hooks) = plan.counts();
+            a.event(
+                Kind::Applied,
+                serde_json::json!({ "revision": p.commit, "created": created, "updated": updated, "deleted": deleted, "hooks": hooks }),
+            );
+            Ok((plan, seq))
+        })
+        .await;
+        self.timings.apply_ms = ms(t.elapsed());
+        match applied {
+            Ok((plan, seq)) => {
+                let current = RevRef { seq, commit: prepared.commit.clone(), render_key: prepared.render_key.clone() };
+                self.applied = Some((plan, seq));
+                // Durable with the state: the window starts.
+                Ok(Some(Event::Applied { current }))
+            }
+            // Refused before the first write: nothing to roll back.
+            Err(e @ SyncError::Blocked { .. }) => Ok(self.refused(e)),
+            Err(e) => {
+                // Recorded first: an apply that failed midway has no record.
+                let (p, msg) = (prepared.clone(), e.to_string());
+                let seq = blocking(agent, move |a| a.record(&p, Outcome::Failed, Some(msg))).await?;
+                let record = RevRef { seq, commit: prepared.commit.clone(), render_key: prepared.render_key.clone() };
+                let event = Event::Failed { record, kind: e.kind(), error: e.to_string() };
+                self.failure = Some(e);
+                Ok(Some(event))
+            }
         }
-    })
-    .await;
-    timings.apply_ms = ms(t.elapsed());
-    let (plan, _report, seq) = match applied {
-        Ok(v) => v,
-        // Refused before the first write: nothing to roll back.
-        Err(e @ SyncError::Blocked { .. }) => {
-            reject(agent, &commit, &e).await?;
-            return Err(e);
-        }
-        Err(e) => return Err(fail_and_roll_back(agent, &prepared, None, e).await),
-    };
-    let mut summary = SyncSummary::from_plan(&plan);
-    summary.commit = Some(commit.clone());
-    summary.action = "applied".into();
-    summary.received_pack = fetched.received_pack;
-    summary.set_counts(&prepared.desired);
+    }
 
-    // Health gate.
-    let t = Instant::now();
-    let probes = probes_for(agent, &commit, &prepared.desired)?;
-    let health = if probes.is_empty() {
-        Health::default()
-    } else {
-        tracing::debug!(checks = probes.len(), timeout = ?agent.cfg.apply.health_timeout, "waiting for health checks");
-        health::window(&probes, agent.cfg.apply.health_timeout).await
-    };
-    timings.health_ms = ms(t.elapsed());
-    summary.checks = checks_json(&health);
-    summary.timings = timings;
-    if health.healthy() {
-        let c = commit.clone();
-        blocking(agent, move |a| -> Result<(), StoreError> {
-            a.set_outcome(seq, Outcome::Healthy, None)?;
+    /// The health window of the revision just applied.
+    async fn health(&mut self) -> Result<Option<Event>, SyncError> {
+        let agent = self.agent;
+        blocking(agent, |a| a.store.flush()).await?;
+        let prepared = self.prepared.clone().expect("prepared before its health window");
+        let t = Instant::now();
+        let probes = probes_for(agent, &prepared.commit, &prepared.desired)?;
+        let health = if probes.is_empty() {
+            Health::default()
+        } else {
+            tracing::debug!(checks = probes.len(), timeout = ?agent.cfg.apply.health_timeout, "waiting for health checks");
+            health::window(&probes, agent.cfg.apply.health_timeout).await
+        };
+        self.timings.health_ms = ms(t.elapsed());
+        self.checks = Some(checks_json(&health));
+        let healthy = health.healthy();
+        let failures = health.failures();
+        if healthy {
+            // The record says it passed before the state makes it
+            // last-known-good: a death between the two leaves a healthy
+            // record that the next start marks interrupted, never a
+            // last-known-good whose record says otherwise.
+            let seq = self.applied.as_ref().map(|(_, seq)| *seq).expect("applied before its health window");
+            blocking(agent, move |a| a.set_outcome(seq, Outcome::Healthy, None)).await?;
+        } else {
+            tracing::info!(revision = short(&prepared.commit), "unhealthy: {failures}");
+            let commit = prepared.commit.clone();
+            self.failure = Some(SyncError::Unhealthy { commit, failures: failures.clone(), after: String::new() });
+        }
+        Ok(Some(Event::Health { healthy, failures }))
+    }
+
+    /// Return every resource to `to` (last-known-good) after a failure, and
+    /// record and report how it went.
+    async fn roll_back(&mut self, commit: String, to: Option<RevRef>) -> Result<Option<Event>, SyncError> {
+        let agent = self.agent;
+        let error =
+            self.failure.take().unwrap_or_else(|| SyncError::Rollback(format!("revision {} failed", short(&commit))));
+        let msg = error.to_string();
+        let restored = blocking(agent, move |a| -> Result<Result<(), String>, SyncError> {
+            let lkg = match &to {
+                Some(r) => a.store.revision(r.seq)?,
+                None => None,
+            };
+            let (c, desired) = lkg.map(|r| (r.commit, r.desired)).unwrap_or_default();
+            Ok(a.enforce(&c, &desired, &HashMap::new(), true).map(|_| ()).map_err(|e| e.to_string()))
+        })
+        .await?;
+        let event = Event::RolledBack { restored: restored.is_ok(), detail: restored.err().unwrap_or_default() };
+        let tr = self.transition(event, Measured::synced()).await?;
+        let after =
+            tr.after.error.as_deref().and_then(|e| e.strip_prefix(&format!("{msg}; "))).unwrap_or("").to_owned();
+        let (c, m, a2) = (commit.clone(), msg.clone(), after.clone());
+        let back_on = tr.after.current.as_ref().map(|r| r.commit.clone());
+        let rolled_back = tr.after.phase == Some(Phase::RolledBack);
+        blocking(agent, move |a| -> Result<(), SyncError> {
+            let seq = a.history()?.into_iter().find(|r| r.commit == c).map(|r| r.seq);
+            if let Some(seq) = seq {
+                a.set_outcome(seq, if rolled_back { Outcome::RolledBack } else { Outcome::Failed }, Some(m.clone()))?;
+            }
             let resources = a.resources();
-            a.transition(&Event::Health { healthy: true }, |s, _| {
-                s.phase = "synced".into();
-                s.target_revision = Some(c.clone());
-                s.last_sync = Some(now_rfc3339());
-                s.error = None;
-                s.resources = resources;
-            })?;
-            a.event(Kind::Healthy, serde_json::json!({ "revision": c }));
+            a.set_status(|s| s.resources = resources)?;
+            let kind = if rolled_back { Kind::RolledBack } else { Kind::Failed };
+            a.event(kind, serde_json::json!({ "revision": c, "error": m, "to": back_on, "after": a2 }));
             a.gc()?;
             Ok(())
         })
         .await?;
-        tracing::debug!(revision = short(&commit), "revision healthy");
-        Ok(summary)
-    } else {
-        let failures = health.failures();
-        tracing::info!(revision = short(&commit), "unhealthy: {failures}");
-        let e = SyncError::Unhealthy { commit: commit.clone(), failures, after: String::new() };
-        Err(fail_and_roll_back(agent, &prepared, Some(seq), e).await)
+        self.outcome = Some(Err(match error {
+            SyncError::Unhealthy { commit, failures, .. } => SyncError::Unhealthy { commit, failures, after },
+            e => SyncError::Rollback(format!("{e}; {after}")),
+        }));
+        Ok(None)
     }
-}
-
-/// What the rollout gate decided for a prepared revision.
-pub(super) struct Gated {
-    /// Whether it waits for something new (said once in the log).
-    newly: bool,
-    effects: Vec<Effect>,
-}
-
-/// A prepared revision not applied yet (rollout control): the status already
-/// says what it waits for ([`set_waiting`], written with the decision); the
-/// revision applied now is repaired as usual, and the images it will need are
-/// pulled.
-pub(super) async fn wait(
-    agent: &Arc<Agent>,
-    commit: &str,
-    phase: Phase,
-    waiting: &crate::rollout::Waiting,
-    newly: bool,
-    (received_pack, timings): (bool, Timings),
-) -> Result<SyncSummary, SyncError> {
-    if let Err(e) = enforce_current(agent).await {
-        tracing::warn!(error = %e, "could not re-enforce the current revision");
-    }
-    blocking(agent, move |a| {
-        let resources = a.resources();
-        a.set_status(|s| s.resources = resources)
-    })
-    .await?;
-    let due_at = waiting.due_at.map(|t| t.to_string());
-    let reason = waiting.waiting_for.as_str();
-    if newly {
-        tracing::info!(revision = short(commit), waiting_for = reason, detail = %waiting.detail, due_at = ?due_at, "{}", phase.as_str());
-    }
-    Ok(SyncSummary {
-        commit: Some(commit.to_owned()),
-        action: phase.as_str().into(),
-        received_pack,
-        timings,
-        waiting_for: Some(reason.into()),
-        due_at,
-        ..Default::default()
-    })
-}
-
-/// The status of a revision waiting (or held): why, until when, what for.
-fn set_waiting(
-    s: &mut Status,
-    commit: &str,
-    wave: Option<String>,
-    phase: Phase,
-    waiting: &crate::rollout::Waiting,
-    note: Option<&str>,
-) {
-    let mut detail = match waiting.waiting_for {
-        crate::rollout::WaitingFor::Lock => format!("{} held since {}", waiting.detail, waiting.since),
-        _ => waiting.detail.clone(),
-    };
-    if let Some(note) = note {
-        detail = format!("{detail}; {note}");
-    }
-    s.phase = phase.as_str().into();
-    s.source = "ok".into();
-    s.target_revision = Some(commit.to_owned());
-    s.last_sync = Some(now_rfc3339());
-    s.error = (phase == Phase::Held).then(|| format!("held: revision {} {}", short(commit), waiting.detail));
-    s.wave = wave;
-    s.waiting_for = Some(waiting.waiting_for.as_str().into());
-    s.due_at = waiting.due_at.map(|t| t.to_string());
-    s.waiting_detail = Some(detail);
 }
 
 /// The bundle's checks, and one probe per container.
@@ -607,7 +683,10 @@ pub(super) fn probes_for(
     commit: &str,
     desired: &Desired,
 ) -> Result<Vec<Box<dyn health::Probe>>, SyncError> {
-    let mut probes = health::probes_for(&desired.checks);
+    let mut probes = match &agent.check_probe {
+        Some(make) => desired.checks.iter().map(|c| make(c)).collect(),
+        None => health::probes_for(&desired.checks),
+    };
     for o in k3s::rollouts(&desired.manifests) {
         probes.push(Box::new(health::RolloutProbe::new(o, agent.cfg.k3s.kubectl.clone(), agent.cfg.k3s.timeout)));
     }
