@@ -40,8 +40,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(30);
 /// live status has it at once; this is what survives a power cut).
 const PERSIST_LAST_SYNC_EVERY: Duration = Duration::from_secs(15 * 60);
 
-/// Fleet-wide sync commands kept for the one deferred sync that answers them.
-const MAX_DEFERRED: usize = 16;
+/// Fleet-wide sync commands kept for the one deferred sync that answers them
+/// (each is answered; past this many within one spread, at once, `busy`).
+const MAX_DEFERRED: usize = 1024;
 
 /// How long a stopping daemon waits for a running apply to finish.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -177,8 +178,12 @@ fn describe_exit(line: &str) -> Option<String> {
 async fn main_loop(agent: Arc<Agent>, death: Option<String>) -> Result<(), DaemonError> {
     let cfg = agent.cfg.clone();
     // Last-known-good first, before the network is even tried.
+    let mut had_revision = false;
     let enforced = match sync::boot(&agent, death).await {
-        Ok(Some(s)) => s.commit.as_deref().map(sync::short).unwrap_or("(none)").to_owned(),
+        Ok(Some(s)) => {
+            had_revision = true;
+            s.commit.as_deref().map(sync::short).unwrap_or("(none)").to_owned()
+        }
         Ok(None) => "none (no revision applied yet)".to_owned(),
         Err(e) => {
             tracing::warn!(error = %e, "could not enforce the revision in the store");
@@ -253,7 +258,13 @@ async fn main_loop(agent: Arc<Agent>, death: Option<String>) -> Result<(), Daemo
     let mut watchdog = tokio::time::interval(notifier.watchdog.unwrap_or(Duration::from_secs(3600)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut next = Instant::now();
+    // The first fetch: at once on a new gateway; with a revision in the
+    // store (enforced above), after a random part of `jitter`, so a site
+    // whose gateways regain power together does not fetch together.
+    let mut next = Instant::now() + if had_revision { within(cfg.source.jitter) } else { Duration::ZERO };
+    if had_revision {
+        tracing::debug!(first_fetch_in = ?next.saturating_duration_since(Instant::now()), "first fetch");
+    }
     let mut failures = 0u32;
     let mut last_flush = Instant::now();
     let mut last_persist = Instant::now();
@@ -393,9 +404,13 @@ async fn main_loop(agent: Arc<Agent>, death: Option<String>) -> Result<(), Daemo
                         tracing::debug!(starts_in = ?delay, "fleet-wide sync command");
                         deferred_at = Instant::now() + delay;
                     }
-                    // Bounded: a burst of fleet-wide syncs is one sync.
+                    // Bounded: a burst of fleet-wide syncs is one sync,
+                    // answered to each command; past the bound, at once.
                     if deferred.len() < MAX_DEFERRED {
                         deferred.push(cmd);
+                    } else {
+                        let busy = Err(format!("busy: {MAX_DEFERRED} fleet-wide syncs already wait for one sync"));
+                        answer(&agent, "sync", cmd.id, &busy).await;
                     }
                     continue;
                 }
