@@ -1,18 +1,20 @@
-//! The fleet tools at 10,000 gateways: a real Mosquitto holding 10,000
-//! retained statuses and availabilities (put there by one raw MQTT connection),
+//! The fleet tools at 10,000 (or 100,000) gateways: a real Mosquitto with its
+//! default limits holding every gateway's status and availability retained at
+//! QoS 1, as gateways publish them (put there by one raw MQTT connection),
 //! then `tend fleet status --json`, `tend fleet status` (the table) and `tend
-//! fleet serve` (`/api/devices` answering with all of them, `/metrics`), each
-//! timed from outside, with the memory `fleet serve` holds.
+//! fleet serve` (loaded, one page of `/api/devices`, a filter, `/metrics`),
+//! each timed from outside, with the memory `fleet serve` holds, then a
+//! stream of events.
 //!
 //! `cargo bench -p tend --bench fleet` (release build). `FLEET_BENCH_GATEWAYS`
-//! sets the fleet's size (default 10,000).
+//! sets the fleet's size (default 10,000; the README's figures are at 100,000).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use tend_e2e::Mosquitto;
-use tend_e2e::monitor::{FleetServe, http_get, median, proc_kib, publish_retained};
+use tend_e2e::monitor::{FleetServe, http_get, median, proc_kib, publish_retained, publish_retained_at};
 
 fn tend_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tend"))
@@ -42,8 +44,8 @@ fn main() {
         messages.push((format!("tend/v1/acme/gw-{i:05}/availability"), online.to_vec()));
     }
     let t = Instant::now();
-    publish_retained(broker.port, &messages);
-    println!("tend fleet benchmark: {n} gateways' retained status and availability in a real Mosquitto");
+    publish_retained_at(broker.port, &messages, 1);
+    println!("tend fleet benchmark: {n} gateways' status and availability retained at QoS 1 in a stock Mosquitto");
     println!("  put on the broker (one raw connection):        {:.0} ms", t.elapsed().as_secs_f64() * 1000.0);
 
     let url = broker.url();
@@ -79,6 +81,8 @@ fn main() {
     let json = Command::new(tend_bin()).args(["fleet", "status", "--mqtt", &url, "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["counts"]["gateways"], n, "every gateway read");
+    assert_eq!(v["counts"]["by_phase"]["rolled_back"], n / 100, "every rolled back gateway counted");
+    assert_eq!(v["counts"]["missing_status"], 0);
 
     // fleet serve: from its start to /api/devices answering with every gateway.
     let dir = tempfile::tempdir().unwrap();
@@ -107,14 +111,42 @@ fn main() {
             .collect();
         (median(runs.iter().map(|r| r.0).collect()), runs[0].1)
     };
-    for path in ["/api/devices", "/metrics", "/"] {
+    for path in ["/api/devices?limit=500", "/api/devices?q=rolled_back&limit=500", "/metrics", "/"] {
         let (wall, bytes) = time(path);
-        println!("  GET {path:<14} p50 {:>6.1} ms, {bytes} bytes", wall * 1000.0);
+        println!("  GET {path:<38} p50 {:>6.1} ms, {bytes} bytes", wall * 1000.0);
     }
     let pid = serve.pid();
+    let mem =
+        || (proc_kib(pid, "status", "VmRSS:") as f64 / 1024.0, proc_kib(pid, "smaps_rollup", "Pss:") as f64 / 1024.0);
+    let (rss, pss) = mem();
+    println!("  fleet serve memory at {n} gateways:            RSS {rss:.1} MiB, PSS {pss:.1} MiB");
+    // A stream of events: 10 per gateway, as a busy hour would bring.
+    let events: Vec<(String, Vec<u8>)> = (0..10 * n)
+        .map(|i| {
+            let e = format!(r#"{{"seq":{i},"kind":"drift_repaired","ts":"{now}","revision":"{}","operations":["update  /etc/myapp/app.conf"]}}"#, revs[0]);
+            (format!("tend/v1/acme/gw-{:05}/events", i % n), e.into_bytes())
+        })
+        .collect();
+    let t = Instant::now();
+    publish_retained(broker.port, &events);
+    let metric = |name: &str| -> f64 {
+        let (_, _, body) = http_get(serve.port, "/metrics", &[]);
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    let sent = events.len() as f64;
+    while metric("tend_fleet_messages_total{kind=\"events\"} ") < sent * 0.99 && t.elapsed() < Duration::from_secs(120)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let taken = metric("tend_fleet_messages_total{kind=\"events\"} ");
+    let (rss, pss) = mem();
     println!(
-        "  fleet serve memory at {n} gateways:            RSS {:.1} MiB, PSS {:.1} MiB",
-        proc_kib(pid, "status", "VmRSS:") as f64 / 1024.0,
-        proc_kib(pid, "smaps_rollup", "Pss:") as f64 / 1024.0
+        "  {} events streamed: {taken:.0} taken in {:.1} s; RSS {rss:.1} MiB, PSS {pss:.1} MiB; held {:.1} MiB (bound 256 MiB)",
+        events.len(),
+        t.elapsed().as_secs_f64(),
+        metric("tend_fleet_memory_bytes ") / 1048576.0
     );
 }

@@ -14,8 +14,14 @@
 //!   persistent subscriber in per-gateway `seq` order, none lost, and whether
 //!   every retained status is current.
 //!
-//! `cargo bench -p tend --bench scale`. Environment: `SCALE_GATEWAYS` (200),
-//! `SCALE_IDLE_S` (600), `SCALE_OUTAGE_S` (600; 0 skips the outage).
+//! `cargo bench -p tend --bench scale [-- --gateways N]` (200 by default,
+//! or `SCALE_GATEWAYS`). Environment: `SCALE_IDLE_S` (600), `SCALE_OUTAGE_S`
+//! (600; 0 skips the outage).
+//!
+//! Before the fleet starts, the bench measures how many fetches a second the
+//! git daemon sustains here (16 clients fetching in a loop for 10 s) and sets
+//! every gateway's `announce_spread` to gateways / that rate: the formula the
+//! README gives for sizing a fleet's spread to its Git server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -28,6 +34,40 @@ use tend_e2e::{Fleet, Gateway, GitDaemon, Mosquitto, Subscription, tend_bin};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Fetches a second the git daemon at `url` sustains: 16 clients each
+/// fetching the branch (depth 1) into its own repository in a loop, 10 s.
+fn fetch_rate(dir: &Path, url: &str) -> f64 {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let workers: Vec<_> = (0..16)
+        .map(|i| {
+            let (done, url, repo) = (done.clone(), url.to_owned(), dir.join(format!("rate-{i}")));
+            std::thread::spawn(move || {
+                let git = |args: &[&str]| {
+                    Command::new("git")
+                        .arg("-C")
+                        .arg(&repo)
+                        .args(args)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                };
+                std::fs::create_dir_all(&repo).unwrap();
+                let _ = git(&["init", "-q"]);
+                while t.elapsed() < Duration::from_secs(10) {
+                    if git(&["fetch", "-q", "--depth", "1", &url, "main"]).is_ok_and(|s| s.success()) {
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    done.load(std::sync::atomic::Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
 }
 
 /// The bundle every gateway shares.
@@ -45,6 +85,7 @@ fn start_fleet(
     git: &GitDaemon,
     broker: &Mosquitto,
     interval: &str,
+    spread: Duration,
 ) -> Vec<(Gateway, Child)> {
     (0..n)
         .map(|i| {
@@ -60,7 +101,10 @@ fn start_fleet(
                 .replace("fleet = \"test\"", &format!("fleet = \"{name}\""))
                 .replace(
                     "path = \"devices/{device_id}\"",
-                    &format!("path = \"shared\"\ninterval = \"{interval}\"\njitter = \"0s\""),
+                    &format!(
+                        "path = \"shared\"\ninterval = \"{interval}\"\njitter = \"0s\"\nannounce_spread = \"{}ms\"",
+                        spread.as_millis()
+                    ),
                 );
             std::fs::write(&gw.config, text).unwrap();
             let log = std::fs::File::create(gw.dir.join("daemon.log")).unwrap();
@@ -121,6 +165,22 @@ fn fleet_cmd(broker: &Mosquitto, args: &[&str]) {
     assert!(out.status.success(), "tend fleet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Connections the git daemon dropped at its client limit so far.
+fn refusals(git: &GitDaemon) -> usize {
+    let log = git.log.as_ref().expect("logged");
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("Too many children")).count()
+}
+
+/// The broker's CPU time (s) and RSS (MiB), from /proc.
+fn broker_usage(broker: &Mosquitto) -> (f64, f64) {
+    let pid = broker.pid();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, r)| r.split_whitespace().collect());
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks / 100.0, proc_kib(pid, "status", "VmRSS:") as f64 / 1024.0)
+}
+
 fn pss_mib(daemons: &[(Gateway, Child)]) -> f64 {
     daemons.iter().map(|(_, c)| proc_kib(c.id(), "smaps_rollup", "Pss:")).sum::<i64>() as f64 / 1024.0
 }
@@ -129,7 +189,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n = env("SCALE_GATEWAYS", 200) as usize;
+    let args: Vec<String> = std::env::args().collect();
+    let flag = args.iter().position(|a| a == "--gateways").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok());
+    let n = flag.unwrap_or_else(|| env("SCALE_GATEWAYS", 200)) as usize;
     let idle = Duration::from_secs(env("SCALE_IDLE_S", 600));
     let outage = Duration::from_secs(env("SCALE_OUTAGE_S", 600));
     let tmp = tempfile::tempdir().unwrap();
@@ -139,12 +201,19 @@ fn main() {
     let status = Subscription::start(&broker, "tend/v1/+/+/status", "scale-status");
     let events = Subscription::start(&broker, "tend/v1/+/+/events", "scale-events");
     println!(
-        "tend scale benchmark: {n} real `tend run` daemons, one git daemon (default --max-connections 32), one Mosquitto"
+        "tend scale benchmark: {n} real `tend run` daemons, one git daemon (default --max-connections 32), one Mosquitto (default limits)"
     );
 
     let v1 = shared(&fleet, "1");
+    let rate = fetch_rate(tmp.path(), &git.url("fleet"));
+    let spread = Duration::from_secs_f64((n as f64 / rate).max(1.0));
+    println!(
+        "  the git daemon sustains {rate:.0} fetches/s here: announce_spread = {n} / {rate:.0} = {:.1} s",
+        spread.as_secs_f64()
+    );
+    let refused0 = refusals(&git);
     let t = Instant::now();
-    let announced = start_fleet(tmp.path(), "announced", n, &git, &broker, "1h");
+    let announced = start_fleet(tmp.path(), "announced", n, &git, &broker, "1h", spread);
     let first = converge(&status, "announced", n, &v1, t, Duration::from_secs(300));
     println!("  start -> every gateway applied the first revision:      {}", shown(first));
 
@@ -154,21 +223,42 @@ fn main() {
     fleet_cmd(&broker, &["announce", "--fleet", "announced", &v2]);
     let a = converge(&status, "announced", n, &v2, t, Duration::from_secs(120));
     println!(
-        "  tend fleet announce -> every gateway applied (goal <= 10 s): {}, {} Git requests",
+        "  tend fleet announce -> every gateway applied (goal <= 20 s): {}, {} Git requests, {} refused by the git daemon",
         shown(a),
-        git.connections() - before
+        git.connections() - before,
+        refusals(&git) - refused0
     );
 
     let v3 = shared(&fleet, "3");
     let before = git.connections();
     let t = Instant::now();
     fleet_cmd(&broker, &["sync", "--fleet", "announced", "--all"]);
+    let refused1 = refusals(&git);
     let s = converge(&status, "announced", n, &v3, t, Duration::from_secs(120));
     println!(
-        "  tend fleet sync --all -> every gateway applied (goal <= 10 s): {}, {} Git requests",
+        "  tend fleet sync --all -> every gateway applied (goal <= 20 s): {}, {} Git requests, {} refused by the git daemon",
         shown(s),
-        git.connections() - before
+        git.connections() - before,
+        refusals(&git) - refused1
     );
+    // The fleet as the fleet tools read it off the broker.
+    let out = Command::new(tend_bin())
+        .args(["fleet", "status", "--json", "--fleet", "announced", "--mqtt", &broker.url()])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    println!(
+        "  tend fleet status: {} gateways listed, {} synced on the last revision, {} online, warning: {}",
+        v["devices"].as_array().map_or(0, Vec::len),
+        v["devices"]
+            .as_array()
+            .map_or(0, |d| d.iter().filter(|d| d["phase"] == "synced" && d["revision"] == v3.as_str()).count()),
+        v["counts"]["online"],
+        v["counts"]["missing_status"].as_u64().unwrap_or(0) + v["counts"]["missing_availability"].as_u64().unwrap_or(0)
+            > 0
+    );
+    let (cpu, rss) = broker_usage(&broker);
+    println!("  the broker: {cpu:.1} s of CPU so far, RSS {rss:.1} MiB");
     std::thread::sleep(Duration::from_secs(11)); // $SYS figures come every 10 s
     let clients = broker.read_one("$SYS/broker/clients/connected", &[], 15).unwrap_or_default();
     println!(
@@ -179,7 +269,7 @@ fn main() {
 
     // Idle: the announced fleet, beside as many gateways polling every 10 s.
     let poll_git = GitDaemon::start_logged(tmp.path(), &tmp.path().join("git-polling.log"));
-    let polling = start_fleet(tmp.path(), "polling", n, &poll_git, &broker, "10s");
+    let polling = start_fleet(tmp.path(), "polling", n, &poll_git, &broker, "10s", spread);
     let p = converge(&status, "polling", n, &v3, Instant::now(), Duration::from_secs(300));
     println!("  a second fleet polling every 10 s started: {}", shown(p));
     let (a0, p0) = (git.connections(), poll_git.connections());

@@ -9,13 +9,13 @@
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tend_e2e::{Fleet, Gateway, Mosquitto, Subscription};
+use tend_e2e::{Fleet, Gateway, Mosquitto, Subscription, shared_commit, shared_gateway};
 
 /// `tend run` restarted whenever it does not exit 0, as systemd does with
 /// `Restart=on-failure`; after each run, `tend exited` with the variables
@@ -115,31 +115,6 @@ fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig).map_or(sig.to_string(), |s| s.as_str().trim_start_matches("SIG").to_owned())
 }
 
-/// The bundle every gateway shares; `check` is its health check's command.
-fn shared(fleet: &Fleet, v: &str, check: &str, rollout: &str) -> String {
-    fleet.write("shared/files/etc/myapp/app.conf", format!("version = {v}\n")).write(
-        "shared/tend.toml",
-        format!("[[check]]\nname = \"app\"\ncommand = {check}\ninterval = \"1s\"\n\n{rollout}"),
-    );
-    fleet.commit(v)
-}
-
-/// A gateway of the shared bundle polling every second, in `wave`.
-fn gateway(parent: &Path, fleet: &Fleet, broker: &Mosquitto, dev: &str, wave: &str) -> Gateway {
-    let gw = Gateway::new(
-        &parent.join(dev),
-        &fleet.url(),
-        &format!("[apply]\nhealth_timeout = \"5s\"\n[mqtt]\nurl = \"{}\"\nhealth_interval = \"30s\"\n", broker.url()),
-    );
-    let text = std::fs::read_to_string(&gw.config)
-        .unwrap()
-        .replace("device_id = \"gw-1\"", &format!("device_id = \"{dev}\""))
-        .replace("labels = { site = \"berlin\" }", &format!("labels = {{ wave = \"{wave}\" }}"))
-        .replace("path = \"devices/{device_id}\"", "path = \"shared\"\ninterval = \"1s\"\njitter = \"0s\"");
-    std::fs::write(&gw.config, text).unwrap();
-    gw
-}
-
 /// `kind` events of `device` for `revision`. Events are sent at least once:
 /// one the broker got but the killed agent did not see acknowledged comes
 /// again after the restart, with the same `seq`.
@@ -158,10 +133,10 @@ fn a_revision_that_kills_the_agent_is_failed_on_the_canaries_and_held_by_the_lat
     let fleet = Fleet::new(tmp.path(), "fleet");
     let broker = Mosquitto::start();
     let events = Subscription::start(&broker, "tend/v1/test/+/events", "crashloop-events");
-    let v1 = shared(&fleet, "1", "[\"true\"]", "");
+    let v1 = shared_commit(&fleet, "1", "[\"true\"]", "");
     let devices = [("gw-0", "canary"), ("gw-1", "canary"), ("gw-2", "all"), ("gw-3", "all")];
     let gateways: Vec<Gateway> =
-        devices.iter().map(|(dev, wave)| gateway(tmp.path(), &fleet, &broker, dev, wave)).collect();
+        devices.iter().map(|(dev, wave)| shared_gateway(tmp.path(), &fleet, &broker.url(), dev, wave, "5s")).collect();
     let daemons: Vec<Supervised> = gateways.iter().map(Supervised::start).collect();
     for gw in &gateways {
         gw.wait_status("v1", Duration::from_secs(60), |s| s["phase"] == "synced" && s["revision"] == v1.as_str());
@@ -170,7 +145,7 @@ fn a_revision_that_kills_the_agent_is_failed_on_the_canaries_and_held_by_the_lat
     // v2's health check kills the agent (SIGKILL to its parent). The later
     // wave is due 40 s after the commit: long after the canaries are done.
     let waves = "[rollout]\nwaves = [{ name = \"canary\", percent = 50 }, { name = \"all\", percent = 100, after = \"40s\" }]\nmax_failed = 2\n";
-    let v2 = shared(&fleet, "2", "[\"sh\", \"-c\", \"kill -KILL $PPID\"]", waves);
+    let v2 = shared_commit(&fleet, "2", "[\"sh\", \"-c\", \"kill -KILL $PPID\"]", waves);
     for (i, gw) in gateways[..2].iter().enumerate() {
         let s = gw.wait_status("the canary failed v2", Duration::from_secs(90), |s| {
             s["phase"] == "rolled_back" && s["target_revision"] == v2.as_str()
@@ -223,7 +198,7 @@ fn a_revision_that_kills_the_agent_is_failed_on_the_canaries_and_held_by_the_lat
     }
 
     // The next good commit reaches every gateway.
-    let v3 = shared(&fleet, "3", "[\"true\"]", "");
+    let v3 = shared_commit(&fleet, "3", "[\"true\"]", "");
     for gw in &gateways {
         gw.wait_status("v3", Duration::from_secs(60), |s| s["phase"] == "synced" && s["revision"] == v3.as_str());
         assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 3\n");
@@ -237,9 +212,9 @@ fn one_power_cut_in_a_health_window_does_not_condemn_a_healthy_revision() {
     let fleet = Fleet::new(tmp.path(), "fleet");
     let broker = Mosquitto::start();
     let events = Subscription::start(&broker, "tend/v1/test/+/events", "power-cut-events");
-    let gw = gateway(tmp.path(), &fleet, &broker, "gw-0", "all");
+    let gw = shared_gateway(tmp.path(), &fleet, &broker.url(), "gw-0", "all", "5s");
     let ready = tmp.path().join("ready");
-    let v1 = shared(&fleet, "1", "[\"true\"]", "");
+    let v1 = shared_commit(&fleet, "1", "[\"true\"]", "");
     let daemon = Supervised::start(&gw);
     gw.wait_status("v1", Duration::from_secs(60), |s| s["phase"] == "synced" && s["revision"] == v1.as_str());
 
@@ -250,7 +225,7 @@ fn one_power_cut_in_a_health_window_does_not_condemn_a_healthy_revision() {
     std::fs::write(&gw.config, text).unwrap();
     daemon.kill();
     gw.wait_status("restarted on v1", Duration::from_secs(30), |s| s["revision"] == v1.as_str());
-    let v2 = shared(&fleet, "2", &format!("[\"test\", \"-e\", \"{}\"]", ready.display()), "");
+    let v2 = shared_commit(&fleet, "2", &format!("[\"test\", \"-e\", \"{}\"]", ready.display()), "");
     events.wait("v2 applied", Duration::from_secs(30), |l| count(l, "applied", &v2, "gw-0") == 1);
     gw.wait_status("v2 in its health window", Duration::from_secs(30), |s| {
         s["phase"] == "progressing" && s["revision"] == v2.as_str()

@@ -47,6 +47,17 @@ fn start_fleet(parent: &Path, fleet: &Fleet, broker: &Mosquitto, devices: &[&str
         let gw = gateway(parent, fleet, broker, dev, "");
         daemons.push(gw.start_daemon());
         gw.wait_status("synced", Duration::from_secs(30), |s| s["phase"] == "synced");
+        // The local status is answered at once; the retained one on the
+        // broker follows the sync's end: wait for it too.
+        let start = std::time::Instant::now();
+        while !broker
+            .read_one(&format!("tend/v1/test/{dev}/status"), &[], 5)
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .is_some_and(|s| s["phase"] == "synced")
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "{dev}'s retained status never said synced");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         gws.push(gw);
     }
     (gws, daemons)
@@ -134,7 +145,8 @@ fn prometheus_scrapes_fleet_serve_and_node_exporter_reads_a_gateways_textfile() 
     let s1 = gw1.wait_status("gw-1 synced", Duration::from_secs(30), |s| s["phase"] == "synced");
     gw2.wait_status("gw-2 synced", Duration::from_secs(30), |s| s["phase"] == "synced");
 
-    let serve = FleetServe::start(tmp.path(), &broker.url(), &[]);
+    // Every gateway's own series (by default only those needing attention).
+    let serve = FleetServe::start(tmp.path(), &broker.url(), &["--device-metrics", "all"]);
     let exporter = NodeExporter::start(&textdir);
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/prometheus/tend-alerts.yml");
     let prom = Prometheus::start(&[("tend-fleet", serve.port), ("node", exporter.port)], Some(&rules));

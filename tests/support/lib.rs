@@ -482,6 +482,44 @@ pub fn pack_count(git_dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// A commit of the bundle every gateway of a fleet test shares (`shared/`):
+/// `app.conf` says `version`, the health check runs `check` (a TOML array
+/// of strings: `["true"]`), and `rollout` goes into its `tend.toml`.
+pub fn shared_commit(fleet: &Fleet, version: &str, check: &str, rollout: &str) -> String {
+    fleet.write("shared/files/etc/myapp/app.conf", format!("version = {version}\n")).write(
+        "shared/tend.toml",
+        format!("[[check]]\nname = \"app\"\ncommand = {check}\ninterval = \"1s\"\n\n{rollout}"),
+    );
+    fleet.commit(version)
+}
+
+/// A gateway `dev` of the shared bundle ([`shared_commit`]) under
+/// `parent/dev`, polling every second, in `wave` (its label), reporting to
+/// the broker at `mqtt`, with `health_timeout`.
+pub fn shared_gateway(
+    parent: &Path,
+    fleet: &Fleet,
+    mqtt: &str,
+    dev: &str,
+    wave: &str,
+    health_timeout: &str,
+) -> Gateway {
+    let gw = Gateway::new(
+        &parent.join(dev),
+        &fleet.url(),
+        &format!(
+            "[apply]\nhealth_timeout = \"{health_timeout}\"\n[mqtt]\nurl = \"{mqtt}\"\nhealth_interval = \"30s\"\n"
+        ),
+    );
+    let text = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .replace("device_id = \"gw-1\"", &format!("device_id = \"{dev}\""))
+        .replace("labels = { site = \"berlin\" }", &format!("labels = {{ wave = \"{wave}\" }}"))
+        .replace("path = \"devices/{device_id}\"", "path = \"shared\"\ninterval = \"1s\"\njitter = \"0s\"");
+    std::fs::write(&gw.config, text).unwrap();
+    gw
+}
+
 /// A minimal good bundle for device gw-1.
 pub fn good_bundle(fleet: &Fleet) {
     fleet
@@ -783,12 +821,17 @@ impl Mosquitto {
     /// Plain MQTT, anonymous, with persistence (queued QoS 1 messages survive a
     /// SIGTERM restart).
     pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+
+    /// [`Mosquitto::start`] with `extra` appended to its config (a bridge).
+    pub fn start_with(extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path();
         let conf = format!(
             "user root\npid_file {d}/pid\npersistence true\npersistence_location {d}/\nautosave_interval 1\n\
-             log_dest file {d}/log\nper_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\n",
+             log_dest file {d}/log\nper_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n",
             d = d.display()
         );
         Self::with_conf(dir, port, conf)
@@ -863,6 +906,11 @@ impl Mosquitto {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's process id (0 while stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Make a client certificate with CN `cn` signed by this broker's CA (or by

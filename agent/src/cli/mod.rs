@@ -185,6 +185,11 @@ pub enum FleetCommand {
         /// this. About 1 KiB a gateway plus its recent events.
         #[arg(long, default_value = "256MiB", value_parser = parse_memory)]
         max_memory: u64,
+        /// Which gateways get /metrics series of their own: `attention` (those
+        /// offline, stale, failing or unreadable, at most 1,000: what the
+        /// alert rules name), `all`, or `none`. The aggregates are always there.
+        #[arg(long, default_value = "attention")]
+        device_metrics: String,
     },
     /// Ask one gateway (--device) or every gateway of a fleet (--all) to sync now.
     Sync {
@@ -362,8 +367,8 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
         FleetCommand::Status { conn, fleet, stale, all, json } => {
             status(&rt, conn, fleet.as_deref(), (*stale).into(), *all, *json, usage)
         }
-        FleetCommand::Serve { conn, fleet, listen, stale, max_memory } => {
-            serve(&rt, conn, fleet.clone(), listen, (*stale).into(), *max_memory)
+        FleetCommand::Serve { conn, fleet, listen, stale, max_memory, device_metrics } => {
+            serve(&rt, conn, fleet.clone(), listen, (*stale).into(), *max_memory, device_metrics)
         }
         FleetCommand::Sync { conn, fleet: f, device, all, now } => {
             let target = if *all { None } else { device.as_deref() };
@@ -449,8 +454,11 @@ fn serve(
     listen: &str,
     stale: std::time::Duration,
     max_memory: u64,
+    device_metrics: &str,
 ) -> Result<(), Failure> {
     use std::sync::Arc;
+    let device_metrics: fleet::metrics::DeviceMetrics =
+        device_metrics.parse().map_err(|e: String| Failure::Usage(anyhow::anyhow!("--device-metrics {e}")))?;
     let settings = conn.settings();
     settings.options("probe", None).map_err(|e| Failure::Usage(anyhow::anyhow!(e.replace("[mqtt]", "--mqtt"))))?;
     rt.block_on(async {
@@ -462,6 +470,7 @@ fn serve(
                 f
             }),
             connected: std::sync::atomic::AtomicBool::new(false),
+            device_metrics,
         });
         let addr = listener.local_addr().map_err(|e| Failure::Failed(e.into()))?;
         eprintln!("tend fleet serve: http://{addr}/ (the view), /api/devices, /metrics; broker {}", settings.url);
@@ -482,6 +491,7 @@ fn serve(
     _: &str,
     _: std::time::Duration,
     _: u64,
+    _: &str,
 ) -> Result<(), Failure> {
     Err(Failure::Usage(anyhow::anyhow!(GATEWAY_BUILD)))
 }

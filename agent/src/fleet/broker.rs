@@ -106,6 +106,8 @@ pub async fn snapshot(
 pub struct Live {
     pub fleet: Mutex<Fleet>,
     pub connected: std::sync::atomic::AtomicBool,
+    /// Which gateways get `/metrics` series of their own.
+    pub device_metrics: super::metrics::DeviceMetrics,
 }
 
 #[cfg(feature = "fleet-serve")]

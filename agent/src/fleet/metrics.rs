@@ -9,11 +9,44 @@ use std::time::SystemTime;
 use super::model::{Counts, Fleet, PHASES};
 use crate::prom::{family, label};
 
+/// Which gateways get series of their own (`--device-metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceMetrics {
+    /// Those that need attention (offline, stale, failing, unreadable), at
+    /// most [`ATTENTION_SERIES`]: the alert rules name them, and a healthy
+    /// fleet of 100,000 costs no per-gateway series at all.
+    #[default]
+    Attention,
+    /// Every gateway (four series each).
+    All,
+    None,
+}
+
+/// Gateways with series of their own under [`DeviceMetrics::Attention`].
+pub const ATTENTION_SERIES: usize = 1000;
+
+impl std::str::FromStr for DeviceMetrics {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "attention" => Ok(DeviceMetrics::Attention),
+            "all" => Ok(DeviceMetrics::All),
+            "none" => Ok(DeviceMetrics::None),
+            _ => Err(format!("{s:?}: expected attention, all or none")),
+        }
+    }
+}
+
 /// Everything `fleet serve` knows, as metrics. `connected`: the server's
-/// own MQTT session.
-pub fn render(fleet: &Fleet, connected: bool) -> String {
+/// own MQTT session; `per_device`: which gateways get series of their own.
+pub fn render(fleet: &Fleet, connected: bool, per_device: DeviceMetrics) -> String {
     let c: Counts = fleet.counts();
-    let mut out = String::with_capacity(256 + fleet.devices.len() * 300);
+    let devices: Vec<&super::model::Device> = match per_device {
+        DeviceMetrics::All => fleet.devices.values().collect(),
+        DeviceMetrics::Attention => fleet.devices.values().filter(|d| d.attention).take(ATTENTION_SERIES).collect(),
+        DeviceMetrics::None => Vec::new(),
+    };
+    let mut out = String::with_capacity(2048 + devices.len() * 400);
     family(&mut out, "tend_fleet_up", "gauge", "Whether fleet serve is connected to the broker.");
     let _ = writeln!(out, "tend_fleet_up {}", u8::from(connected));
     family(&mut out, "tend_fleet_gateways", "gauge", "Gateways known from retained status and availability.");
@@ -72,7 +105,7 @@ pub fn render(fleet: &Fleet, connected: bool) -> String {
     }
 
     family(&mut out, "tend_fleet_gateway_online", "gauge", "1 if the gateway's availability is online.");
-    for d in fleet.devices.values() {
+    for d in &devices {
         let _ = writeln!(
             out,
             "tend_fleet_gateway_online{{fleet=\"{}\",device_id=\"{}\"}} {}",
@@ -87,7 +120,7 @@ pub fn render(fleet: &Fleet, connected: bool) -> String {
         "gauge",
         "Always 1: the gateway's phase, revision and agent version as labels.",
     );
-    for d in fleet.devices.values() {
+    for d in &devices {
         let _ = writeln!(
             out,
             "tend_fleet_gateway_info{{fleet=\"{}\",device_id=\"{}\",phase=\"{}\",revision=\"{}\",agent_version=\"{}\"}} 1",
@@ -104,7 +137,7 @@ pub fn render(fleet: &Fleet, connected: bool) -> String {
         "gauge",
         "When the gateway last synced (Unix time), from its status.",
     );
-    for d in fleet.devices.values() {
+    for d in &devices {
         if let Some(t) = d.last_sync_at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
             let _ = writeln!(
                 out,
@@ -116,7 +149,7 @@ pub fn render(fleet: &Fleet, connected: bool) -> String {
         }
     }
     family(&mut out, "tend_fleet_gateway_stale", "gauge", "1 if the gateway's last sync is older than --stale.");
-    for d in fleet.devices.values() {
+    for d in &devices {
         let _ = writeln!(
             out,
             "tend_fleet_gateway_stale{{fleet=\"{}\",device_id=\"{}\"}} {}",
@@ -143,12 +176,34 @@ mod tests {
             now,
         );
         f.ingest("tend/v1/acme/ok/status", br#"{"phase":"synced","revision":"r1"}"#, now);
-        let text = render(&f, true);
+        let text = render(&f, true, DeviceMetrics::All);
         assert!(text.contains(r#"device_id="gw\"} 1 x\\",phase="synced",revision="a\"b\\c�d""#), "{text}");
         assert!(text.contains("tend_fleet_gateways_by_phase{phase=\"synced\"} 2"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn per_gateway_series_only_for_those_that_need_attention_by_default() {
+        let mut f = Fleet::new("tend/v1", Duration::from_secs(900));
+        let now = SystemTime::now();
+        let ts = humantime::format_rfc3339_seconds(now);
+        for i in 0..3000 {
+            let phase = if i < 1500 { "rolled_back" } else { "synced" };
+            let status = format!(r#"{{"phase":"{phase}","revision":"r","source":"ok","last_sync":"{ts}"}}"#);
+            f.ingest(&format!("tend/v1/acme/gw-{i}/status"), status.as_bytes(), now);
+            f.ingest(&format!("tend/v1/acme/gw-{i}/availability"), b"online", now);
+        }
+        let series = |m: DeviceMetrics, name: &str| {
+            render(&f, true, m).lines().filter(|l| l.starts_with(&format!("{name}{{"))).count()
+        };
+        assert_eq!(series(DeviceMetrics::All, "tend_fleet_gateway_info"), 3000);
+        assert_eq!(series(DeviceMetrics::Attention, "tend_fleet_gateway_info"), ATTENTION_SERIES);
+        assert_eq!(series(DeviceMetrics::None, "tend_fleet_gateway_info"), 0);
+        let text = render(&f, true, DeviceMetrics::Attention);
+        assert!(!text.contains("gw-2999\""), "a healthy gateway has no series of its own");
+        assert!(text.contains("tend_fleet_gateways_by_phase{phase=\"rolled_back\"} 1500"), "the aggregates are whole");
     }
 }

@@ -139,20 +139,27 @@ fn route(target: &str, if_none_match: Option<&str>, live: &Live) -> Response {
         "/" | "/index.html" => Response::new("200 OK", "text/html; charset=utf-8", PAGE),
         "/metrics" => {
             let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
-            let body = super::metrics::render(&f, live.connected.load(Ordering::Relaxed));
+            let body = super::metrics::render(&f, live.connected.load(Ordering::Relaxed), live.device_metrics);
             Response::new("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
         }
         "/api/devices" => {
+            let q = match Query::parse(query) {
+                Ok(q) => q,
+                Err(e) => return Response::error("400 Bad Request", &e),
+            };
             let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
-            // The time is in the tag too: stale and attention change with it.
+            // The time is in the tag too: stale and attention change with it;
+            // and the query: another filter is another answer.
             let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let tag = format!("\"{}-{}-{}\"", f.version, secs / 5, u8::from(live.connected.load(Ordering::Relaxed)));
+            let connected = live.connected.load(Ordering::Relaxed);
+            let qh = crate::hash::ContentHash::of(query.as_bytes()).short();
+            let tag = format!("\"{}-{}-{}-{qh}\"", f.version, secs / 5, u8::from(connected));
             if if_none_match == Some(tag.as_str()) {
                 let mut r = Response::new("304 Not Modified", "application/json", Vec::new());
                 r.etag = Some(tag);
                 return r;
             }
-            let mut r = Response::json("200 OK", &devices_json(&f, live.connected.load(Ordering::Relaxed)));
+            let mut r = Response::json("200 OK", &devices_json(&f, connected, &q, now));
             r.etag = Some(tag);
             r
         }
@@ -164,13 +171,131 @@ fn route(target: &str, if_none_match: Option<&str>, live: &Live) -> Response {
     }
 }
 
-fn devices_json(f: &Fleet, connected: bool) -> Value {
+/// Rows answered by `/api/devices` unless `limit` says otherwise, and at most.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 5000;
+
+/// What `/api/devices` is asked: a filter, an order and a page. The fleet
+/// is filtered and sorted here, so a page of a fleet of 100,000 never
+/// downloads 100,000 rows.
+#[derive(Debug, Default, PartialEq)]
+struct Query {
+    /// Words that must all appear in a gateway's fields (case-insensitive).
+    words: Vec<String>,
+    /// Only these phases (`phase=failed,rolled_back`).
+    phases: Vec<String>,
+    /// `online=1`: only online; `online=0`: only not online.
+    online: Option<bool>,
+    stale: bool,
+    attention: bool,
+    sort: String,
+    desc: bool,
+    offset: usize,
+    limit: usize,
+}
+
+impl Query {
+    fn parse(query: &str) -> Result<Query, String> {
+        let mut q = Query { sort: "attention".into(), limit: DEFAULT_LIMIT, ..Query::default() };
+        for (k, v) in query.split('&').filter(|kv| !kv.is_empty()).map(|kv| kv.split_once('=').unwrap_or((kv, ""))) {
+            let v = percent_decode(&v.replace('+', " "));
+            let number = |v: &str| v.parse::<usize>().map_err(|_| format!("{k}: {v:?} is not a number"));
+            match k {
+                "q" => {
+                    q.words = v
+                        .split_whitespace()
+                        .take(16)
+                        .map(|w| w.chars().take(100).collect::<String>().to_lowercase())
+                        .collect()
+                }
+                "phase" => q.phases = v.split(',').filter(|p| !p.is_empty()).take(16).map(str::to_owned).collect(),
+                "online" => q.online = Some(v == "1"),
+                "stale" => q.stale = v == "1",
+                "attention" => q.attention = v == "1",
+                "sort" => q.sort = v.chars().take(20).collect(),
+                "desc" => q.desc = v == "1",
+                "offset" => q.offset = number(&v)?,
+                "limit" => q.limit = number(&v)?.min(MAX_LIMIT),
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+
+    fn matches(&self, d: &Device) -> bool {
+        if (self.attention && !d.attention)
+            || (self.stale && !d.stale)
+            || self.online.is_some_and(|on| on != (d.availability == "online"))
+            || (!self.phases.is_empty() && !self.phases.contains(&d.phase))
+        {
+            return false;
+        }
+        if self.words.is_empty() {
+            return true;
+        }
+        let fields = [
+            Some(d.fleet.as_str()),
+            Some(d.device_id.as_str()),
+            Some(d.phase.as_str()),
+            Some(d.availability),
+            d.revision.as_deref(),
+            d.target_revision.as_deref(),
+            d.source.as_deref(),
+            d.error.as_deref(),
+            d.wave.as_deref(),
+            d.agent_version.as_deref(),
+        ];
+        let hay = fields
+            .iter()
+            .flatten()
+            .copied()
+            .chain(d.problems.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
+        self.words.iter().all(|w| hay.contains(w.as_str()))
+    }
+}
+
+/// The key a column sorts by, as the page shows it.
+fn sort_key(d: &Device, key: &str) -> (u8, i64, String) {
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let id = || format!("{}/{}", d.fleet, d.device_id);
+    match key {
+        "online" => (0, 0, d.availability.to_owned()),
+        "phase" => (0, 0, d.phase.clone()),
+        "revision" => (0, 0, d.revision.clone().unwrap_or_default()),
+        // How long on the revision: the longest first.
+        "age" => (u8::from(d.revision_seen_at.is_none()), d.revision_seen_at.map_or(0, |t| t as i64), id()),
+        "wave" => (0, 0, d.wave.clone().unwrap_or_default()),
+        // The most recent sync first; never synced last.
+        "last_sync" => (u8::from(d.last_sync_at.is_none()), -d.last_sync_at.map_or(0, secs), id()),
+        "source" => (0, 0, d.source.clone().unwrap_or_default()),
+        "error" => (0, 0, d.error.clone().or_else(|| d.problems.first().cloned()).unwrap_or_default()),
+        "device" => (0, 0, id()),
+        // What needs attention first, then by name.
+        _ => (u8::from(!d.attention), 0, id()),
+    }
+}
+
+fn devices_json(f: &Fleet, connected: bool, q: &Query, now: SystemTime) -> Value {
+    let mut matched: Vec<&Device> = f.devices.values().filter(|d| q.matches(d)).collect();
+    matched.sort_by_cached_key(|d| sort_key(d, &q.sort));
+    if q.desc {
+        matched.reverse();
+    }
+    let total = matched.len();
+    let page: Vec<&Device> = matched.into_iter().skip(q.offset).take(q.limit).collect();
     json!({
-        "generated_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "generated_at": humantime::format_rfc3339_seconds(now).to_string(),
         "broker_connected": connected,
         "stale_after_s": f.stale_after.as_secs(),
         "counts": f.counts(),
-        "devices": f.devices.values().collect::<Vec<&Device>>(),
+        "total": f.devices.len(),
+        "matched": total,
+        "offset": q.offset,
+        "limit": q.limit,
+        "devices": page,
     })
 }
 
