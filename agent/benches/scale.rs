@@ -16,7 +16,8 @@
 //!
 //! `cargo bench -p tend --bench scale [-- --gateways N]` (200 by default,
 //! or `SCALE_GATEWAYS`). Environment: `SCALE_IDLE_S` (600), `SCALE_OUTAGE_S`
-//! (600; 0 skips the outage).
+//! (600; 0 skips the outage), `SCALE_POLLING` (1; 0 leaves out the polling
+//! fleet and the outage, as the 1,000-gateway run of the README does).
 //!
 //! Before the fleet starts, the bench measures how many fetches a second the
 //! git daemon sustains here (16 clients fetching in a loop for 10 s) and sets
@@ -267,6 +268,18 @@ fn main() {
         pss_mib(&announced) / n as f64
     );
 
+    if env("SCALE_POLLING", 1) == 0 {
+        // Idle, the announced fleet alone (no polling fleet beside it).
+        let a0 = git.connections();
+        std::thread::sleep(idle);
+        println!(
+            "  Git requests in {} idle s: {} with announcements and interval 1h (goal 0)",
+            idle.as_secs(),
+            git.connections() - a0
+        );
+        stop_fleet(announced);
+        return;
+    }
     // Idle: the announced fleet, beside as many gateways polling every 10 s.
     let poll_git = GitDaemon::start_logged(tmp.path(), &tmp.path().join("git-polling.log"));
     let polling = start_fleet(tmp.path(), "polling", n, &poll_git, &broker, "10s", spread);

@@ -51,6 +51,12 @@ fn filters(prefix: &str, fleet: Option<&str>, live: bool) -> Vec<(String, QoS)> 
 /// this client publishes to itself after its subscriptions are acknowledged
 /// (the broker queues it after them), or 400 ms of quiet if the broker's ACL
 /// drops the probe.
+///
+/// What arrives is kept and read after the burst: the socket is drained as
+/// fast as rumqttc parses, because a broker drops what a slow reader leaves
+/// in its queue (Mosquitto: past `max_queued_messages` packets, QoS 0 too),
+/// and then the end never comes either. When messages stop and the end does
+/// not come, the snapshot says so ([`Fleet::cut_short`]) instead of failing.
 pub async fn snapshot(
     settings: &Settings,
     prefix: &str,
@@ -66,15 +72,34 @@ pub async fn snapshot(
     let probe = format!("{}/_probe/{id}", prefix.trim_end_matches('/'));
     let mut acked = 0;
     let quiet = Duration::from_millis(400);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Ten seconds of silence is no answer; a large fleet's retained set
+    // takes longer than that to arrive, and keeps the clock moving. Once
+    // messages came, two seconds of silence without the end mean the
+    // broker stopped short.
+    let silence = Duration::from_secs(10);
+    let stopped = Duration::from_secs(2);
+    let mut received: Vec<rumqttc::Publish> = Vec::new();
+    let mut last = tokio::time::Instant::now();
+    let mut end_seen = false;
     loop {
-        let next = if acked > topics.len() { tokio::time::Instant::now() + quiet } else { deadline };
-        let ev = match tokio::time::timeout_at(next.min(deadline), eventloop.poll()).await {
-            Err(_) if acked > topics.len() => break,
+        let wait = if acked > topics.len() {
+            quiet
+        } else if received.is_empty() {
+            silence
+        } else {
+            stopped
+        };
+        let ev = match tokio::time::timeout_at(last + wait, eventloop.poll()).await {
+            Err(_) if acked > topics.len() => {
+                end_seen = true;
+                break;
+            }
+            Err(_) if !received.is_empty() => break,
             Err(_) => return Err(format!("{}: no answer from the broker within 10s", settings.url)),
             Ok(Err(e)) => return Err(format!("{}: {e}", settings.url)),
             Ok(Ok(ev)) => ev,
         };
+        last = tokio::time::Instant::now();
         match ev {
             Event::Incoming(Incoming::ConnAck(_)) => {
                 for (t, qos) in &topics {
@@ -88,15 +113,23 @@ pub async fn snapshot(
                     client.publish(probe.clone(), QoS::AtMostOnce, false, "end").await.map_err(|e| e.to_string())?;
                 }
             }
-            Event::Incoming(Incoming::Publish(p)) if p.topic == probe => break,
-            Event::Incoming(Incoming::Publish(p)) => {
-                state.ingest(&p.topic, &p.payload, SystemTime::now());
+            Event::Incoming(Incoming::Publish(p)) if p.topic == probe => {
+                end_seen = true;
+                break;
             }
+            Event::Incoming(Incoming::Publish(p)) => received.push(p),
             _ => {}
         }
     }
     let _ = client.try_disconnect();
-    state.refresh(SystemTime::now());
+    let now = SystemTime::now();
+    for p in &received {
+        state.ingest(&p.topic, &p.payload, now);
+    }
+    if !end_seen {
+        state.cut_short = Some(received.len());
+    }
+    state.refresh(now);
     Ok(state)
 }
 
@@ -120,8 +153,51 @@ pub async fn follow(settings: Settings, prefix: String, fleet: Option<String>, l
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let topics = filters(&prefix, fleet.as_deref(), true);
     let mut failures = 0u32;
+    // Messages are taken in batches: while they keep coming (the retained
+    // burst at each subscription) the socket is drained as fast as rumqttc
+    // parses, so the broker does not drop what a slow reader leaves queued.
+    let mut batch: Vec<rumqttc::Publish> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let take_in = |batch: &mut Vec<rumqttc::Publish>| {
+        if batch.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        for p in batch.drain(..) {
+            f.ingest(&p.topic, &p.payload, now);
+        }
+    };
     loop {
-        match eventloop.poll().await {
+        let ev = if batch.is_empty() {
+            eventloop.poll().await
+        } else {
+            match tokio::time::timeout(Duration::from_millis(20), eventloop.poll()).await {
+                Ok(ev) => ev,
+                Err(_) => {
+                    take_in(&mut batch);
+                    batch_bytes = 0;
+                    continue;
+                }
+            }
+        };
+        match ev {
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                batch_bytes += p.payload.len() + p.topic.len();
+                batch.push(p);
+                // Bounded in count and bytes (a message may be 8 MiB).
+                if batch.len() >= 10_000 || batch_bytes >= 16 << 20 {
+                    take_in(&mut batch);
+                    batch_bytes = 0;
+                }
+                continue;
+            }
+            _ => {
+                take_in(&mut batch);
+                batch_bytes = 0;
+            }
+        }
+        match ev {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 failures = 0;
                 live.connected.store(true, Ordering::Relaxed);
@@ -129,10 +205,6 @@ pub async fn follow(settings: Settings, prefix: String, fleet: Option<String>, l
                 for (t, qos) in &topics {
                     client.subscribe(t.clone(), *qos).await.map_err(|e| e.to_string())?;
                 }
-            }
-            Ok(Event::Incoming(Incoming::Publish(p))) => {
-                let mut f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
-                f.ingest(&p.topic, &p.payload, SystemTime::now());
             }
             Ok(_) => {}
             Err(e) => {

@@ -265,6 +265,9 @@ pub struct Fleet {
     serial: u64,
     /// Events dropped to stay within `max_bytes`.
     pub evicted: u64,
+    /// The retained set stopped after this many messages, before its end:
+    /// the broker dropped the rest ([`Counts::warning`]).
+    pub cut_short: Option<usize>,
 }
 
 impl Fleet {
@@ -281,6 +284,7 @@ impl Fleet {
             order: VecDeque::new(),
             serial: 0,
             evicted: 0,
+            cut_short: None,
         }
     }
 
@@ -408,7 +412,9 @@ impl Fleet {
     }
 
     pub fn counts(&self) -> Counts {
-        Counts::of(self.devices.values())
+        let mut c = Counts::of(self.devices.values());
+        c.cut_short = self.cut_short.map(|n| n as u64);
+        c
     }
 }
 
@@ -581,6 +587,9 @@ pub struct Counts {
     /// gateway's were cleared by hand). See [`Counts::warning`].
     pub missing_status: u64,
     pub missing_availability: u64,
+    /// The broker stopped sending the retained set after this many
+    /// messages, before its end (`null`: the whole set came).
+    pub cut_short: Option<u64>,
 }
 
 impl Counts {
@@ -618,6 +627,15 @@ impl Counts {
     /// broker told of by one topic only, and the likely cause. `None` when
     /// every gateway came with both.
     pub fn warning(&self) -> Option<String> {
+        if let Some(n) = self.cut_short {
+            return Some(format!(
+                "incomplete: the broker stopped sending the retained set after {n} messages, before its end, and {} \
+                 gateway(s) came without their status and {} without their availability: it dropped the rest. A \
+                 broker drops what a reader leaves in its per-client queue (Mosquitto: past max_queued_messages, 1000 \
+                 by default, QoS 0 included); for a fleet this size set it to 0 or above twice the number of gateways",
+                self.missing_status, self.missing_availability
+            ));
+        }
         if self.missing_status == 0 && self.missing_availability == 0 {
             return None;
         }
