@@ -321,15 +321,18 @@ fn sd_notify_ready_then_watchdog() {
     let sock_path = tmp.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut child = gw
+    let log = tmp.path().join("daemon.log");
+    let child = gw
         .command()
         .arg("run")
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "1000000")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // Killed on drop if the test fails.
+    let daemon = tend_e2e::Daemon { child, log };
     let mut got = Vec::new();
     let mut buf = [0u8; 512];
     let start = Instant::now();
@@ -339,8 +342,8 @@ fn sd_notify_ready_then_watchdog() {
         let n = sock.recv(&mut buf).expect("a notification");
         got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let (code, _) = daemon.terminate(Duration::from_secs(40));
+    assert_eq!(code, Some(0));
     assert!(got[0].starts_with("READY=1\nSTATUS="), "{got:?}");
     let first_watchdog = got.iter().position(|m| m == "WATCHDOG=1").expect("WATCHDOG=1");
     assert!(first_watchdog > 0, "WATCHDOG before READY: {got:?}");
@@ -452,13 +455,15 @@ fn the_default_journal_says_each_change_once_and_nothing_per_idle_poll() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let mut child = gw
+    let child = gw
         .command()
         .arg("run")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // Killed on drop if the test fails.
+    let daemon = tend_e2e::Daemon { child, log: log.clone() };
     gw.wait_status("v1 healthy", Duration::from_secs(30), |s| s["phase"] == "synced" && s["revision"] == v1.as_str());
     let wait_for = |what: &str| {
         let start = Instant::now();
@@ -497,10 +502,9 @@ fn the_default_journal_says_each_change_once_and_nothing_per_idle_poll() {
     assert_eq!(text.matches("sync failed").count(), 1, "a failing poll said more than once:\n{text}");
     let _server = GitDaemon::start_on(&srv, port);
     wait_for("source reachable again");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let status = child.wait().unwrap();
+    let (code, _) = daemon.terminate(Duration::from_secs(40));
     eprintln!("{}", journal());
-    assert_eq!(status.code(), Some(0), "SIGTERM: {status}");
+    assert_eq!(code, Some(0), "SIGTERM");
 }
 
 /// Issue 17: an `[files].allow` root that is read-only to tend (as under
@@ -522,7 +526,7 @@ fn a_read_only_allow_root_is_named_with_the_drop_in_that_fixes_it() {
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let log = tmp.path().join("journal.log");
     let script = format!("mount --bind {d} {d} && mount -o remount,bind,ro {d} && exec \"$0\" run", d = ro.display());
-    let mut child = std::process::Command::new("unshare")
+    let child = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .arg(tend_e2e::tend_bin())
         .env("TEND_CONFIG", &gw.config)
@@ -531,6 +535,8 @@ fn a_read_only_allow_root_is_named_with_the_drop_in_that_fixes_it() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // (`exec`: the child is tend itself.) Killed on drop if the test fails.
+    let daemon = tend_e2e::Daemon { child, log: log.clone() };
     let mut buf = [0u8; 2048];
     let n = sock.recv(&mut buf).expect("READY=1");
     let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -552,7 +558,6 @@ fn a_read_only_allow_root_is_named_with_the_drop_in_that_fixes_it() {
     assert!(out.stdout.contains("problem") && out.stdout.contains(&fix), "{}", out.stdout);
     // The other root, writable, is not named.
     assert!(!journal.contains("/opt/myapp is read-only"), "{journal}");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM: {status}");
+    let (code, _) = daemon.terminate(Duration::from_secs(40));
+    assert_eq!(code, Some(0), "SIGTERM");
 }
