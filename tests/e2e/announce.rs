@@ -203,11 +203,16 @@ fn forged_announcements_apply_nothing_and_cost_at_most_the_rate_limited_fetches(
     assert!(publisher.wait().unwrap().success());
     // ...then one every 150 ms for 4.5 s, each new to the gateway (without
     // the rate limit, each would be a fetch).
+    let mut last = String::new();
     for _ in 0..30 {
-        broker.publish("tend/v1/test/_source/main", &format!("{{\"revision\":\"{:040x}\"}}", fastrand::u128(..)));
+        last = format!("{:040x}", fastrand::u128(..));
+        broker.publish("tend/v1/test/_source/main", &format!("{{\"revision\":\"{last}\"}}"));
         std::thread::sleep(Duration::from_millis(150));
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // The gateway has read them all (QoS 1, in order) once it logs the last.
+    daemon.wait_log("the last announcement read", Duration::from_secs(30), |l| {
+        l.lines().any(|l| l.contains("mqtt: commit announced") && l.contains(&last[..12]))
+    });
     let fetches = git.connections() - before;
     // The bucket: 3 at once, then one per 20 s.
     let allowed = 3 + (started.elapsed().as_secs() / 20) as usize;
