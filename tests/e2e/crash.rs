@@ -44,7 +44,10 @@ impl Setup {
     fn new() -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let fleet = Fleet::new(tmp.path(), "fleet");
-        let gw = Gateway::new(tmp.path(), &fleet.url(), "allow_hooks = true");
+        // These kills are about torn files, not about a revision that kills
+        // the agent (crashloop.rs): crash_limit (default 2) at its maximum,
+        // so no revision is quarantined for the kills that land in its apply.
+        let gw = Gateway::new(tmp.path(), &fleet.url(), "allow_hooks = true\n[apply]\ncrash_limit = 100");
         let hook_log = tmp.path().join("hooks.log");
         fleet.write(
             "devices/gw-1/tend.toml",
