@@ -240,9 +240,12 @@ fn the_installed_unit_under_a_real_systemd() {
     m.write("/etc/tend/agent.toml", "device_id = \"gw-sd\"\n[source]\nurl = 5\n");
     let restarts = m.restarts();
     let _ = m.sh("systemctl restart tend");
-    m.wait("exit 2", Duration::from_secs(20), |m| m.prop("ExecMainStatus") == "2");
-    // Settled as failed: a restart to come would show as `auto-restart` from
-    // the moment the process exited (RestartSec= is only its delay).
+    // Settled (past ExecStopPost=, `tend exited`) as failed: a restart to
+    // come shows as `auto-restart` from then on (RestartSec= is only its
+    // delay), so no waiting for one.
+    m.wait("exit 2, settled", Duration::from_secs(20), |m| {
+        m.prop("ExecMainStatus") == "2" && ["failed", "auto-restart", "running"].contains(&m.prop("SubState").as_str())
+    });
     assert_eq!((m.prop("ActiveState"), m.prop("SubState")), ("failed".to_owned(), "failed".to_owned()));
     assert_eq!(m.restarts(), restarts, "a bad config was restarted");
     let said = m.ok(&format!("journalctl -u tend --after-cursor='{cursor}' --no-pager -o cat"));
