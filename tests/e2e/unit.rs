@@ -249,12 +249,11 @@ fn the_installed_unit_under_a_real_systemd() {
     assert_eq!((m.prop("ActiveState"), m.prop("SubState")), ("failed".to_owned(), "failed".to_owned()));
     assert_eq!(m.restarts(), restarts, "a bad config was restarted");
     let said = m.ok(&format!("journalctl -u tend --after-cursor='{cursor}' --no-pager -o cat"));
-    // (It names the table, [source], not the key: see issue 28's report.)
     assert!(
-        said.contains("tend: error: /etc/tend/agent.toml: [source]")
+        said.contains("tend: error: /etc/tend/agent.toml: [source].url")
             && said.contains("invalid type: integer `5`, expected a string")
             && !said.contains("started: tend"),
-        "the error does not name the file and what is wrong:\n{said}"
+        "the error does not name the file, the key and what is wrong:\n{said}"
     );
 
     // Purge: nothing left.
