@@ -43,10 +43,38 @@ fn fleet_cmd(broker: &Mosquitto, args: &[&str]) -> String {
     stdout.into_owned()
 }
 
-fn idle(git: &GitDaemon, what: &str, for_: Duration) {
+/// No Git request from the fleet for `for_`, and every daemon still answers
+/// (a stuck daemon makes no request either). Nothing marks a poll that did
+/// not happen, so this one waits out a time: too short a time on a loaded
+/// machine can only let a stray request go unseen, never fail the test.
+fn idle(git: &GitDaemon, gateways: &[Gateway], what: &str, for_: Duration) {
     let before = git.connections();
     std::thread::sleep(for_);
     assert_eq!(git.connections(), before, "{what}: an idle fleet made Git requests");
+    for gw in gateways {
+        let r = gw.tend(&["status", "--json"]);
+        assert_eq!(r.code, 0, "{what}: a daemon does not answer: {r:?}");
+    }
+}
+
+/// A `Debug` duration as tracing prints it (`1.5s`, `834.2ms`, `12µs`, `0ns`).
+fn debug_duration(text: &str) -> Duration {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or_else(|| panic!("{text}"));
+    let (n, unit) = text.split_at(split);
+    let n: f64 = n.parse().unwrap_or_else(|_| panic!("{text}"));
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" => 1e-6,
+        "ns" => 1e-9,
+        _ => panic!("{text}"),
+    };
+    Duration::from_secs_f64(n * scale)
+}
+
+/// The time at the start of a log line.
+fn log_time(line: &str) -> jiff::Timestamp {
+    line.split_whitespace().next().unwrap().parse().unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
 #[test]
@@ -54,7 +82,7 @@ fn an_announced_push_reaches_twenty_idle_gateways_and_an_idle_fleet_makes_no_git
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path(), "fleet");
     let git = GitDaemon::start_logged(tmp.path(), &tmp.path().join("git-daemon.log"));
-    let broker = Mosquitto::start();
+    let mut broker = Mosquitto::start();
     let v1 = shared(&fleet, "1");
     let devices: Vec<String> = (0..20).map(|i| format!("gw-{i:02}")).collect();
     let gateways: Vec<Gateway> = devices.iter().map(|d| gateway(tmp.path(), d, &git, &broker, "3s")).collect();
@@ -63,11 +91,15 @@ fn an_announced_push_reaches_twenty_idle_gateways_and_an_idle_fleet_makes_no_git
         gw.wait_status("v1", Duration::from_secs(60), |s| s["phase"] == "synced" && s["revision"] == v1.as_str());
     }
     let events = tend_e2e::Subscription::start(&broker, "tend/v1/test/+/events", "announce-events");
-    idle(&git, "after the first sync", Duration::from_secs(4));
+    idle(&git, &gateways, "after the first sync", Duration::from_secs(4));
 
     // A push is not seen (the interval is an hour) until it is announced.
     let v2 = shared(&fleet, "2");
-    idle(&git, "after an unannounced push", Duration::from_secs(3));
+    idle(&git, &gateways, "after an unannounced push", Duration::from_secs(3));
+    for gw in &gateways {
+        let s = gw.tend(&["status", "--json"]).json();
+        assert!(s["revision"] == v1.as_str() && s["target_revision"] != v2.as_str(), "saw the push: {s}");
+    }
     let before = git.connections();
     let out = fleet_cmd(&broker, &["announce", "--fleet", "test", "--branch", "main", &v2]);
     assert!(out.contains("tend/v1/test/_source/main"), "{out}");
@@ -79,9 +111,24 @@ fn an_announced_push_reaches_twenty_idle_gateways_and_an_idle_fleet_makes_no_git
     for gw in &gateways {
         assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 2\n");
     }
-    // The retained announcement read again (a reconnect) costs nothing: every
-    // gateway already has it.
-    idle(&git, "after the announcement", Duration::from_secs(4));
+    // The retained announcement read again at a reconnect costs nothing:
+    // every gateway already has it. The broker restarts (its persistence
+    // keeps the announcement); each gateway reconnects and reads it again.
+    let read_again = |log: &str| {
+        log.matches("mqtt: connected").count() >= 2
+            && log.lines().filter(|l| l.contains("mqtt: commit announced") && l.contains(&v2[..12])).count() >= 2
+    };
+    assert!(daemons.iter().all(|d| !read_again(&d.log_text())), "a reconnect before the broker restarted");
+    let before = git.connections();
+    broker.stop();
+    broker.restart();
+    for d in &daemons {
+        d.wait_log("a reconnect that reads the announcement again", Duration::from_secs(60), read_again);
+    }
+    // A gateway that acted on it would fetch within announce_spread (3 s,
+    // the rate limit has tokens left): wait that long, from the last read.
+    idle(&git, &gateways, "after the announcement was read again", Duration::from_secs(3));
+    assert_eq!(git.connections(), before, "the announcement read again cost a fetch");
 
     // A fleet-wide sync command: every gateway answers, at random points
     // within the 3 s spread rather than in the same instant.
@@ -92,20 +139,30 @@ fn an_announced_push_reaches_twenty_idle_gateways_and_an_idle_fleet_makes_no_git
     });
     let answers: Vec<_> = tend_e2e::payloads(&lines).into_iter().filter(|e| e["kind"] == "command").collect();
     assert!(answers.iter().all(|e| e["ok"] == true && e["revision"] == v3.as_str()), "{answers:?}");
-    // When each started its sync, from its log (microseconds).
-    let mut starts: Vec<f64> = daemons
-        .iter()
-        .map(|d| {
-            let log = d.log_text();
-            let line = log.lines().find(|l| l.contains("fleet-wide sync starts")).expect("a fleet-wide sync");
-            let ts: jiff::Timestamp = line.split_whitespace().next().unwrap().parse().unwrap();
-            ts.as_microsecond() as f64 / 1e6
-        })
-        .collect();
-    starts.sort_by(f64::total_cmp);
-    let range = starts[19] - starts[0];
-    assert!(range >= 1.0, "20 fetches within {range:.3} s: not spread over announce_spread");
-    assert!(range <= 3.5, "a fetch {range:.3} s after the first: later than announce_spread");
+    // Each daemon drew its own delay within the spread (its debug log says
+    // which), and waited it before its sync started.
+    let mut delays = Vec::new();
+    for d in &daemons {
+        let log = d.log_text();
+        let received = log.lines().find(|l| l.contains("fleet-wide sync command")).expect("the command received");
+        let starts = log.lines().find(|l| l.contains("fleet-wide sync starts")).expect("a fleet-wide sync");
+        let delay = debug_duration(
+            received.split("starts_in=").nth(1).and_then(|r| r.split_whitespace().next()).expect(received),
+        );
+        assert!(delay < Duration::from_secs(3), "a delay of {delay:?}, past announce_spread: {received}");
+        // (Log times are to the microsecond.)
+        let waited = log_time(starts).duration_since(log_time(received)).as_secs_f64();
+        assert!(
+            waited + 1e-3 >= delay.as_secs_f64(),
+            "the sync started {waited:.6} s after the command, before its delay of {delay:?}:\n{received}\n{starts}"
+        );
+        delays.push(delay.as_secs_f64());
+    }
+    delays.sort_by(f64::total_cmp);
+    // 20 independent draws within 3 s all fall within 1 s of each other with a
+    // probability of about 2e-8: a narrower range means they are not spread.
+    let range = delays[19] - delays[0];
+    assert!(range >= 1.0, "20 delays within {range:.3} s: not spread over announce_spread: {delays:?}");
     drop(daemons);
 }
 
@@ -146,11 +203,16 @@ fn forged_announcements_apply_nothing_and_cost_at_most_the_rate_limited_fetches(
     assert!(publisher.wait().unwrap().success());
     // ...then one every 150 ms for 4.5 s, each new to the gateway (without
     // the rate limit, each would be a fetch).
+    let mut last = String::new();
     for _ in 0..30 {
-        broker.publish("tend/v1/test/_source/main", &format!("{{\"revision\":\"{:040x}\"}}", fastrand::u128(..)));
+        last = format!("{:040x}", fastrand::u128(..));
+        broker.publish("tend/v1/test/_source/main", &format!("{{\"revision\":\"{last}\"}}"));
         std::thread::sleep(Duration::from_millis(150));
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // The gateway has read them all (QoS 1, in order) once it logs the last.
+    daemon.wait_log("the last announcement read", Duration::from_secs(30), |l| {
+        l.lines().any(|l| l.contains("mqtt: commit announced") && l.contains(&last[..12]))
+    });
     let fetches = git.connections() - before;
     // The bucket: 3 at once, then one per 20 s.
     let allowed = 3 + (started.elapsed().as_secs() / 20) as usize;

@@ -95,7 +95,7 @@ fn the_multi_arch_images_load_and_the_amd64_one_syncs() {
         assert_eq!(std::fs::read_to_string(root.join("etc/myapp/app.conf")).unwrap(), "port = 502\n");
         assert!(std::fs::read_dir(&state).unwrap().count() > 0, "no store in the mounted state directory");
         // The entrypoint is the binary at /usr/bin/tend.
-        let v = podman().args(["run", "--rm", "--entrypoint", "/usr/bin/tend", &id, "--version"]).output().unwrap();
-        assert!(String::from_utf8_lossy(&v.stdout).contains(version));
+        let v = run(podman().args(["run", "--rm", "--entrypoint", "/usr/bin/tend", &id, "--version"]));
+        assert!(v.contains(version), "{v}");
     }
 }

@@ -1,8 +1,6 @@
 //! Issue 5: containers through a real Podman service started by the test, with
 //! a test image built from busybox-static (no registry).
 
-use std::time::Duration;
-
 use tend_e2e::{Fleet, Gateway, Podman, TEST_IMAGE};
 
 fn setup(extra: &str) -> (tempfile::TempDir, Podman, Fleet, Gateway) {
@@ -180,7 +178,6 @@ fn the_runtime_stopped_is_a_transient_error_and_nothing_is_half_applied() {
     assert_eq!(r["commit"], c2);
     assert!(running(&podman, "web"));
     assert_eq!(gw.read("/etc/myapp/app.conf"), "v2\n");
-    let _ = Duration::ZERO;
 }
 
 #[test]

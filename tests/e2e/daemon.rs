@@ -79,34 +79,51 @@ fn a_restart_without_network_enforces_last_known_good_before_fetching() {
     let gw = fast_gateway(tmp.path(), &fleet.url());
     gw.sync_ok();
 
-    // The source is now a server that accepts and never answers: every fetch
-    // hangs until its timeout. Enforcement must not wait for it.
+    // The source is now a server that accepts and holds every connection
+    // without a byte of reply until the test lets go, and the fetch timeout
+    // is longer than the test: no fetch can end before the test lets go.
+    // Enforcement must not wait for one: the files come back meanwhile.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("git://{}/fleet", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in listener.incoming() {
-            held.push(c);
-        }
-    });
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming().flatten() {
+                held.lock().unwrap().push(c);
+            }
+        });
+    }
     let text = std::fs::read_to_string(&gw.config)
         .unwrap()
         .replace(&fleet.url(), &url)
-        .replace("timeout = \"3s\"", "timeout = \"30s\"");
+        .replace("timeout = \"3s\"", "timeout = \"10m\"");
     std::fs::write(&gw.config, text).unwrap();
     std::fs::remove_file(gw.path("/etc/myapp/app.conf")).unwrap();
     std::fs::write(gw.path("/etc/myapp/other.conf"), "tampered\n").unwrap();
 
-    let start = Instant::now();
-    let daemon = gw.start_daemon();
-    gw.wait_files("boot enforcement", Duration::from_secs(10), |g| {
+    let log = tmp.path().join("daemon.log");
+    let child = gw
+        .command()
+        .arg("run")
+        .env("TEND_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = tend_e2e::Daemon { child, log };
+    // The limit bounds a hang only: a daemon that fetched first would not
+    // restore the files before the test lets its fetch go, in 10 minutes.
+    gw.wait_files("boot enforcement while the fetch is held", Duration::from_secs(120), |g| {
         g.path("/etc/myapp/app.conf").exists()
             && std::fs::read_to_string(g.path("/etc/myapp/other.conf")).unwrap() == "other\n"
     });
-    assert!(start.elapsed() < Duration::from_secs(25), "enforcement waited for the fetch");
-    let log = daemon.log_text();
-    let enforced = log.find("enforced from the store: ").expect(&log);
-    assert!(!log[..enforced].contains("sync{"), "a fetch started before enforcement: {log}");
+    assert!(daemon.log_text().contains("enforced from the store: "), "{}", daemon.log_text());
+    eprintln!("enforced while {} fetch(es) were held", held.lock().unwrap().len());
+    // Let go: the fetch fails at once and the daemon stops.
+    for c in held.lock().unwrap().iter() {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
     let (code, _) = daemon.terminate(Duration::from_secs(40));
     assert_eq!(code, Some(0));
 }
@@ -114,19 +131,23 @@ fn a_restart_without_network_enforces_last_known_good_before_fetching() {
 /// 1,000 files, each long enough that a torn write shows.
 fn bulk(fleet: &Fleet, version: u32) {
     for i in 0..1000 {
-        let line = format!("version {version} of file {i}\n");
-        fleet.write(&format!("devices/gw-1/files/etc/myapp/bulk/{:02}/f{i:04}", i % 20), line.repeat(50));
+        fleet.write(&format!("devices/gw-1/files/etc/myapp/bulk/{:02}/f{i:04}", i % 20), bulk_content(version, i));
     }
 }
 
-fn assert_untorn(gw: &Gateway) {
-    for i in 0..1000 {
-        let p = gw.path(&format!("/etc/myapp/bulk/{:02}/f{i:04}", i % 20));
-        if let Ok(data) = std::fs::read_to_string(&p) {
-            let ok = (1..=2).any(|v| data == format!("version {v} of file {i}\n").repeat(50));
-            assert!(ok, "{} is torn", p.display());
-        }
-    }
+fn bulk_content(version: u32, i: usize) -> String {
+    format!("version {version} of file {i}\n").repeat(50)
+}
+
+/// The version of each bulk file on disk; a torn or missing one fails.
+fn bulk_versions(gw: &Gateway) -> Vec<u32> {
+    (0..1000)
+        .map(|i| {
+            let p = gw.path(&format!("/etc/myapp/bulk/{:02}/f{i:04}", i % 20));
+            let data = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (1..=2).find(|v| data == bulk_content(*v, i)).unwrap_or_else(|| panic!("{} is torn", p.display()))
+        })
+        .collect()
 }
 
 #[test]
@@ -141,27 +162,52 @@ fn sigterm_and_sigkill_during_a_sync_leave_no_torn_file() {
     // Long interval: only the start and explicit syncs act.
     let text = std::fs::read_to_string(&gw.config).unwrap().replace("interval = \"1s\"", "interval = \"1h\"");
     std::fs::write(&gw.config, text).unwrap();
+    fleet.reset_hard(&v1);
+    gw.sync_ok();
 
     for (round, signal) in ["TERM", "KILL", "TERM", "KILL"].iter().enumerate() {
-        let target = if round % 2 == 0 { &v1 } else { &v2 };
+        let (target, version) = if round % 2 == 0 { (&v2, 2) } else { (&v1, 1) };
         fleet.reset_hard(target);
-        // The daemon syncs at start; signal it somewhere in that sync.
+        // The daemon syncs at start: signal it once that sync is writing
+        // (the first of the files it changes, in path order, has changed).
         let daemon = gw.start_daemon();
-        std::thread::sleep(Duration::from_millis(fastrand::u64(0..400)));
+        let first = gw.path("/etc/myapp/bulk/00/f0000");
+        let start = Instant::now();
+        while std::fs::read_to_string(&first).unwrap() != bulk_content(version, 0) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "round {round}: the sync never wrote: {}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let log = daemon.log.clone();
         if *signal == "TERM" {
-            let (code, took) = daemon.terminate(Duration::from_secs(40));
+            // Waits for the apply (tend's grace is 30 s).
+            let (code, _) = daemon.terminate(Duration::from_secs(40));
             assert_eq!(code, Some(0), "round {round}: SIGTERM did not exit 0");
-            assert!(took < Duration::from_secs(10), "round {round}: took {took:?} to stop");
+            let log = std::fs::read_to_string(&log).unwrap();
+            // It landed mid-sync: the loop stopped before the sync was done...
+            assert!(log.contains("stopping") && !log.contains("sync done"), "round {round}: not mid-sync:\n{log}");
+            // ...and the apply it was in finished.
+            let on_disk = bulk_versions(&gw);
+            assert!(on_disk.iter().all(|v| *v == version), "round {round}: SIGTERM left a half-applied revision");
         } else {
             daemon.kill();
+            // It landed among the writes: both versions are on disk.
+            let on_disk = bulk_versions(&gw);
+            assert!(
+                on_disk.contains(&1) && on_disk.contains(&2),
+                "round {round}: the kill did not land among the writes:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
         }
-        assert_untorn(&gw);
         // The next start converges.
         let daemon = gw.start_daemon();
         gw.wait_status("convergence", Duration::from_secs(60), |s| {
             s["revision"] == target.as_str() && s["phase"] == "synced"
         });
-        assert_untorn(&gw);
+        assert!(bulk_versions(&gw).iter().all(|v| *v == version), "round {round}: not converged");
         let (code, _) = daemon.terminate(Duration::from_secs(40));
         assert_eq!(code, Some(0));
         let left: Vec<_> = tend_e2e::snapshot(&gw.root).into_keys().filter(|k| k.contains(".tend-tmp")).collect();
@@ -224,9 +270,9 @@ fn killed_during_a_health_window_the_restart_returns_to_last_known_good() {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path(), "fleet");
     two_files(&fleet, "1");
-    fleet.commit("v1");
+    let v1 = fleet.commit("v1");
     let gw = fast_gateway(tmp.path(), &fleet.url());
-    gw.sync_ok();
+    assert_eq!(gw.sync_ok()["commit"], v1);
     let before = gw.snapshot();
 
     // v2's check waits for a flag that never comes, for up to a minute.
@@ -256,7 +302,11 @@ fn killed_during_a_health_window_the_restart_returns_to_last_known_good() {
     let after = gw.snapshot();
     assert!(after == before, "the restart did not return to last-known-good: {after:?}\n{}", daemon.log_text());
     let s = gw.wait_status("source unreachable", Duration::from_secs(20), |s| s["source"] == "unreachable");
-    assert_eq!(s["revision"], s["last_good_revision"]);
+    assert_eq!(
+        (s["revision"].as_str(), s["last_good_revision"].as_str()),
+        (Some(v1.as_str()), Some(v1.as_str())),
+        "{s}"
+    );
     let (code, _) = daemon.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0));
 }
@@ -271,15 +321,18 @@ fn sd_notify_ready_then_watchdog() {
     let sock_path = tmp.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut child = gw
+    let log = tmp.path().join("daemon.log");
+    let child = gw
         .command()
         .arg("run")
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "1000000")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // Killed on drop if the test fails.
+    let daemon = tend_e2e::Daemon { child, log };
     let mut got = Vec::new();
     let mut buf = [0u8; 512];
     let start = Instant::now();
@@ -289,8 +342,8 @@ fn sd_notify_ready_then_watchdog() {
         let n = sock.recv(&mut buf).expect("a notification");
         got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let (code, _) = daemon.terminate(Duration::from_secs(40));
+    assert_eq!(code, Some(0));
     assert!(got[0].starts_with("READY=1\nSTATUS="), "{got:?}");
     let first_watchdog = got.iter().position(|m| m == "WATCHDOG=1").expect("WATCHDOG=1");
     assert!(first_watchdog > 0, "WATCHDOG before READY: {got:?}");
@@ -341,7 +394,8 @@ fn the_idle_fast_path_misses_no_drift() {
     std::fs::remove_file(&dir).unwrap();
     std::fs::rename(&elsewhere, &dir).unwrap();
     gw.wait_status("synced again", Duration::from_secs(20), |s| s["phase"] == "synced" && s["error"].is_null());
-    daemon.terminate(Duration::from_secs(10));
+    let (code, _) = daemon.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
 }
 
 #[test]
@@ -381,14 +435,35 @@ fn the_default_journal_says_each_change_once_and_nothing_per_idle_poll() {
     let port = server.port;
     let gw = fast_gateway(tmp.path(), &server.url("fleet"));
     let log = tmp.path().join("journal.log");
-    let mut child = gw
+    let journal = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The metrics textfile counts the polls (tend_syncs_total, rewritten after
+    // each): "nothing per poll" is checked after polls are seen to happen.
+    let textfile = tmp.path().join("tend.prom");
+    let mut config = std::fs::read_to_string(&gw.config).unwrap();
+    config.push_str(&format!("\n[metrics]\ntextfile = \"{}\"\n", textfile.display()));
+    std::fs::write(&gw.config, config).unwrap();
+    let polls = |result: &str| -> u64 {
+        let text = std::fs::read_to_string(&textfile).unwrap_or_default();
+        let series = format!("tend_syncs_total{{result=\"{result}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let wait_polls = |result: &str, n: u64| {
+        let from = polls(result);
+        let start = Instant::now();
+        while polls(result) < from + n {
+            assert!(start.elapsed() < Duration::from_secs(60), "no {n} {result} polls after {from}:\n{}", journal());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let child = gw
         .command()
         .arg("run")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let journal = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Killed on drop if the test fails.
+    let daemon = tend_e2e::Daemon { child, log: log.clone() };
     gw.wait_status("v1 healthy", Duration::from_secs(30), |s| s["phase"] == "synced" && s["revision"] == v1.as_str());
     let wait_for = |what: &str| {
         let start = Instant::now();
@@ -411,7 +486,7 @@ fn the_default_journal_says_each_change_once_and_nothing_per_idle_poll() {
     assert!(!text.contains("DEBUG"), "steps at the default level:\n{text}");
     // Five idle polls (interval 1 s): not a line more.
     let lines = text.lines().count();
-    std::thread::sleep(Duration::from_secs(5));
+    wait_polls("unchanged", 5);
     assert_eq!(journal().lines().count(), lines, "idle polls wrote to the journal:\n{}", journal());
 
     // Drift: one line. The source lost: one line, however many polls fail;
@@ -420,15 +495,16 @@ fn the_default_journal_says_each_change_once_and_nothing_per_idle_poll() {
     wait_for("drift repaired on");
     drop(server);
     wait_for("source unreachable");
-    std::thread::sleep(Duration::from_secs(4));
+    // Four more failing polls (retries 1 s apart, then the 1 s interval).
+    wait_polls("failed", 4);
     let text = journal();
     assert_eq!(text.matches("source unreachable").count(), 1, "{text}");
     assert_eq!(text.matches("sync failed").count(), 1, "a failing poll said more than once:\n{text}");
     let _server = GitDaemon::start_on(&srv, port);
     wait_for("source reachable again");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    child.wait().unwrap();
+    let (code, _) = daemon.terminate(Duration::from_secs(40));
     eprintln!("{}", journal());
+    assert_eq!(code, Some(0), "SIGTERM");
 }
 
 /// Issue 17: an `[files].allow` root that is read-only to tend (as under
@@ -450,7 +526,7 @@ fn a_read_only_allow_root_is_named_with_the_drop_in_that_fixes_it() {
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let log = tmp.path().join("journal.log");
     let script = format!("mount --bind {d} {d} && mount -o remount,bind,ro {d} && exec \"$0\" run", d = ro.display());
-    let mut child = std::process::Command::new("unshare")
+    let child = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .arg(tend_e2e::tend_bin())
         .env("TEND_CONFIG", &gw.config)
@@ -459,6 +535,8 @@ fn a_read_only_allow_root_is_named_with_the_drop_in_that_fixes_it() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // (`exec`: the child is tend itself.) Killed on drop if the test fails.
+    let daemon = tend_e2e::Daemon { child, log: log.clone() };
     let mut buf = [0u8; 2048];
     let n = sock.recv(&mut buf).expect("READY=1");
     let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -480,6 +558,6 @@ fn a_read_only_allow_root_is_named_with_the_drop_in_that_fixes_it() {
     assert!(out.stdout.contains("problem") && out.stdout.contains(&fix), "{}", out.stdout);
     // The other root, writable, is not named.
     assert!(!journal.contains("/opt/myapp is read-only"), "{journal}");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    child.wait().unwrap();
+    let (code, _) = daemon.terminate(Duration::from_secs(40));
+    assert_eq!(code, Some(0), "SIGTERM");
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tend_e2e::monitor::{Browser, FleetServe, NodeExporter, Prometheus, http_get, publish_retained};
-use tend_e2e::{Daemon, Fleet, Gateway, Mosquitto, run};
+use tend_e2e::{Daemon, Fleet, Gateway, Mosquitto, Subscription, run};
 
 fn bundle(fleet: &Fleet, v: &str, devices: &[&str]) -> String {
     for d in devices {
@@ -182,7 +182,31 @@ fn prometheus_scrapes_fleet_serve_and_node_exporter_reads_a_gateways_textfile() 
         .flat_map(|g| g["rules"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()))
         .collect();
     assert!(names.contains(&"TendGatewayOffline") && names.contains(&"TendAgentUnhealthy"), "{names:?}");
-    assert!(prom.query("ALERTS{alertstate=\"firing\"}").is_empty());
+    // Nothing firing on a healthy fleet, nor pending: most rules need `for:`
+    // of minutes to hours before they fire, but a rule whose expression holds
+    // is in ALERTS (pending) from its first evaluation. Every group must have
+    // been evaluated twice since the series above were scraped (evaluation
+    // every second).
+    let scraped = jiff::Timestamp::now();
+    let start = std::time::Instant::now();
+    loop {
+        let (_, _, body) = http_get(prom.port, "/api/v1/rules", &[]);
+        let rules: Value = serde_json::from_slice(&body).unwrap();
+        let groups = rules["data"]["groups"].as_array().unwrap();
+        let evaluated = |g: &Value| {
+            g["lastEvaluation"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t.duration_since(scraped) >= jiff::SignedDuration::from_secs(2))
+        };
+        if !groups.is_empty() && groups.iter().all(evaluated) {
+            break;
+        }
+        assert!(start.elapsed() < t, "the rules were not evaluated after the scrape: {rules}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let alerts = prom.query("ALERTS");
+    assert!(alerts.is_empty(), "alerts on a healthy fleet: {alerts:?}");
 }
 
 #[test]
@@ -340,11 +364,27 @@ fn a_hostile_broker_crashes_nothing_and_honest_gateways_still_show() {
         Duration::from_secs(20),
         &format!("document.querySelectorAll('#rows tr').length === {n}"),
     );
-    assert_eq!(b.eval("document.querySelectorAll('img, script[src]').length"), 0, "HTML from the broker was rendered");
+    // HTML from the broker is shown as text, never made into elements: the
+    // page's own inline script is its only one, and no image, frame or
+    // event handler came in.
+    assert_eq!(
+        b.eval("document.querySelector('#rows tr[data-device=\"h21-html\"] td.err').innerText"),
+        "<script>alert(1)</script>",
+        "the hostile error is not shown as text"
+    );
+    assert_eq!(
+        b.eval(
+            "[...document.scripts].filter(s => s.src || s.textContent.includes('alert(')).length + document.querySelectorAll('img, iframe, object, embed, [onerror], [onload]').length"
+        ),
+        0,
+        "HTML from the broker was rendered"
+    );
+    assert_eq!(b.eval("document.scripts.length"), 1, "a script element came from the broker");
     assert!(serve.alive(), "fleet serve died: {}", std::fs::read_to_string(&serve.log).unwrap_or_default());
 
     // The daemon: hostile commands are refused (each answered by a `command`
     // event with the reason) and it keeps running.
+    let events = Subscription::start(&broker, "tend/v1/test/gw-1/events", "hostile-events");
     let cmd = "tend/v1/test/gw-1/cmd";
     let hostile_commands: Vec<(String, Vec<u8>)> = vec![
         (cmd.into(), b"not json".to_vec()),
@@ -359,9 +399,28 @@ fn a_hostile_broker_crashes_nothing_and_honest_gateways_still_show() {
     // Cleared again (empty retained messages), so only the next one is retained.
     publish_retained(broker.port, &[(cmd.to_owned(), Vec::new())]);
     let mut old = daemons.pop().unwrap();
-    old.wait_log("the oversized command refused", Duration::from_secs(10), |l| {
-        l.contains("command larger than 4096 bytes")
-    });
+    // Each refused, in order, with its reason (the clearing message too: an
+    // empty command is not JSON).
+    let refusals = [
+        ("not json", "malformed command: expected ident at line 1 column 2"),
+        ("not UTF-8", "malformed command: expected value at line 1 column 1"),
+        ("cmd not a string", "malformed command: invalid type: integer `7`, expected a string"),
+        ("unknown command", "unknown command \"format-disk\" (sync, rollback, suspend, resume)"),
+        ("rollback to no revision", "\"\\u{1b}[2J; rm -rf /\" is not a commit id (at least 4 hex digits)"),
+        ("unknown field", "malformed command: unknown field `extra`"),
+        ("oversized", "command larger than 4096 bytes"),
+        ("empty", "malformed command: EOF while parsing a value"),
+    ];
+    let answers =
+        |l: &[String]| -> Vec<Value> { tend_e2e::payloads(l).into_iter().filter(|e| e["kind"] == "command").collect() };
+    let lines =
+        events.wait("a command event for each", Duration::from_secs(30), |l| answers(l).len() >= refusals.len());
+    let got = answers(&lines);
+    assert_eq!(got.len(), refusals.len(), "{got:?}");
+    for ((what, reason), e) in refusals.iter().zip(&got) {
+        assert_eq!(e["ok"], false, "{what}: {e}");
+        assert!(e["error"].as_str().is_some_and(|r| r.contains(reason)), "{what}: {e}");
+    }
     assert!(old.child.try_wait().unwrap().is_none(), "the daemon died: {}", old.log_text());
     let s = gws[0].wait_status("synced", Duration::from_secs(20), |s| s["phase"] == "synced");
     assert_eq!(s["revision"], c1.as_str(), "{s}");

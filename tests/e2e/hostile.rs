@@ -494,10 +494,22 @@ fn toml_nesting_bomb_in_a_container_file() {
         |f, _| {
             f.write(
                 &format!("{B}/containers/web.toml"),
-                format!("image = \"x\"\nenv = {}1{}\n", "{a=".repeat(50_000), "}".repeat(50_000)),
+                // 40 KB: under the 64 KiB file limit, so the parser meets it.
+                format!("image = \"x\"\nenv = {}1{}\n", "{a=".repeat(10_000), "}".repeat(10_000)),
             );
         },
-        &["devices/gw-1/containers/web.toml"],
+        &["devices/gw-1/containers/web.toml", "cannot recurse further; max recursion depth met"],
+    );
+}
+
+/// Threat: a container file too large to read whole (memory on the gateway).
+#[test]
+fn container_file_over_the_size_limit() {
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/containers/web.toml"), format!("image = \"x\"\n#{}\n", "x".repeat(70_000)));
+        },
+        &["devices/gw-1/containers/web.toml", "bytes, larger than the limit of 65536 bytes"],
     );
 }
 
@@ -663,7 +675,7 @@ fn include_of_a_url() {
         |f, _| {
             f.write(&format!("{B}/tend.toml"), "include = [\"https://evil.example/bundle\"]\n");
         },
-        &["not found"],
+        &["devices/gw-1/https:/evil.example/bundle: bundle directory not found in this revision"],
     );
 }
 
@@ -721,7 +733,7 @@ fn check_with_a_file_url() {
         |f, _| {
             f.write(&format!("{B}/tend.toml"), "[[check]]\nname = \"x\"\nhttp = \"file:///etc/shadow\"\n");
         },
-        &["devices/gw-1/tend.toml", "http"],
+        &["devices/gw-1/tend.toml", "[[check]] x: http \"file:///etc/shadow\" must be an http:// URL"],
     );
 }
 
@@ -772,13 +784,19 @@ fn config_source_path_traversal() {
 /// Threat: a device id that is a path, walking into another device's bundle.
 #[test]
 fn config_device_id_traversal() {
-    config_rejected(replace("device_id = \"gw-1\"", "device_id = \"../gw-2\""), &["device_id"]);
+    config_rejected(
+        replace("device_id = \"gw-1\"", "device_id = \"../gw-2\""),
+        &["`device_id`: \"../gw-2\" must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"],
+    );
 }
 
 /// Threat: a NUL in the device id truncates paths and topics.
 #[test]
 fn config_nul_in_device_id() {
-    config_rejected(replace("device_id = \"gw-1\"", "device_id = \"gw\\u0000-1\""), &["device_id"]);
+    config_rejected(
+        replace("device_id = \"gw-1\"", "device_id = \"gw\\u0000-1\""),
+        &["`device_id`: \"gw\\0-1\" must be 1-128 characters of [A-Za-z0-9_.-]"],
+    );
 }
 
 /// Threat: a relative root writes wherever the service happens to start.

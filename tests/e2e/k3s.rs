@@ -157,15 +157,23 @@ fn a_rollout_in_another_namespace_is_its_own_check_and_duplicates_do_not_hold_th
     let controller =
         |ns: &str| format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: controller\n  namespace: {ns}\n");
     // One workload declared in two files: checked once, and the window ends
-    // as soon as it passes (health_timeout is 4 s).
+    // as soon as it passes: one `rollout status` call in all (a rollout probe
+    // runs every 2 s; a window held to its end, health_timeout 4 s, asks again).
     fleet
         .write("devices/gw-1/k3s/a.yaml", controller("metallb-system"))
         .write("devices/gw-1/k3s/b.yaml", controller("metallb-system"));
     fleet.commit("duplicate");
-    let start = std::time::Instant::now();
+    kubectl.clear_log();
     let r = gw.sync_ok();
-    assert!(start.elapsed() < std::time::Duration::from_secs(4), "the health window ran to its end: {r}");
     assert_eq!(r["checks"].as_object().unwrap().len(), 1, "{r}");
+    assert_eq!(r["checks"]["rollout metallb-system/deployment/controller"], "pass", "{r}");
+    let log = kubectl.log_text();
+    let asked: Vec<&str> = log.lines().filter(|l| l.starts_with("ARGS: rollout status")).collect();
+    assert_eq!(
+        asked,
+        ["ARGS: rollout status deployment.apps/controller --timeout=5s -n metallb-system"],
+        "the health window went on after the check passed:\n{log}"
+    );
     let v = gw.tend(&["validate", gw_bundle(&fleet).to_str().unwrap()]);
     assert!(v.stderr.contains("warning: Deployment.apps metallb-system/controller is declared by"), "{}", v.stderr);
 
@@ -544,4 +552,80 @@ fn the_upgrade_from_old_file_names() {
     let deleted = kubectl.deleted();
     assert_eq!(deleted.iter().filter(|d| !d.starts_with("Addon")).collect::<Vec<_>>(), ["Deployment.apps demo/old"]);
     assert_eq!(k3s_files(&dir).len(), 2);
+}
+
+/// The FAKE kubectl refuses what the real one refuses for the commands tend
+/// sends, with its messages (tests/support/fake_kubectl.py): a test cannot
+/// pass because the fake took an empty delete, a workload the cluster does
+/// not have or a command kubectl does not know.
+#[test]
+fn the_fake_kubectl_refuses_what_kubectl_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = tmp.path().join("k3s-manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("tend-web-0123.yaml"), WEB).unwrap();
+    let kubectl = FakeKubectl::new(tmp.path(), &manifests);
+    let call = |args: &[&str], input: &str| {
+        let mut child = std::process::Command::new(&kubectl.script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let refused = |args: &[&str], input: &str, said: &str| {
+        let (code, _, stderr) = call(args, input);
+        assert_eq!(code, Some(1), "{args:?} was not refused");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    };
+    let delete = ["delete", "--ignore-not-found", "--wait=false", "-f", "-"];
+    // What tend sends, answered.
+    assert_eq!(call(&delete, WEB).0, Some(0));
+    let (code, out, _) = call(&["rollout", "status", "deployment.apps/web", "--timeout=5s", "-n", "demo"], "");
+    assert_eq!((code, out.trim()), (Some(0), "deployment \"web\" successfully rolled out"));
+    let get = |name: &str, ns: &str| {
+        call(&["get", "addons.k3s.cattle.io", "-n", ns, name, "-o", "jsonpath={.spec.checksum}"], "")
+    };
+    let (code, out, _) = get("tend-web-0123", "kube-system");
+    assert_eq!((code, out), (Some(0), sha256_hex(WEB.as_bytes())));
+    // The arguments are parsed, not read by position.
+    let (code, out, _) = call(
+        &["get", "-o", "jsonpath={.spec.checksum}", "addons.k3s.cattle.io", "tend-web-0123", "--namespace=kube-system"],
+        "",
+    );
+    assert_eq!((code, out), (Some(0), sha256_hex(WEB.as_bytes())));
+    // What kubectl refuses.
+    refused(&delete, "", "error: no objects passed to delete");
+    refused(&delete, "---\n", "error: no objects passed to delete");
+    refused(&delete, "apiVersion: v1\nmetadata:\n  name: x\n", "Object 'Kind' is missing");
+    refused(&delete, "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n", "resource name may not be empty");
+    refused(
+        &["rollout", "status", "deployment.apps/web", "--timeout=5s", "-n", "other"],
+        "",
+        "Error from server (NotFound): deployments.apps \"web\" not found",
+    );
+    refused(&["rollout", "status", "deployment.apps/gone", "-n", "demo"], "", "deployments.apps \"gone\" not found");
+    refused(&["rollout", "status", "service/shared"], "", "no status viewer has been implemented for service");
+    refused(
+        &["rollout", "stats", "deployment.apps/web"],
+        "",
+        "error: unknown command \"stats\" for \"kubectl rollout\"",
+    );
+    let (code, _, stderr) = get("tend-other", "kube-system");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("Error from server (NotFound): addons.k3s.cattle.io \"tend-other\" not found"), "{stderr}");
+    assert_eq!(get("tend-web-0123", "default").0, Some(1), "Addons live in kube-system");
+    refused(&["apply", "-f", "-"], WEB, "error: unknown command \"apply\" for \"kubectl\"");
+    refused(&["delete", "--force", "-f", "-"], WEB, "error: unknown flag: --force");
+    // What it does not model, it says so rather than answering.
+    refused(&["get", "pods"], "", "FAKE kubectl");
+    refused(&["get", "addons.k3s.cattle.io", "-n", "kube-system", "tend-web-0123", "-o", "yaml"], "", "FAKE kubectl");
 }

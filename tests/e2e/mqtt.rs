@@ -1,5 +1,6 @@
 //! Issue 4: fleet status over MQTT against a real Mosquitto started by the test.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -206,17 +207,28 @@ fn sigkill_leaves_availability_offline_through_the_last_will() {
     }
 }
 
+/// The ACL file of the README's Mosquitto setup, as written there.
+fn readme_acl() -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let start = readme.find("# /etc/mosquitto/acl\n").expect("the README's ACL") + "# /etc/mosquitto/acl\n".len();
+    let len = readme[start..].find("```").expect("the end of the README's ACL");
+    readme[start..start + len].to_owned()
+}
+
 #[test]
 fn tls_with_client_certificates_and_an_acl() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start_tls("tend/v1");
+    // The README's ACL, word for word: its admin is `fleet-admin`.
+    let acl = readme_acl();
+    assert!(acl.starts_with("user fleet-admin\n"), "{acl}");
+    let broker = Mosquitto::start_tls_with_acl(&acl);
     let fleet = Fleet::new(tmp.path(), "fleet");
     let c1 = bundle(&fleet, "1");
     let (cert, key) = broker.client_cert("gw-1", false);
-    let (admin_cert, admin_key) = broker.client_cert("admin", false);
+    let (admin_cert, admin_key) = broker.client_cert("fleet-admin", false);
     let ca = broker.dir.path().join("ca.pem");
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
-    let tls = |c: &std::path::Path, k: &std::path::Path| {
+    let tls = |c: &Path, k: &Path| {
         format!("ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n", ca.display(), c.display(), k.display())
     };
     let gw = gateway(tmp.path(), &fleet, &format!("{}{}", mqtt_section(&url), tls(&cert, &key)), "5h");
@@ -224,19 +236,37 @@ fn tls_with_client_certificates_and_an_acl() {
     gw.wait_status("synced", Duration::from_secs(20), |s| s["phase"] == "synced");
 
     // The device published its own topics: read them with the admin identity.
-    let admin = |topic: &str| {
+    // None: connected, and nothing retained there within 5 s; any other
+    // failure (a refused certificate, a refused subscription) fails here.
+    let admin = |topic: &str| -> Option<String> {
         let out = std::process::Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "--cafile", ca.to_str().unwrap()])
             .args(["--cert", admin_cert.to_str().unwrap(), "--key", admin_key.to_str().unwrap()])
             .args(["-t", topic, "-C", "1", "-W", "5"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        match out.status.code() {
+            Some(0) => Some(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
+            // mosquitto_sub's exit status when -W ran out.
+            Some(27) => None,
+            _ => panic!("mosquitto_sub as fleet-admin on {topic}: {out:?}"),
+        }
+    };
+    // Publish as gw-1 (the broker takes the message: a write the ACL denies
+    // is dropped silently).
+    let publish_as_gw1 = |topic: &str, payload: &str| {
+        let out = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "--cafile", ca.to_str().unwrap()])
+            .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .args(["-q", "1", "-r", "-t", topic, "-m", payload])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mosquitto_pub as gw-1 on {topic}: {out:?}");
     };
     let start = std::time::Instant::now();
     loop {
         let s = admin(&format!("{T}/status"));
-        if s.contains(&c1) {
+        if s.as_deref().is_some_and(|s| s.contains(&c1)) {
             break;
         }
         assert!(
@@ -245,30 +275,24 @@ fn tls_with_client_certificates_and_an_acl() {
             daemon.log_text()
         );
     }
-    assert_eq!(admin(&format!("{T}/availability")), "online");
+    assert_eq!(admin(&format!("{T}/availability")).as_deref(), Some("online"));
     // The ACL keeps a device to its own topics: gw-1's identity cannot write gw-2's.
-    let _ = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "--cafile", ca.to_str().unwrap()])
-        .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
-        .args(["-q", "1", "-r", "-t", "tend/v1/test/gw-2/status", "-m", "forged"])
-        .status();
-    assert_eq!(admin("tend/v1/test/gw-2/status"), "", "a device wrote another device's topic");
+    publish_as_gw1("tend/v1/test/gw-2/status", "forged");
+    assert_eq!(admin("tend/v1/test/gw-2/status"), None, "a device wrote another device's topic");
     // Rollout reports (the circuit breaker): for itself, not for another.
     let report = |device: &str| {
-        let _ = std::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "--cafile", ca.to_str().unwrap()])
-            .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
-            .args(["-q", "1", "-r", "-t", &format!("tend/v1/test/_rollout/{c1}/{device}")])
-            .args(["-m", &format!(r#"{{"revision":"{c1}","outcome":"rolled_back"}}"#)])
-            .status();
+        publish_as_gw1(
+            &format!("tend/v1/test/_rollout/{c1}/{device}"),
+            &format!(r#"{{"revision":"{c1}","outcome":"rolled_back"}}"#),
+        )
     };
     report("gw-1");
     report("gw-2");
     assert!(
-        admin(&format!("tend/v1/test/_rollout/{c1}/gw-1")).contains("rolled_back"),
+        admin(&format!("tend/v1/test/_rollout/{c1}/gw-1")).is_some_and(|r| r.contains("rolled_back")),
         "a device cannot report for itself"
     );
-    assert_eq!(admin(&format!("tend/v1/test/_rollout/{c1}/gw-2")), "", "a device reported for another");
+    assert_eq!(admin(&format!("tend/v1/test/_rollout/{c1}/gw-2")), None, "a device reported for another");
     let (code, _) = daemon.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0));
 
@@ -321,9 +345,12 @@ fn fleet_status_lists_every_gateway() {
         }
         gws.push(gw);
     }
-    // gw-3 dies: the table must show it offline.
+    // gw-3 dies: the table must show it offline (once its Last Will is in).
     daemons.pop().unwrap().kill();
-    std::thread::sleep(Duration::from_millis(500));
+    let start = std::time::Instant::now();
+    while broker.read_one("tend/v1/test/gw-3/availability", &[], 2).as_deref() != Some("offline") {
+        assert!(start.elapsed() < Duration::from_secs(20), "the Last Will never arrived");
+    }
     let r = gws[0].tend(&["fleet", "status", "--mqtt", &broker.url(), "--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     let all = r.json();

@@ -101,8 +101,18 @@ fn a_revision_waits_for_its_wave_and_a_window_and_now_goes_past_both() {
     assert_eq!(gw.tend(&["status", "--json"]).json()["revision"], v4);
 }
 
-/// An app holding an update lock, as `flock(1)` does it for a shell job.
-fn hold_lock(path: &std::path::Path) -> Child {
+/// An app holding an update lock, as `flock(1)` does it for a shell job;
+/// killed (SIGKILL) when dropped.
+struct App(Child);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn hold_lock(path: &std::path::Path) -> App {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, "").unwrap();
     let child = Command::new("flock")
@@ -118,7 +128,7 @@ fn hold_lock(path: &std::path::Path) -> Child {
         assert!(start.elapsed() < Duration::from_secs(10), "flock never took the lock");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    App(child)
 }
 
 #[test]
@@ -133,7 +143,7 @@ fn an_update_lock_holds_a_revision_until_its_app_dies_or_its_timeout() {
     gw.sync_ok();
 
     let lock = locks.join("modbus-job");
-    let mut app = hold_lock(&lock);
+    let app = hold_lock(&lock);
     let v2 = revision(&fleet, 503, "");
     let r = gw.sync_ok();
     assert_eq!((r["action"].as_str(), r["waiting_for"].as_str()), (Some("waiting"), Some("lock")), "{r}");
@@ -147,29 +157,38 @@ fn an_update_lock_holds_a_revision_until_its_app_dies_or_its_timeout() {
     assert_eq!(gw.tend(&["status", "--json"]).json()["waiting_detail"], detail, "since when is kept");
     assert_eq!(gw.read("/etc/myapp/app.conf"), "port = 502\n");
 
-    // The app dies without letting go: the lock dies with it.
-    app.kill().unwrap();
-    app.wait().unwrap();
+    // The app dies (SIGKILL) without letting go: the lock dies with it.
+    drop(app);
     assert_eq!(gw.sync_ok()["action"], "applied");
     assert_eq!(gw.read("/etc/myapp/app.conf"), "port = 503\n");
     assert_eq!(gw.tend(&["status", "--json"]).json()["revision"], v2);
 
     // lock_timeout: applied anyway once the lock has held it that long.
     gw.write_config(&fleet.url(), "", &apply("lock_timeout = \"2s\"\n"));
-    let mut app = hold_lock(&lock);
+    let app = hold_lock(&lock);
     revision(&fleet, 504, "");
     let r = gw.sync_ok();
     assert_eq!(r["waiting_for"], "lock", "{r}");
-    let due = rfc3339_secs(r["due_at"].as_str().unwrap());
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    assert!(due >= now && due <= now + 3, "due when the timeout ends: {r}");
-    std::thread::sleep(Duration::from_millis(2500));
+    // Due when the timeout ends: lock_timeout after the lock was first seen.
+    let due: jiff::Timestamp = r["due_at"].as_str().unwrap().parse().unwrap();
+    let s = gw.tend(&["status", "--json"]).json();
+    let since: jiff::Timestamp = s["waiting_detail"]
+        .as_str()
+        .and_then(|d| d.strip_prefix(&format!("{} held since ", lock.display())))
+        .unwrap_or_else(|| panic!("{s}"))
+        .parse()
+        .unwrap();
+    assert_eq!(due.duration_since(since), jiff::SignedDuration::from_secs(2), "due {due}, held since {since}");
+    // Before then, still waiting; once it has passed, applied.
+    assert_eq!(gw.sync_ok()["action"], "waiting", "applied before the lock_timeout ended");
+    while jiff::Timestamp::now() <= due {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(gw.sync_ok()["action"], "applied");
     let h = gw.tend(&["history", "--json"]).json();
     assert!(h[0]["forced"].as_str().is_some_and(|f| f.starts_with("lock_timeout:")), "{}", h[0]);
     assert_eq!(gw.read("/etc/myapp/app.conf"), "port = 504\n");
-    app.kill().unwrap();
-    app.wait().unwrap();
+    drop(app);
 }
 
 /// Waves of 10 % / 50 % / 100 % by the `wave` label, `after` 0, `early`, `all`.
@@ -269,20 +288,32 @@ fn twenty_gateways_roll_out_in_waves_and_hold_what_failed_on_the_canaries() {
     let lines = events
         .wait("the canaries rolled v3 back", Duration::from_secs(60), |l| events_of(l, "rolled_back", &v3).len() == 2);
     assert_eq!(events_of(&lines, "rolled_back", &v3).keys().collect::<Vec<_>>(), ["gw-00", "gw-01"]);
+    // The canaries are back on v2, on disk and in their status.
+    for gw in &gateways[..2] {
+        let s = gw.wait_status("rolled back", Duration::from_secs(30), |s| s["phase"] == "rolled_back");
+        assert_eq!(
+            (s["revision"].as_str(), s["last_good_revision"].as_str()),
+            (Some(v2.as_str()), Some(v2.as_str())),
+            "{s}"
+        );
+        assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 2\n");
+    }
     for gw in &gateways[2..] {
         let s = gw.wait_status("held", Duration::from_secs(60), |s| s["phase"] == "held");
         assert_eq!((s["revision"].as_str(), s["waiting_for"].as_str()), (Some(v2.as_str()), Some("fleet")), "{s}");
         let error = s["error"].as_str().unwrap();
         assert!(error.contains("failed on 2 gateways") && error.contains("gw-00, gw-01"), "{s}");
     }
-    // Held before their waves were due, and still held after: nobody else
-    // applies it.
-    while SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() < committed + 17 {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for gw in &gateways[2..] {
-        let s = gw.tend(&["status", "--json"]).json();
+    // Held before their waves were due, and still held after: each has
+    // polled (every second) after its wave became due (its last_sync, to the
+    // second, a full second past: a poll takes less), and holds v3 still.
+    for (i, gw) in gateways.iter().enumerate().skip(2) {
+        let due = committed + if wave_of(i) == "early" { 12 } else { 14 };
+        let s = gw.wait_status("a poll after its wave was due", Duration::from_secs(60), |s| {
+            s["last_sync"].as_str().is_some_and(|t| rfc3339_secs(t) > due + 1)
+        });
         assert_eq!((s["phase"].as_str(), s["revision"].as_str()), (Some("held"), Some(v2.as_str())), "{s}");
+        assert_eq!(gw.read("/etc/myapp/app.conf"), "version = 2\n", "{}", devices[i]);
     }
     assert_eq!(events_of(&events.lines(), "applied", &v3).len(), 2, "only the canaries applied v3");
 

@@ -385,13 +385,14 @@ fn no_token_password_key_or_secret_appears_in_logs_status_events_or_mqtt() {
         let child = Command::new("mosquitto_sub")
             .args(broker.client_args())
             .args(sub_user)
-            .args(["-v", "-t", "#"])
+            .args(["-i", "watch-all", "-v", "-t", "#"])
             .stdout(file)
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        (child, out)
+        (Killed(child), out)
     };
-    std::thread::sleep(Duration::from_millis(300));
+    broker.wait_subscribed("watch-all", "#");
 
     let daemon = gw.start_daemon_logging("trace");
     let log = daemon.log.clone();
@@ -419,13 +420,20 @@ fn no_token_password_key_or_secret_appears_in_logs_status_events_or_mqtt() {
     fleet.commit("two");
     let r = gw.tend(&["sync"]);
     assert_eq!(r.code, 1, "{r:?}");
-    std::thread::sleep(Duration::from_secs(2));
+    // Its event (source_unreachable, with the error) reaches the watcher;
+    // what it says is checked below.
+    let failed_event =
+        |l: &str| l.starts_with("tend/v1/test/gw-1/events ") && l.contains("\"kind\":\"source_unreachable\"");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&sub.1).unwrap_or_default().lines().any(failed_event) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the failing sync's event never reached the broker");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let status = gw.tend(&["status", "--json"]);
     let history = gw.tend(&["history", "--json"]);
     daemon.terminate(Duration::from_secs(10));
-    let (mut sub_child, sub_out) = sub;
-    let _ = sub_child.kill();
-    let _ = sub_child.wait();
+    let (sub_child, sub_out) = sub;
+    drop(sub_child);
 
     let mqtt = std::fs::read_to_string(&sub_out).unwrap();
     assert!(mqtt.contains("tend/v1/test/gw-1/status"), "the watcher saw no status: {mqtt}");
@@ -453,5 +461,15 @@ fn no_token_password_key_or_secret_appears_in_logs_status_events_or_mqtt() {
     let store = all_bytes(&gw.state);
     for secret in [token, password, key_secret.as_str(), "hunter2"] {
         assert!(!contains(&store, secret), "the state directory holds a secret");
+    }
+}
+
+/// A child process killed when dropped (also when the test fails).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

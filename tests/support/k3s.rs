@@ -1,13 +1,20 @@
 //! K3s stand-ins for the suites. No API server runs here, so two FAKES stand
 //! in for it, each checking what the real one would refuse:
 //!
-//! - [`FakeKubectl`]: a script in place of `k3s kubectl`. It records every call
-//!   and its input; `delete -f -` refuses documents without apiVersion, kind or
-//!   name (as kubectl does); `rollout status` fails while a flag file exists;
-//!   `get addons.k3s.cattle.io … -o jsonpath={.spec.checksum}` answers as if
-//!   K3s had applied the file as it is on disk (the SHA-256 of its bytes), and
-//!   records the tend files' hashes at that moment, so a test can tell what
-//!   was on disk when tend asked.
+//! - [`FakeKubectl`]: a script in place of `k3s kubectl`
+//!   (`tests/support/fake_kubectl.py`, run by Debian's python3 with PyYAML).
+//!   It answers the three commands tend sends, and refuses what the real
+//!   kubectl refuses, with its message: an unknown command or flag, `delete -f -`
+//!   with no object ("error: no objects passed to delete") or a document
+//!   without apiVersion, kind or name, `rollout status` of a workload the
+//!   cluster does not have (`Error from server (NotFound): deployments.apps "x"
+//!   not found`), `get` of an Addon that does not exist. The cluster it answers
+//!   for is the auto-deploy directory as K3s would have applied it, read by the
+//!   corpus oracle (`tests/corpus/k3s/oracle.py`); an Addon's
+//!   `spec.checksum` is the SHA-256 of its file as it is on disk. It records
+//!   every call and its input, and at each `get` the tend files' hashes, so a
+//!   test can tell what was on disk when tend asked. What it does not model it
+//!   refuses, saying FAKE. `rollout status` fails while a flag file exists.
 //! - [`k3s_refusals`]: the rules K3s's deploy controller (`pkg/deploy/
 //!   controller.go`) applies to the auto-deploy directory, written from that
 //!   code, not from tend's: every file below the directory (not dotfiles;
@@ -39,45 +46,16 @@ impl FakeKubectl {
         let fail_flag = dir.join("kubectl-rollout-fails");
         let refuse_flag = dir.join("kubectl-delete-refuses");
         let hang_flag = dir.join("kubectl-delete-hangs");
+        let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/fake_kubectl.py");
         std::fs::write(
             &script,
             format!(
-                r#"#!/bin/sh
-# FAKE kubectl for tests (see tests/support/k3s.rs): records its arguments and stdin.
-log={log}
-echo "ARGS: $*" >> "$log"
-case "$1" in
-delete)
-    if [ -e {hang} ]; then exec sleep 600; fi
-    if [ -e {refuse} ]; then echo 'error: the server has asked for the client to provide credentials' >&2; exit 1; fi
-    input=$(cat)
-    printf '%s\n--- end\n' "$input" >> "$log"
-    # kubectl refuses a document without apiVersion, kind or name.
-    n=$(printf '%s\n' "$input" | grep -c '^apiVersion: ')
-    for key in '^kind: ' '^  name: '; do
-        m=$(printf '%s\n' "$input" | grep -c "$key")
-        if [ "$m" != "$n" ]; then echo "error: a document has no ${{key#^}}" >&2; exit 1; fi
-    done
-    ;;
-rollout)
-    if [ -e {fail} ]; then echo 'deployment not ready' >&2; exit 1; fi
-    ;;
-get)
-    # get addons.k3s.cattle.io -n kube-system NAME -o jsonpath={{.spec.checksum}}:
-    # as if K3s had applied NAME.yaml as it is now.
-    name=$5
-    echo "ON DISK:" $(cd {manifests} && for f in tend-*.yaml; do [ -e "$f" ] && echo "$f=$(sha256sum < "$f" | cut -c1-64)"; done) >> "$log"
-    if [ -e "{manifests}/$name.yaml" ]; then sha256sum < "{manifests}/$name.yaml" | cut -c1-64 | tr -d '\n'; else
-        echo "Error from server (NotFound): addons.k3s.cattle.io \"$name\" not found" >&2; exit 1; fi
-    ;;
-esac
-exit 0
-"#,
+                "#!/bin/sh\n# FAKE kubectl for tests (see tests/support/fake_kubectl.py).\n\
+                 exec /usr/bin/python3 '{fake}' '{log}' '{manifests}' '{dir}' -- \"$@\"\n",
+                fake = fake.display(),
                 log = log.display(),
-                fail = fail_flag.display(),
-                refuse = refuse_flag.display(),
-                hang = hang_flag.display(),
                 manifests = manifests.display(),
+                dir = dir.display(),
             ),
         )
         .unwrap();

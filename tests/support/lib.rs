@@ -714,8 +714,10 @@ impl Gateway {
             {
                 return d;
             }
+            // Bounds a hang only: a daemon may take its time (a loaded
+            // machine, a store to enforce first).
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < Duration::from_secs(60),
                 "daemon never opened {}: {}",
                 socket.display(),
                 d.log_text()
@@ -809,6 +811,16 @@ impl Drop for Daemon {
     }
 }
 
+/// Mosquitto's log, in its temp dir: the default kinds of line and each
+/// subscription (`CLIENT_ID QOS FILTER`, see [`Mosquitto::wait_subscribed`]).
+fn log_conf(d: &Path) -> String {
+    format!(
+        "log_dest file {}/log\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+         log_type subscribe\n",
+        d.display()
+    )
+}
+
 /// Mosquitto on 127.0.0.1, with its config, persistence and log in a temp dir.
 pub struct Mosquitto {
     child: Option<Child>,
@@ -831,8 +843,9 @@ impl Mosquitto {
         let d = dir.path();
         let conf = format!(
             "user root\npid_file {d}/pid\npersistence true\npersistence_location {d}/\nautosave_interval 1\n\
-             log_dest file {d}/log\nper_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n",
-            d = d.display()
+             {log}per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n",
+            d = d.display(),
+            log = log_conf(d)
         );
         Self::with_conf(dir, port, conf)
     }
@@ -846,31 +859,38 @@ impl Mosquitto {
         std::fs::write(&pw, "").unwrap();
         run(Command::new("mosquitto_passwd").args(["-b"]).arg(&pw).args([user, password]));
         let conf = format!(
-            "user root\npid_file {d}/pid\nper_listener_settings true\nlistener {port} 127.0.0.1\n\
+            "user root\npid_file {d}/pid\n{log}per_listener_settings true\nlistener {port} 127.0.0.1\n\
              allow_anonymous false\npassword_file {}\n",
             pw.display(),
-            d = d.display()
+            d = d.display(),
+            log = log_conf(d)
         );
         Self::with_conf(dir, port, conf)
     }
 
     /// TLS with client certificates (CN = username) and an ACL that lets each
-    /// client write only its own topics; `admin` may read everything.
-    /// Files in `dir`: ca.pem, and `<cn>.pem`/`<cn>.key` made by [`client_cert`].
+    /// client write only its own topics under `prefix`; `admin` may read
+    /// everything. Files in `dir`: ca.pem, and `<cn>.pem`/`<cn>.key` made by
+    /// [`client_cert`].
     pub fn start_tls(prefix: &str) -> Mosquitto {
+        Self::start_tls_with_acl(&format!(
+            "user admin\ntopic readwrite #\n\npattern readwrite {prefix}/+/%u/#\npattern read {prefix}/+/_all/cmd\npattern write {prefix}/+/_rollout/+/%u\npattern read {prefix}/+/_rollout/#\npattern read {prefix}/+/_source/#\n"
+        ))
+    }
+
+    /// [`Mosquitto::start_tls`] with the ACL file `acl`.
+    pub fn start_tls_with_acl(acl: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path();
         make_ca_and_server_cert(d);
-        let acl = format!(
-            "user admin\ntopic readwrite #\n\npattern readwrite {prefix}/+/%u/#\npattern read {prefix}/+/_all/cmd\npattern write {prefix}/+/_rollout/+/%u\npattern read {prefix}/+/_rollout/#\npattern read {prefix}/+/_source/#\n"
-        );
         std::fs::write(d.join("acl"), acl).unwrap();
         let conf = format!(
-            "user root\npid_file {d}/pid\npersistence false\nlog_dest file {d}/log\nper_listener_settings true\n\
+            "user root\npid_file {d}/pid\npersistence false\n{log}per_listener_settings true\n\
              listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
              require_certificate true\nuse_identity_as_username true\nacl_file {d}/acl\n",
-            d = d.display()
+            d = d.display(),
+            log = log_conf(d)
         );
         Self::with_conf(dir, port, conf)
     }
@@ -966,6 +986,30 @@ impl Mosquitto {
         (d.join(format!("{tag}.pem")), d.join(format!("{tag}.key")))
     }
 
+    /// Wait until the broker has taken `client_id`'s subscription to
+    /// `filter` (its log says so when it handles the SUBSCRIBE): from then on,
+    /// every message published to a matching topic reaches that client.
+    pub fn wait_subscribed(&self, client_id: &str, filter: &str) {
+        let log = self.dir.path().join("log");
+        let said = |l: &str| {
+            l.split_once(": ").is_some_and(|(_, rest)| {
+                let mut w = rest.split(' ');
+                w.next() == Some(client_id)
+                    && w.next().is_some_and(|q| q.parse::<u8>().is_ok())
+                    && w.next() == Some(filter)
+            })
+        };
+        let start = Instant::now();
+        while !std::fs::read_to_string(&log).unwrap_or_default().lines().any(said) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the broker never took {client_id}'s subscription to {filter}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// mosquitto_sub/mosquitto_pub arguments for this broker (plain listener).
     pub fn client_args(&self) -> Vec<String> {
         vec!["-h".into(), "127.0.0.1".into(), "-p".into(), self.port.to_string()]
@@ -1020,12 +1064,16 @@ impl Subscription {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        broker.wait_subscribed(client_id, topic);
         Subscription { child, out }
     }
 
+    /// The lines received so far; a line mosquitto_sub is still writing is
+    /// left for the next call.
     pub fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.out).unwrap_or_default().lines().map(str::to_owned).collect()
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete.lines().map(str::to_owned).collect()
     }
 
     /// Wait until `cond` holds on the collected lines.
@@ -1054,9 +1102,16 @@ impl Drop for Subscription {
     }
 }
 
-/// The JSON payloads of `topic payload` lines.
+/// The JSON payloads of `topic payload` lines; a line that is not one is a
+/// failure (what tend publishes on the topics read this way is JSON).
 pub fn payloads(lines: &[String]) -> Vec<serde_json::Value> {
-    lines.iter().filter_map(|l| l.split_once(' ').and_then(|(_, p)| serde_json::from_str(p).ok())).collect()
+    lines
+        .iter()
+        .map(|l| {
+            let (_, p) = l.split_once(' ').unwrap_or_else(|| panic!("not `topic payload`: {l:?}"));
+            serde_json::from_str(p).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"))
+        })
+        .collect()
 }
 
 /// Podman's Docker-compatible API service, with its own storage and config in
