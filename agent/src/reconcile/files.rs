@@ -261,8 +261,10 @@ impl FileRoot {
 
     /// Carry out `plan`. `content` gives the bytes for a hash (from the rendered
     /// bundle or the store). The inventory in `inv` and in `store` is kept in step.
+    /// Apply the file operations of `plan` (a revision of `commit`).
     pub fn apply(
         &self,
+        commit: &str,
         plan: &Plan,
         content: &dyn Fn(&ContentHash) -> Result<Vec<u8>, String>,
         store: &dyn Store,
@@ -288,12 +290,25 @@ impl FileRoot {
             }
         }
 
-        // 2. Write ahead: every file about to be touched is recorded as owned.
+        // 2. Write ahead: every file about to be touched is recorded as owned,
+        //    and the hooks its change makes due.
         inv.dirty = true;
+        if inv.pending_hooks.as_ref().is_some_and(|p| p.commit != commit) {
+            inv.pending_hooks = None;
+        }
         for op in &plan.ops {
             if let Op::Write { path, adopt, .. } | Op::SetMeta { path, adopt, .. } = op {
                 let original = inv.files.get(path).and_then(|o| o.original.clone()).or_else(|| adopt.clone());
                 inv.files.insert(path.clone(), Owned { hash: None, stat: None, original });
+            }
+            if let Op::Run { command, .. } = op {
+                let due = inv.pending_hooks.get_or_insert_with(|| crate::store::PendingHooks {
+                    commit: commit.to_owned(),
+                    ..Default::default()
+                });
+                if !due.commands.contains(command) {
+                    due.commands.push(command.clone());
+                }
             }
         }
         store.set_inventory(inv)?;
@@ -409,22 +424,66 @@ impl FileRoot {
         store.flush()?;
         result?;
 
-        // 5. Hooks, once each, after every write is durable.
-        for (command, because) in hooks {
-            let shown = shell_words(command);
-            let files: Vec<String> = because.iter().map(RelPath::to_absolute_string).collect();
-            tracing::debug!(command = %shown, files = ?files, "running on_change");
-            match runner.run(command) {
+        // 5. Hooks, once each, after every write is durable (with those an
+        //    earlier apply left due).
+        drop(hooks);
+        report.hooks_run += self.run_pending_hooks(commit, store, inv, runner)?;
+        Ok(report)
+    }
+
+    /// Run the `on_change` commands an apply of `commit` made due, each
+    /// removed (durably) once it ran; returns how many ran. Those of another
+    /// revision are dropped. A failing one ends the apply (and is not due
+    /// again: the revision is rolled back).
+    pub fn run_pending_hooks(
+        &self,
+        commit: &str,
+        store: &dyn Store,
+        inv: &mut Inventory,
+        runner: &dyn Runner,
+    ) -> Result<usize, FileError> {
+        let mut ran = 0;
+        if inv.pending_hooks.as_ref().is_some_and(|p| p.commit != commit) {
+            inv.pending_hooks = None;
+            store.set_inventory(inv)?;
+        }
+        if let Some(p) = inv.pending_hooks.as_mut() {
+            if p.tries >= 2 {
+                tracing::warn!(commands = ?p.commands, "on_change commands did not complete in two tries (did they stop tend?): dropped");
+                inv.pending_hooks = None;
+            } else {
+                p.tries += 1;
+            }
+            store.set_inventory(inv)?;
+            store.flush()?;
+        }
+        while let Some(command) = inv.pending_hooks.as_ref().and_then(|p| p.commands.first().cloned()) {
+            let shown = shell_words(&command);
+            tracing::debug!(command = %shown, "running on_change");
+            let result = runner.run(&command);
+            if let Some(p) = inv.pending_hooks.as_mut() {
+                p.commands.remove(0);
+                if p.commands.is_empty() {
+                    inv.pending_hooks = None;
+                }
+            }
+            store.set_inventory(inv)?;
+            store.flush()?;
+            match result {
                 Ok(output) => {
                     for line in output.lines().filter(|l| !l.trim().is_empty()) {
                         tracing::debug!(command = %shown, "on_change output: {line}");
                     }
-                    report.hooks_run += 1;
+                    ran += 1;
                 }
-                Err(reason) => return Err(FileError::Hook { command: shown, reason }),
+                Err(reason) => {
+                    inv.pending_hooks = None;
+                    store.set_inventory(inv)?;
+                    return Err(FileError::Hook { command: shown, reason });
+                }
             }
         }
-        Ok(report)
+        Ok(ran)
     }
 
     /// Create the missing parents of `path`, recording the ones tend made.

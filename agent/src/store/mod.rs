@@ -141,6 +141,26 @@ pub struct Inventory {
     /// Manifest files tend wrote in `[k3s].manifests_dir`, with their objects.
     #[serde(default)]
     pub manifests: BTreeMap<String, OwnedManifest>,
+    /// `on_change` commands due because their files changed, recorded with
+    /// the write-ahead before the first write and removed once run: a kill
+    /// between a file's write and its hook runs the hook when the same
+    /// revision is applied again (at least once), though the file is
+    /// already as desired then. Enforcing another revision drops them: its
+    /// own writes make its own hooks due, and a hook that kills the agent
+    /// is left to `[apply].crash_limit`, never run at every start.
+    #[serde(default)]
+    pub pending_hooks: Option<PendingHooks>,
+}
+
+/// The hooks an apply of `commit` made due and has not run yet.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PendingHooks {
+    pub commit: String,
+    pub commands: Vec<Vec<String>>,
+    /// Times these were started: a hook that takes the agent down with it
+    /// is tried twice, not at every start.
+    #[serde(default)]
+    pub tries: u32,
 }
 
 /// A reference to a revision record, with what is needed to decide without

@@ -283,7 +283,16 @@ impl Agent {
             self.store.put_blob(h, data)?;
         }
         if plan.is_empty() {
-            return Ok((plan, ApplyReport::default()));
+            // Hooks an interrupted apply left due run now, though nothing
+            // else is to do.
+            let mut report = ApplyReport::default();
+            if inv.pending_hooks.is_some() {
+                report.hooks_run = self
+                    .root
+                    .run_pending_hooks(commit, self.store.as_ref(), &mut inv, self.runner.as_ref())
+                    .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?;
+            }
+            return Ok((plan, report));
         }
         // Every content a write or a restore needs is there, or nothing is
         // written (a secret is kept as its ciphertext).
@@ -359,7 +368,7 @@ impl Agent {
             ApplyReport::default()
         } else {
             self.root
-                .apply(&plan, &content, self.store.as_ref(), &mut inv, self.runner.as_ref())
+                .apply(commit, &plan, &content, self.store.as_ref(), &mut inv, self.runner.as_ref())
                 .map_err(|error| SyncError::Apply { commit: commit.to_owned(), error })?
         };
         if !plan.containers.is_empty() {

@@ -633,7 +633,7 @@ fn the_whole_agent_under_faults_keeps_its_invariants() {
             panic!("{e}");
         }
         // Long runs say how far they got.
-        if seeds >= 100_000 && (seed - start + 1) % 10_000 == 0 {
+        if seeds >= 100_000 && (seed - start + 1).is_multiple_of(10_000) {
             eprintln!("simulation: {} seeds held, {:.0} s", seed - start + 1, started.elapsed().as_secs_f64());
         }
     }
