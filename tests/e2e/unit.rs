@@ -222,14 +222,22 @@ fn the_installed_unit_under_a_real_systemd() {
         m.restarts() > restarts && m.prop("ActiveState") == "active"
     });
     assert!(m.ok("journalctl -u tend --no-pager").contains("Watchdog timeout"), "not the watchdog");
+    // ExecStopPost= (`tend exited`) recorded how the run ended, sandboxed as
+    // the unit is, and the next start read it.
+    m.wait("the restart's start line", Duration::from_secs(20), |m| {
+        m.sh("journalctl -u tend --no-pager -o cat").contains("the last run ended badly: stopped by systemd's watchdog")
+    });
     let pid2 = m.prop("MainPID");
     assert_ne!(pid2, pid);
 
-    // SIGKILL: restarted.
+    // SIGKILL: restarted, and the next start says how the last run ended.
     let restarts = m.restarts();
     m.ok("systemctl kill -s SIGKILL tend");
     m.wait("a restart after SIGKILL", Duration::from_secs(20), |m| {
         m.restarts() > restarts && m.prop("ActiveState") == "active" && m.prop("MainPID") != pid2
+    });
+    m.wait("the SIGKILL recorded", Duration::from_secs(20), |m| {
+        m.sh("journalctl -u tend --no-pager -o cat").contains("the last run ended badly: killed by signal SIGKILL")
     });
 
     // A bad config: exit 2, not restarted. Every start so far said
