@@ -19,11 +19,28 @@ thread_local! {
     static COUNTDOWN: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
     /// Run blocking steps inline (the simulation's single thread).
     static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// What a unit test does from outside when the agent passes a point:
+    /// (the point, the change).
+    static MEDDLE: std::cell::RefCell<Option<Meddling>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+type Meddling = (&'static str, Box<dyn FnMut()>);
+
+/// At the next pass through the point `at` on this thread, run `change`
+/// (someone else touching the gateway at that instant), once.
+#[cfg(test)]
+pub fn meddle(at: &'static str, change: impl FnMut() + 'static) {
+    MEDDLE.with(|m| *m.borrow_mut() = Some((at, Box::new(change))));
 }
 
 /// A point where the agent may be killed.
 #[inline]
 pub fn point(_what: &'static str) {
+    #[cfg(test)]
+    if let Some((_, mut change)) = MEDDLE.with(|m| m.borrow_mut().take_if(|(at, _)| *at == _what)) {
+        change();
+    }
     #[cfg(test)]
     COUNTDOWN.with(|c| match c.get() {
         Some(0) => {

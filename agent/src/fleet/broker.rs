@@ -156,6 +156,12 @@ pub async fn follow(settings: Settings, prefix: String, fleet: Option<String>, l
     // Messages are taken in batches: while they keep coming (the retained
     // burst at each subscription) the socket is drained as fast as rumqttc
     // parses, so the broker does not drop what a slow reader leaves queued.
+    // Its bytes count beside the view's bound: a quarter of it, between
+    // 1 and 16 MiB (a view bounded at 8 MiB takes 2 MiB at a time).
+    let batch_limit = {
+        let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        (f.max_bytes / 4).clamp(1 << 20, 16 << 20)
+    };
     let mut batch: Vec<rumqttc::Publish> = Vec::new();
     let mut batch_bytes = 0usize;
     let take_in = |batch: &mut Vec<rumqttc::Publish>| {
@@ -186,7 +192,7 @@ pub async fn follow(settings: Settings, prefix: String, fleet: Option<String>, l
                 batch_bytes += p.payload.len() + p.topic.len();
                 batch.push(p);
                 // Bounded in count and bytes (a message may be 8 MiB).
-                if batch.len() >= 10_000 || batch_bytes >= 16 << 20 {
+                if batch.len() >= 10_000 || batch_bytes >= batch_limit {
                     take_in(&mut batch);
                     batch_bytes = 0;
                 }

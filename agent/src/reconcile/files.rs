@@ -354,14 +354,14 @@ impl FileRoot {
                     Op::Write { path, target, .. } => {
                         let stat = self.commit(path)?;
                         touched_dirs.insert(self.full(path).parent().map(Path::to_path_buf).unwrap_or_default());
-                        set_owned(inv, path, target.hash, stat);
+                        set_owned(inv, path, target.hash, stat.filter(|s| as_meant(s, target)));
                         report.written += 1;
                     }
                     Op::SetMeta { path, target, .. } => {
                         let full = self.full(path);
                         set_meta_path(&full, target.mode, target.uid, target.gid)?;
                         let m = std::fs::symlink_metadata(&full).map_err(|e| FileError::io(&full, "stat", e))?;
-                        set_owned(inv, path, target.hash, stat_of(&m));
+                        set_owned(inv, path, target.hash, Some(stat_of(&m)).filter(|s| as_meant(s, target)));
                         report.meta_set += 1;
                     }
                     Op::Adopt { path, target, original } => {
@@ -371,7 +371,7 @@ impl FileRoot {
                             path.clone(),
                             Owned {
                                 hash: Some(target.hash),
-                                stat: Some(stat_of(&m)),
+                                stat: Some(stat_of(&m)).filter(|s| as_meant(s, target)),
                                 original: Some(original.clone()),
                             },
                         );
@@ -548,18 +548,34 @@ impl FileRoot {
         Ok(())
     }
 
-    /// Rename the staged file over `path`: the one atomic step.
-    fn commit(&self, path: &RelPath) -> Result<Stat, FileError> {
+    /// Rename the staged file over `path`: the one atomic step. The stat
+    /// of what is there after it, if that is still the file tend staged
+    /// (the same inode, size, mtime, mode and owner; a rename moves only
+    /// the ctime); `None` when anything touched it in between, so the next
+    /// poll reads it rather than trusting a stat taken of someone else's
+    /// change.
+    fn commit(&self, path: &RelPath) -> Result<Option<Stat>, FileError> {
         let full = self.full(path);
+        let staged = std::fs::symlink_metadata(self.tmp_path(path)).ok().map(|m| stat_of(&m));
         crate::atomic::commit(&full)?;
+        crate::sim::point("stat a file renamed into place");
         let m = std::fs::symlink_metadata(&full).map_err(|e| FileError::io(&full, "stat", e))?;
-        Ok(stat_of(&m))
+        let after = stat_of(&m);
+        Ok(staged.filter(|b| Stat { ctime_ns: after.ctime_ns, ..*b } == after).map(|_| after))
     }
 }
 
-fn set_owned(inv: &mut Inventory, path: &RelPath, hash: ContentHash, stat: Stat) {
+fn set_owned(inv: &mut Inventory, path: &RelPath, hash: ContentHash, stat: Option<Stat>) {
     let original = inv.files.get(path).and_then(|o| o.original.clone());
-    inv.files.insert(path.clone(), Owned { hash: Some(hash), stat: Some(stat), original });
+    inv.files.insert(path.clone(), Owned { hash: Some(hash), stat, original });
+}
+
+/// Whether a stat taken after tend set a file shows the mode and owner tend
+/// set. A stat that does not (a chmod or chown landed between tend's step
+/// and its stat) is not recorded: the idle fast path would otherwise take
+/// that change for tend's own and stop seeing it as drift.
+fn as_meant(s: &Stat, t: &Target) -> bool {
+    s.mode == t.mode && t.uid.is_none_or(|u| u == s.uid) && t.gid.is_none_or(|g| g == s.gid)
 }
 
 fn set_meta_path(full: &Path, mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<(), FileError> {

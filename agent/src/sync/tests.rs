@@ -135,3 +135,26 @@ fn an_unreachable_source_keeps_enforcing_what_is_applied() {
     assert_eq!(c.sync(false).unwrap().action, "unchanged");
     assert_eq!(c.status().source, "ok");
 }
+
+/// A chmod that lands between tend's rename and its stat is not taken for
+/// tend's own work: the idle fast path still sees the mode as drift.
+#[test]
+fn a_change_between_the_rename_and_the_stat_is_still_drift() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cycle::new("");
+    c.push("2026-11-27T09:00:00Z", 1, "");
+    c.sync(false).unwrap();
+    let app = c.root.join("etc/app/app.conf");
+    std::fs::write(&app, "edited by hand\n").unwrap();
+    let at = app.clone();
+    crate::sim::set_inline(true);
+    crate::sim::meddle("stat a file renamed into place", move || {
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o666)).unwrap();
+    });
+    assert_eq!(c.sync(false).unwrap().action, "repaired");
+    assert_eq!(c.port(), "port = 1\n");
+    assert_eq!(std::fs::metadata(&app).unwrap().permissions().mode() & 0o7777, 0o666, "the meddling landed");
+    assert_eq!(c.sync(false).unwrap().action, "repaired", "the fast path took the chmod for tend's own");
+    assert_eq!(std::fs::metadata(&app).unwrap().permissions().mode() & 0o7777, 0o644);
+    assert_eq!(c.sync(false).unwrap().action, "unchanged");
+}
