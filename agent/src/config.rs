@@ -175,6 +175,33 @@ pub struct Apply {
     /// rolled back and quarantined. Two, so one power cut does not condemn it.
     #[serde(default = "Apply::default_crash_limit")]
     pub crash_limit: u32,
+    /// Free space each file system tend writes must keep (SPEC §3, 9): an
+    /// import that would leave less is refused, naming the file system.
+    #[serde(default = "Apply::default_min_free", deserialize_with = "de_size")]
+    pub min_free: u64,
+}
+
+/// Sites without network (SPEC §9): what `tend import` accepts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Import {
+    /// An export must carry a signature by a key in
+    /// `[source].allowed_signers` (namespace `tend-export`).
+    #[serde(default = "yes")]
+    pub require_signature: bool,
+}
+
+impl Default for Import {
+    fn default() -> Self {
+        Import { require_signature: true }
+    }
+}
+
+/// A size (`"256MiB"`), from 0 to 1 PiB.
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::bounds::parse_size("size", &text, 0, 1 << 50)
+        .map_err(|e| serde::de::Error::custom(e.trim_start_matches("size: ")))
 }
 
 fn yes() -> bool {
@@ -194,6 +221,9 @@ impl Apply {
     fn default_crash_limit() -> u32 {
         2
     }
+    fn default_min_free() -> u64 {
+        256 << 20
+    }
 }
 
 impl Default for Apply {
@@ -209,6 +239,7 @@ impl Default for Apply {
             lock_dir: Self::default_lock_dir(),
             lock_timeout: None,
             crash_limit: Self::default_crash_limit(),
+            min_free: Self::default_min_free(),
         }
     }
 }
@@ -355,6 +386,7 @@ pub struct Config {
     pub mqtt: Mqtt,
     pub metrics: Metrics,
     pub control: Control,
+    pub import: Import,
 }
 
 impl Config {
@@ -410,6 +442,7 @@ impl Config {
             "mqtt",
             "metrics",
             "control",
+            "import",
         ];
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
@@ -454,6 +487,7 @@ impl Config {
         let mqtt = section::<Mqtt>(&table, "mqtt", &mut problems);
         let metrics = section::<Metrics>(&table, "metrics", &mut problems);
         let control = section::<Control>(&table, "control", &mut problems);
+        let import = section::<Import>(&table, "import", &mut problems);
         if matches!(source, Some(None)) {
             problems.push("missing section [source] (at least `url` is required)".into());
         }
@@ -471,7 +505,10 @@ impl Config {
             Some(mqtt),
             Some(metrics),
             Some(control),
-        ) = (device_id, fleet, state_dir, labels, source, apply, files, containers, k3s, mqtt, metrics, control)
+            Some(import),
+        ) = (
+            device_id, fleet, state_dir, labels, source, apply, files, containers, k3s, mqtt, metrics, control, import,
+        )
         else {
             return Err(fail(problems));
         };
@@ -570,6 +607,7 @@ impl Config {
             mqtt,
             metrics: metrics.unwrap_or_default(),
             control: control.unwrap_or_default(),
+            import: import.unwrap_or_default(),
         })
     }
 }

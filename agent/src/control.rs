@@ -33,6 +33,15 @@ pub enum Request {
         #[serde(default)]
         revision: Option<String>,
     },
+    /// Import a `.tend` file (SPEC §9) at `path`, as the daemon sees it.
+    Import {
+        path: String,
+        #[serde(default)]
+        allow_downgrade: bool,
+    },
+    /// This gateway's report for a stick (SPEC §9): status, recent history,
+    /// undelivered events.
+    Report,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

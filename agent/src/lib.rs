@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod hash;
 pub mod health;
 pub mod notify;
+pub mod offline;
 pub mod preflight;
 pub mod process;
 pub mod prom;

@@ -69,40 +69,64 @@ impl AllowedSigners {
         if armored.starts_with("-----BEGIN SIGNED MESSAGE") {
             return Err("carries an X.509 signature; only SSH signatures are accepted".into());
         }
+        self.verify(NAMESPACE, &payload, &armored, committer_time(&payload), "commit")
+    }
+
+    /// Verify a detached SSH signature (`ssh-keygen -Y sign -n NAMESPACE`)
+    /// of `message`: Ok(principals of the signer) or the reason it is
+    /// refused. `time` (Unix seconds) is checked against the keys'
+    /// `valid-after` and `valid-before`.
+    pub fn verify_detached(
+        &self,
+        namespace: &str,
+        message: &[u8],
+        armored: &str,
+        time: Option<i64>,
+    ) -> Result<String, String> {
+        self.verify(namespace, message, armored, time, "export")
+    }
+
+    fn verify(
+        &self,
+        namespace: &str,
+        payload: &[u8],
+        armored: &str,
+        time: Option<i64>,
+        what: &str,
+    ) -> Result<String, String> {
         let sig = SshSig::from_pem(armored.as_bytes()).map_err(|e| format!("has a malformed SSH signature ({e})"))?;
-        if sig.namespace() != NAMESPACE {
-            return Err(format!("is signed for namespace {:?}, not {NAMESPACE:?}", sig.namespace()));
+        if sig.namespace() != namespace {
+            return Err(format!("is signed for namespace {:?}, not {namespace:?}", sig.namespace()));
         }
         let fingerprint = sig.public_key().fingerprint(Default::default());
         let listed: Vec<&Entry> = self.entries.iter().filter(|e| e.key.key_data() == sig.public_key()).collect();
         if listed.is_empty() {
             return Err(format!("is signed by key {fingerprint}, which is not in {}", self.file));
         }
-        let time = committer_time(&payload);
         let mut why_not = Vec::new();
         for e in listed {
             if let Some(ns) = &e.namespaces
-                && !ns.iter().any(|p| glob_match(p, NAMESPACE))
+                && !ns.iter().any(|p| glob_match(p, namespace))
             {
-                why_not.push(format!("{}:{}: not allowed for namespace {NAMESPACE:?}", self.file, e.line));
+                why_not.push(format!("{}:{}: not allowed for namespace {namespace:?}", self.file, e.line));
                 continue;
             }
             if let (Some(after), Some(t)) = (e.valid_after, time)
                 && t < after
             {
-                why_not.push(format!("{}:{}: the key is valid only after the commit's time", self.file, e.line));
+                why_not.push(format!("{}:{}: the key is valid only after the {what}'s time", self.file, e.line));
                 continue;
             }
             if let (Some(before), Some(t)) = (e.valid_before, time)
                 && t >= before
             {
-                why_not.push(format!("{}:{}: the key expired before the commit's time", self.file, e.line));
+                why_not.push(format!("{}:{}: the key expired before the {what}'s time", self.file, e.line));
                 continue;
             }
-            return match e.key.verify(NAMESPACE, &payload, &sig) {
+            return match e.key.verify(namespace, payload, &sig) {
                 Ok(()) => Ok(e.principals.clone()),
                 Err(_) => Err(format!(
-                    "has a signature by {fingerprint} that does not verify: the commit was altered after signing"
+                    "has a signature by {fingerprint} that does not verify: the {what} was altered after signing"
                 )),
             };
         }
@@ -229,7 +253,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// `*` and `?` wildcards, as in ssh's pattern lists.
-fn glob_match(pattern: &str, s: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, s: &str) -> bool {
     fn go(p: &[u8], s: &[u8]) -> bool {
         match (p.first(), s.first()) {
             (None, None) => true,

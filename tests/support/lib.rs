@@ -1229,3 +1229,30 @@ impl Drop for Podman {
         self.stop_service();
     }
 }
+
+/// An ed25519 key pair made by ssh-keygen: (private key path, public key line).
+pub fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key));
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_owned())
+}
+
+/// Commit everything, signed by git with `key` (SSH format).
+pub fn commit_signed(fleet: &Fleet, key: &Path, msg: &str) -> String {
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .current_dir(&fleet.dir)
+            .args(["-c", "user.name=signer", "-c", "user.email=signer@example.com", "-c", "gpg.format=ssh"])
+            .arg("-c")
+            .arg(format!("user.signingkey={}", key.display()))
+            .args(args))
+    };
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-S", "--allow-empty", "-m", msg]);
+    let head = fleet.head();
+    // git itself accepts the signature (so the test's commits are what users make)
+    let raw = run(Command::new("git").current_dir(&fleet.dir).args(["cat-file", "commit", &head]));
+    assert!(raw.contains("-----BEGIN SSH SIGNATURE-----"), "{raw}");
+    head
+}

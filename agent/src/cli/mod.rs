@@ -98,6 +98,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply an update carried on a stick (SPEC §9): each `.tend` file at
+    /// PATH (a file, or a directory holding several) is verified whole (its
+    /// signature by a key in [source].allowed_signers, every part against
+    /// its hash, free space), its commit taken in if it descends from the
+    /// applied one, its images loaded, and the commit applied through the
+    /// normal cycle (health gate, rollback, quarantine, history). Files for
+    /// other gateways are skipped. Exit 1 if any file is refused or fails.
+    Import {
+        /// A `.tend` file, or a directory of them (a mounted stick).
+        path: PathBuf,
+        /// Apply a commit that does not descend from the one applied now.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Write this gateway's report (status, recent history, undelivered
+        /// events) to tend-reports/DEVICE_ID.json beside the files; done
+        /// anyway when that directory exists.
+        #[arg(long)]
+        report: bool,
+        /// Print the outcomes as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// The fleet through the MQTT broker: every gateway's status, or commands.
     Fleet {
         #[command(subcommand)]
@@ -205,6 +227,42 @@ pub enum FleetCommand {
         /// as `tend sync --now` on each gateway.
         #[arg(long)]
         now: bool,
+    },
+    /// Write one signed `.tend` file for sites without network (SPEC §9):
+    /// the branch's tip as a Git bundle (thin from --since), the container
+    /// images the exported devices' bundles name (from the local Podman or
+    /// Docker, pulled when missing), and a manifest signed with --key
+    /// (`ssh-keygen -Y sign`, namespace tend-export). Needs git and
+    /// ssh-keygen. Operator builds only (the `fleet-serve` feature).
+    #[cfg(feature = "fleet-serve")]
+    Export {
+        /// The fleet repository: a URL, or the path of a local clone.
+        #[arg(long)]
+        repo: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Only what came after this commit (a gateway must run it or a
+        /// later one): a smaller file.
+        #[arg(long)]
+        since: Option<String>,
+        /// Which devices (`*` and `?` wildcards over the device directories).
+        #[arg(long, default_value = "*")]
+        devices: String,
+        /// Where a device's bundle is (the gateways' [source].path).
+        #[arg(long, default_value = "devices/{device_id}")]
+        path: String,
+        #[arg(long, default_value = "default")]
+        fleet: String,
+        /// The SSH private key that signs the export (its public key in the
+        /// gateways' allowed_signers).
+        #[arg(long)]
+        key: PathBuf,
+        /// The file to write, or a directory to write FLEET-SHORTREV.tend in.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// The Podman or Docker API socket (default: the first found).
+        #[arg(long)]
+        socket: Option<String>,
     },
     /// Tell the fleet a new commit is on a branch (run by the fleet
     /// repository's CI after a push): a retained message on
@@ -341,6 +399,9 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Validate(args) => cmd_validate(args),
+        Command::Import { path, allow_downgrade, report, json } => {
+            cmd_import(cli, path, *allow_downgrade, *report, *json)
+        }
         Command::Fleet { command } => cmd_fleet(command),
         Command::Exited => {
             let cfg = load_config(cli)?;
@@ -378,6 +439,37 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
             println!(
                 "sync requested from {} (command id {id})",
                 target.map_or_else(|| format!("every gateway of fleet {f}"), |d| format!("{f}/{d}"))
+            );
+            Ok(())
+        }
+        #[cfg(feature = "fleet-serve")]
+        FleetCommand::Export { repo, branch, since, devices, path, fleet: f, key, output, socket } => {
+            let req = crate::offline::export::Request {
+                repo: repo.clone(),
+                branch: branch.clone(),
+                since: since.clone(),
+                devices: devices.clone(),
+                path: path.clone(),
+                fleet: f.clone(),
+                key: key.clone(),
+                out: output.clone(),
+                socket: socket.clone(),
+            };
+            let w = crate::offline::export::export(&req).map_err(|e| Failure::Failed(anyhow::anyhow!(e)))?;
+            let m = &w.manifest;
+            println!(
+                "wrote {}: {} of {} ({}{}), {} device{}, {} image{}, {} in {:.1} s",
+                w.file.display(),
+                crate::sync::short(&m.commit),
+                m.branch,
+                m.fleet,
+                m.since.as_deref().map(|s| format!(", since {}", crate::sync::short(s))).unwrap_or_default(),
+                m.devices.len(),
+                if m.devices.len() == 1 { "" } else { "s" },
+                m.images.len(),
+                if m.images.len() == 1 { "" } else { "s" },
+                crate::offline::import::human(w.size),
+                w.seconds
             );
             Ok(())
         }
@@ -511,7 +603,9 @@ fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, Failure> {
     let cfg = load_config(cli)?;
     let socket = cfg.control_socket();
     // A sync may take the whole health window.
-    let wait = cfg.apply.health_timeout + cfg.source.timeout + std::time::Duration::from_secs(300);
+    let wait = cfg.apply.health_timeout
+        + cfg.source.timeout
+        + std::time::Duration::from_secs(if matches!(req, Request::Import { .. }) { 3600 } else { 300 });
     match control::request(&socket, &req, wait) {
         Ok(resp) if resp.ok => return Ok(resp.result),
         Ok(resp) => {
@@ -539,7 +633,8 @@ fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, Failure> {
     // A one-shot command that may apply first counts a death of an earlier
     // one during its apply (SPEC §3, 8), and is stopped cleanly by SIGINT or
     // SIGTERM (not a death).
-    let may_apply = matches!(req, Request::Sync { dry_run: false, .. } | Request::Rollback { .. });
+    let may_apply =
+        matches!(req, Request::Sync { dry_run: false, .. } | Request::Rollback { .. } | Request::Import { .. });
     let result = rt.block_on(async {
         if may_apply {
             sync::recover(&agent, None).await.map_err(failed)?;
@@ -562,6 +657,18 @@ fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, Failure> {
                     .map_err(|e| Failure::Failed(e.into())),
                 Request::History => {
                     agent.history_json().map(serde_json::Value::Array).map_err(|e| Failure::Failed(e.into()))
+                }
+                Request::Import { path, allow_downgrade } => {
+                    let file = std::fs::File::open(&path)
+                        .map_err(|e| Failure::Failed(anyhow::anyhow!("{path}: cannot open: {e}")))?;
+                    let name = crate::offline::shown(std::path::Path::new(&path));
+                    crate::offline::import::import(&agent, file, name, allow_downgrade, SyncOptions::default())
+                        .await
+                        .map(|o| serde_json::to_value(o).expect("an outcome serialises"))
+                        .map_err(|e| Failure::Failed(anyhow::anyhow!(e)))
+                }
+                Request::Report => {
+                    crate::offline::import::report(&agent).map_err(|e| Failure::Failed(anyhow::anyhow!(e)))
                 }
             }
         };
@@ -699,4 +806,87 @@ fn cmd_validate(args: &ValidateArgs) -> Result<(), Failure> {
             Err(Failure::Failed(anyhow::anyhow!("bundle rejected: {} problems (listed above)", problems.len())))
         }
     }
+}
+
+/// `tend import`: each file through the daemon (or directly), then the
+/// report onto the stick when asked for or when it has `tend-reports/`.
+fn cmd_import(
+    cli: &Cli,
+    path: &std::path::Path,
+    allow_downgrade: bool,
+    report: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let meta = std::fs::metadata(path).map_err(|e| Failure::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
+    let (files, dir) = if meta.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Failure::Failed(anyhow::anyhow!("{}: {e}", path.display())))?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tend"))
+            .collect();
+        files.sort();
+        (files, path.to_path_buf())
+    } else {
+        (vec![path.to_path_buf()], path.parent().unwrap_or(std::path::Path::new(".")).to_path_buf())
+    };
+    let reports = dir.join("tend-reports");
+    let report = report || std::fs::symlink_metadata(&reports).is_ok_and(|m| m.is_dir());
+    let mut outcomes = Vec::new();
+    let mut failed = 0usize;
+    for f in &files {
+        let abs = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+        let req = Request::Import { path: abs.display().to_string(), allow_downgrade };
+        match call(cli, req) {
+            Ok(v) => {
+                if !json {
+                    let o = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                    let commit = crate::sync::short(&o("commit")).to_owned();
+                    let detail = v["detail"].as_str().map(|d| format!(": {d}")).unwrap_or_default();
+                    let signer = v["signer"].as_str().map(|s| format!(" (signed by {s})")).unwrap_or_default();
+                    println!("{}: {} {commit}{signer}{detail}", o("file"), o("outcome"));
+                }
+                outcomes.push(v);
+            }
+            Err(e) => {
+                failed += 1;
+                if !json {
+                    eprintln!("error: {}", e.error());
+                }
+                outcomes.push(
+                    json!({ "file": crate::offline::shown(f), "outcome": "refused", "error": e.error().to_string() }),
+                );
+            }
+        }
+    }
+    let mut written = None;
+    if report {
+        let r = call(cli, Request::Report)?;
+        let device = r["device_id"].as_str().unwrap_or("device").to_owned();
+        if let Err(e) = std::fs::create_dir(&reports)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(Failure::Failed(anyhow::anyhow!("{}: {e}", reports.display())));
+        }
+        let out = reports.join(format!("{device}.json"));
+        let text = serde_json::to_vec_pretty(&r).expect("a report serialises");
+        crate::atomic::write(&out, &text, 0o644, true)
+            .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot write the report: {e}")))?;
+        let _ = crate::atomic::fsync_dir(&reports);
+        if !json {
+            println!("report written to {}", out.display());
+        }
+        written = Some(out.display().to_string());
+    }
+    if json {
+        print_json(&json!({ "files": outcomes, "report": written }));
+    }
+    if files.is_empty() {
+        return Err(Failure::Failed(anyhow::anyhow!("no .tend file in {}", path.display())));
+    }
+    if failed > 0 {
+        return Err(Failure::Failed(anyhow::anyhow!("{failed} of {} files refused or failed", files.len())));
+    }
+    Ok(())
 }

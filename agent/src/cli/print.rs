@@ -44,6 +44,7 @@ pub(super) fn print_summary(v: &serde_json::Value, json: bool) {
             "rolled_back" => "rolled back to",
             "repaired" => "repaired drift at",
             "unchanged" => "in sync at",
+            "behind" => "the source is behind the imported revision (see `tend status`); kept",
             _ => "synced",
         };
         let _ = writeln!(

@@ -27,7 +27,10 @@
 //!   `crash_limit` times (not counting clean stops) is failed like an
 //!   unhealthy one: quarantined, and the gateway is back on last-known-good;
 //! - at start, a revision whose health window did not end is not
-//!   last-known-good: the gateway returns to the one that is.
+//!   last-known-good: the gateway returns to the one that is;
+//! - a commit imported from a stick is decided as a tip; after it, no tip of
+//!   the source that does not descend from it is applied (the driver says
+//!   so with [`Event::Behind`]) until the branch reaches it.
 
 #[cfg(test)]
 mod tests;
@@ -89,6 +92,17 @@ pub enum Event {
         commit: String,
         render_key: String,
         retry: bool,
+    },
+    /// A commit taken from a stick (SPEC §9): decided as a tip, and the
+    /// source's branch must reach it before its tips are applied again.
+    Import {
+        commit: String,
+        render_key: String,
+    },
+    /// The source's tip does not descend from the imported commit (`error`
+    /// says how it stands): not applied, the source is behind.
+    Behind {
+        error: String,
     },
     /// The tip is new and prepared (verified, rendered): may it be applied?
     /// `now`: `tend sync --now`.
@@ -227,7 +241,22 @@ pub fn step(ptr: &Pointers, event: &Event, now: Timestamp, rules: Rules) -> (Poi
             }
             if p.suspended { Vec::new() } else { vec![Effect::Heal] }
         }
-        Event::Tip { commit, render_key, retry } => tip(&mut p, commit, render_key, *retry),
+        Event::Tip { commit, render_key, retry } => {
+            // The driver passes a tip on only once it reaches the import.
+            p.imported = None;
+            p.behind = None;
+            tip(&mut p, commit, render_key, *retry)
+        }
+        Event::Import { commit, render_key } => {
+            p.imported = Some(commit.clone());
+            p.behind = None;
+            tip(&mut p, commit, render_key, false)
+        }
+        Event::Behind { error } => {
+            p.unreachable = None;
+            p.behind = Some(error.clone());
+            if p.suspended { Vec::new() } else { vec![Effect::Heal] }
+        }
         Event::Prepared { commit, gate, now: told } => prepared(&mut p, commit, gate, *told, now),
         Event::Refused { commit, kind, refusal, error } => {
             let quarantined = *kind == ErrorKind::Permanent;

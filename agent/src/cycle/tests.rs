@@ -25,6 +25,28 @@ fn prepared(commit: &str, gate: Gate, now: bool) -> Event {
     Event::Prepared { commit: commit.into(), gate, now }
 }
 
+/// SPEC §9: an imported commit is decided as a tip; a source that is behind
+/// it only repairs; the source's tip, once the driver lets it through, ends
+/// the import's hold.
+#[test]
+fn an_import_is_a_tip_and_holds_the_source_until_it_catches_up() {
+    let (p, fx) = step(&synced(), &Event::Import { commit: "i".into(), render_key: "k".into() }, t(1), RULES);
+    assert_eq!(fx, vec![Effect::Prepare]);
+    assert_eq!(p.imported.as_deref(), Some("i"));
+    let (p, fx) = step(&p, &Event::Behind { error: "behind".into() }, t(2), RULES);
+    assert_eq!(fx, vec![Effect::Heal]);
+    assert_eq!((p.behind.as_deref(), p.imported.as_deref()), (Some("behind"), Some("i")));
+    let (p, _) = step(&p, &Event::Healed, t(2), RULES);
+    assert_eq!(p.behind.as_deref(), Some("behind"), "a repair does not end it");
+    let (p, fx) = step(&p, &tip("a"), t(3), RULES);
+    assert_eq!(fx, vec![Effect::Heal]);
+    assert_eq!((p.behind, p.imported), (None, None));
+    // Suspended: not even a repair.
+    let mut s = synced();
+    s.suspended = true;
+    assert_eq!(step(&s, &Event::Behind { error: "b".into() }, t(4), RULES).1, vec![]);
+}
+
 /// A gateway with `a` applied and healthy.
 fn synced() -> Pointers {
     let (p, _) = step(&Pointers::default(), &Event::Applied { current: rev(1, "a") }, t(0), RULES);

@@ -515,7 +515,26 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Response {
             summary(sync::sync(agent, SyncOptions { dry_run, retry, now, no_heal: false }).await)
         }
         Request::Rollback { revision } => summary(sync::rollback(agent, revision).await),
-        Request::Status | Request::History => Response::err("answered beside the loop", 1),
+        Request::Import { path, allow_downgrade } => {
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Response::err(
+                        format!(
+                            "{path}: the daemon cannot see it ({e}; tend.service has its own /tmp and no /home): put it under /run/tend/media or /var/lib/tend, or stop tend.service"
+                        ),
+                        1,
+                    );
+                }
+                Err(e) => return Response::err(format!("{path}: {e}"), 1),
+            };
+            let name = crate::offline::shown(Path::new(&path));
+            match crate::offline::import::import(agent, file, name, allow_downgrade, SyncOptions::default()).await {
+                Ok(o) => Response::ok(serde_json::to_value(o).expect("an outcome serialises")),
+                Err(e) => Response::err(e, 1),
+            }
+        }
+        Request::Status | Request::History | Request::Report => Response::err("answered beside the loop", 1),
     }
 }
 
@@ -545,7 +564,15 @@ async fn read_only(agent: &Arc<Agent>, req: &Request, mqtt: &watch::Receiver<Str
                 Err(e) => Response::err(e, 1),
             })
         }
-        Request::Sync { .. } | Request::Rollback { .. } => None,
+        Request::Report => {
+            let a = agent.clone();
+            Some(match tokio::task::spawn_blocking(move || crate::offline::import::report(&a)).await {
+                Ok(Ok(r)) => Response::ok(r),
+                Ok(Err(e)) => Response::err(e, 1),
+                Err(e) => Response::err(e, 1),
+            })
+        }
+        Request::Sync { .. } | Request::Rollback { .. } | Request::Import { .. } => None,
     }
 }
 

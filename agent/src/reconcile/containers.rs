@@ -174,6 +174,82 @@ impl DockerRuntime {
         }
     }
 
+    /// The id of the image `reference` names here, if it is here.
+    pub fn image_id(&self, reference: &str) -> Result<Option<String>, RuntimeError> {
+        let docker = self.docker()?;
+        match self.rt.block_on(docker.inspect_image(reference)) {
+            Ok(i) => Ok(i.id),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// The ids of every image here.
+    pub fn image_ids(&self) -> Result<std::collections::HashSet<String>, RuntimeError> {
+        let docker = self.docker()?;
+        let opts = bollard::query_parameters::ListImagesOptionsBuilder::new().all(true).build();
+        let list = self.rt.block_on(docker.list_images(Some(opts))).map_err(|e| self.unavailable(e))?;
+        Ok(list.into_iter().map(|i| i.id).collect())
+    }
+
+    /// Load images from a `docker save` archive (what `GET /images/get`
+    /// writes), streamed from `chunks`.
+    pub fn load_images(
+        &self,
+        chunks: impl Iterator<Item = std::io::Result<hyper::body::Bytes>> + Send + 'static,
+    ) -> Result<(), String> {
+        use futures_util::StreamExt;
+        let docker = self.docker().map_err(|e| e.to_string())?;
+        let opts = bollard::query_parameters::ImportImageOptionsBuilder::new().quiet(true).build();
+        let body = bollard::body_try_stream(futures_util::stream::iter(chunks));
+        self.rt.block_on(async {
+            let mut answers = docker.import_image(opts, body, None);
+            while let Some(a) = answers.next().await {
+                let a = a.map_err(|e| format!("the container runtime refused the images: {e}"))?;
+                if let Some(e) = a.error_detail.and_then(|d| d.message) {
+                    return Err(format!("the container runtime refused the images: {e}"));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Write the images `refs` name as one `docker save` archive to `out`
+    /// (`GET /images/get`), telling `progress` the bytes written so far.
+    pub fn save_images(
+        &self,
+        refs: &[&str],
+        out: &mut dyn std::io::Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), String> {
+        use futures_util::StreamExt;
+        let docker = self.docker().map_err(|e| e.to_string())?;
+        self.rt.block_on(async {
+            let mut stream = docker.export_images(refs);
+            let mut written = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| format!("the container runtime could not export the images: {e}"))?;
+                out.write_all(&chunk).map_err(|e| format!("cannot write the images: {e}"))?;
+                written += chunk.len() as u64;
+                progress(written);
+            }
+            Ok(())
+        })
+    }
+
+    /// Remove an image (by id), as far as nothing uses it.
+    pub fn remove_image(&self, id: &str) -> Result<(), RuntimeError> {
+        let docker = self.docker()?;
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::new().force(true).build();
+        self.rt.block_on(docker.remove_image(id, Some(opts), None)).map(|_| ()).map_err(|e| self.unavailable(e))
+    }
+
+    /// Where the runtime keeps images (its `DockerRootDir`), if it says.
+    pub fn storage_root(&self) -> Option<std::path::PathBuf> {
+        let docker = self.docker().ok()?;
+        self.rt.block_on(docker.info()).ok()?.docker_root_dir.map(Into::into)
+    }
+
     fn list(&self, filter: (&str, String)) -> Result<Vec<LiveContainer>, RuntimeError> {
         let docker = self.docker()?;
         let mut filters = HashMap::new();

@@ -21,6 +21,9 @@ use gix::protocol::transport::client::blocking_io::http::{Options as HttpOptions
 use gix::protocol::transport::client::git;
 use gix::remote::Direction;
 
+mod bundle;
+pub use bundle::Taken;
+
 use super::{Fetched, SourceError};
 use crate::bundle::{EntryKind, RelPath, Tree, TreeError};
 
@@ -120,6 +123,17 @@ impl GitSource {
     /// Poll the branch; fetch its tip (depth 1) if it moved. Blocking; bounded by
     /// `[source].timeout`.
     pub fn fetch(&self) -> Result<Fetched, SourceError> {
+        self.fetch_depth(1)
+    }
+
+    /// Fetch the branch's tip with `depth` commits of its history (more
+    /// than 1: even when the tip has not moved), to tell how it stands to a
+    /// commit imported from a stick.
+    pub fn deepen(&self, depth: u32) -> Result<Fetched, SourceError> {
+        self.fetch_depth(depth.max(2))
+    }
+
+    fn fetch_depth(&self, depth: u32) -> Result<Fetched, SourceError> {
         self.maintain();
         let interrupt = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -128,7 +142,7 @@ impl GitSource {
         std::thread::Builder::new()
             .name("tend-fetch".into())
             .spawn(move || {
-                let _ = tx.send(this.fetch_blocking(&flag));
+                let _ = tx.send(this.fetch_blocking(&flag, depth));
             })
             .map_err(|e| SourceError::transient(format!("cannot start fetch: {e}")))?;
         match rx.recv_timeout(self.timeout) {
@@ -144,7 +158,7 @@ impl GitSource {
         }
     }
 
-    fn fetch_blocking(&self, interrupt: &AtomicBool) -> Result<Fetched, SourceError> {
+    fn fetch_blocking(&self, interrupt: &AtomicBool, depth: u32) -> Result<Fetched, SourceError> {
         let url = self.shown_url();
         let repo = self.open()?;
         // What the server asked of the credentials callback, for messages.
@@ -240,11 +254,11 @@ impl GitSource {
         // The branch has not moved: the ref listing was the whole cost. (gix
         // would negotiate again for a shallow repository.)
         let local_tip = repo.try_find_reference(LOCAL_REF).ok().flatten().and_then(|mut r| r.peel_to_id().ok());
-        if local_tip.is_some_and(|id| id.detach() == remote_tip) && repo.find_commit(remote_tip).is_ok() {
+        if depth == 1 && local_tip.is_some_and(|id| id.detach() == remote_tip) && repo.find_commit(remote_tip).is_ok() {
             return Ok(Fetched { commit: remote_tip.to_string(), received_pack: false });
         }
         let outcome = prepare
-            .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::new(1).expect("non-zero")))
+            .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::new(depth.max(1)).expect("non-zero")))
             .receive(gix::progress::Discard, interrupt)
             .map_err(net)?;
         let received_pack = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });

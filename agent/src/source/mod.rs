@@ -11,7 +11,7 @@ mod git;
 pub mod memory;
 
 pub use crate::trust::AllowedSigners;
-pub use git::{GitSource, GitTree};
+pub use git::{GitSource, GitTree, Taken};
 
 use crate::bundle::Tree;
 
@@ -29,6 +29,19 @@ pub trait Source: Send + Sync {
     fn commit_object(&self, commit: &str) -> Result<Vec<u8>, SourceError>;
     /// The commit's committer time (waves are due after it).
     fn committed_at(&self, commit: &str) -> Result<jiff::Timestamp, SourceError>;
+    /// Take a Git bundle from a stick into the local repository (SPEC §9).
+    fn take_bundle(&self, _r: &mut dyn std::io::BufRead, _commit: &str, _branch: &str) -> Result<Taken, String> {
+        Err("this source cannot take a Git bundle".into())
+    }
+    /// Whether `commit` descends from (or is) `ancestor`, as far as the
+    /// local history tells (`None`: it does not reach far enough).
+    fn descends(&self, _commit: &str, _ancestor: &str) -> Result<Option<bool>, String> {
+        Ok(None)
+    }
+    /// Fetch more of the branch's history (to answer [`Source::descends`]).
+    fn deepen(&self, _depth: u32) -> Result<(), SourceError> {
+        Ok(())
+    }
 }
 
 impl Source for GitSource {
@@ -46,6 +59,15 @@ impl Source for GitSource {
     }
     fn committed_at(&self, commit: &str) -> Result<jiff::Timestamp, SourceError> {
         GitSource::committed_at(self, commit)
+    }
+    fn take_bundle(&self, r: &mut dyn std::io::BufRead, commit: &str, branch: &str) -> Result<Taken, String> {
+        GitSource::take_bundle(self, r, commit, branch)
+    }
+    fn descends(&self, commit: &str, ancestor: &str) -> Result<Option<bool>, String> {
+        GitSource::descends(self, commit, ancestor)
+    }
+    fn deepen(&self, depth: u32) -> Result<(), SourceError> {
+        GitSource::deepen(self, depth).map(|_| ())
     }
 }
 
@@ -65,6 +87,15 @@ impl<S: Source + ?Sized> Source for std::sync::Arc<S> {
     }
     fn committed_at(&self, commit: &str) -> Result<jiff::Timestamp, SourceError> {
         (**self).committed_at(commit)
+    }
+    fn take_bundle(&self, r: &mut dyn std::io::BufRead, commit: &str, branch: &str) -> Result<Taken, String> {
+        (**self).take_bundle(r, commit, branch)
+    }
+    fn descends(&self, commit: &str, ancestor: &str) -> Result<Option<bool>, String> {
+        (**self).descends(commit, ancestor)
+    }
+    fn deepen(&self, depth: u32) -> Result<(), SourceError> {
+        (**self).deepen(depth)
     }
 }
 

@@ -89,6 +89,9 @@ pub struct RevisionRecord {
     /// What its apply went past: `--now` (waves, windows), a lock's timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced: Option<String>,
+    /// Where it came from when not from the source: `import FILE` (SPEC §9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// The content and metadata a file had before tend first wrote it; prune puts
@@ -225,6 +228,15 @@ pub struct Pointers {
     /// This gateway's wave under the last prepared revision's `[rollout]`.
     #[serde(default)]
     pub wave: Option<String>,
+    /// The commit last taken from a stick (SPEC §9), until the source's
+    /// branch reaches it: a tip that does not descend from it is not
+    /// applied.
+    #[serde(default)]
+    pub imported: Option<String>,
+    /// The source's tip is behind (or beside) the imported commit: why (the
+    /// status's `source` says `behind`).
+    #[serde(default)]
+    pub behind: Option<String>,
 }
 
 /// The phases of SPEC §4.

@@ -503,6 +503,7 @@ mod tests {
             error: None,
             desired,
             forced: None,
+            from: None,
         }
     }
 

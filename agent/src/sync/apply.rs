@@ -143,6 +143,7 @@ impl Agent {
                     blobs: HashMap::new(),
                     rendered: false,
                     forced: None,
+                    from: None,
                 });
             }
         }
@@ -157,6 +158,7 @@ impl Agent {
             blobs: r.blobs,
             rendered: true,
             forced: None,
+            from: None,
         })
     }
 

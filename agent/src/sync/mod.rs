@@ -26,7 +26,8 @@ mod sim;
 mod tests;
 
 pub use rollback::rollback;
-pub use run::{boot, enforce_current, recover, stopped, sync};
+pub(crate) use run::blocking;
+pub use run::{boot, enforce_current, recover, stopped, sync, sync_import};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -263,6 +264,8 @@ pub struct Prepared {
     pub rendered: bool,
     /// What the apply went past (`--now`, a lock's timeout), for the history.
     pub forced: Option<String>,
+    /// Where it came from when not from the source (`import FILE`).
+    pub from: Option<String>,
 }
 
 impl Prepared {
@@ -275,6 +278,7 @@ impl Prepared {
             blobs: HashMap::new(),
             rendered: true,
             forced: None,
+            from: None,
         }
     }
 }

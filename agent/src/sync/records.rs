@@ -30,6 +30,7 @@ impl Agent {
             error,
             desired: p.desired.clone(),
             forced: p.forced.clone(),
+            from: p.from.clone(),
         })?;
         Ok(seq)
     }
@@ -191,7 +192,17 @@ impl Agent {
         if ptr.target.is_some() {
             s.target_revision.clone_from(&ptr.target);
         }
-        s.source = if ptr.unreachable.is_some() { "unreachable" } else { "ok" }.into();
+        s.source = if ptr.unreachable.is_some() {
+            "unreachable"
+        } else if ptr.behind.is_some() {
+            "behind"
+        } else {
+            "ok"
+        }
+        .into();
+        if s.error.is_none() {
+            s.error.clone_from(&ptr.behind);
+        }
         s.wave.clone_from(&ptr.wave);
         let waiting = ptr.waiting.as_ref().filter(|_| matches!(phase, Phase::Waiting | Phase::Held));
         s.waiting_for = waiting.map(|w| w.waiting_for.as_str().to_owned());
@@ -284,6 +295,7 @@ impl Agent {
                     "files": r.desired.files.len(),
                     "checks": r.desired.checks.len(),
                     "forced": r.forced,
+                    "from": r.from,
                 })
             })
             .collect())

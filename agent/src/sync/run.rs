@@ -4,7 +4,7 @@
 use super::*;
 
 /// Run a blocking step of the cycle on the blocking pool.
-pub(super) async fn blocking<T: Send + 'static>(agent: &Arc<Agent>, f: impl FnOnce(&Agent) -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(agent: &Arc<Agent>, f: impl FnOnce(&Agent) -> T + Send + 'static) -> T {
     if crate::sim::inline() {
         return f(agent);
     }
@@ -141,9 +141,30 @@ pub fn stopped(agent: &Agent) -> Result<(), StoreError> {
 /// One sync cycle: fetch, then apply the branch's revision if it is new (health
 /// gate, rollback on failure), or re-enforce the current one if not.
 pub async fn sync(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, SyncError> {
+    sync_from(agent, opts, None).await
+}
+
+/// A sync of a commit taken from a stick (SPEC §9; `file` names it): the
+/// commit is decided and applied as a fetched tip would be.
+pub async fn sync_import(
+    agent: &Arc<Agent>,
+    opts: SyncOptions,
+    commit: String,
+    file: String,
+) -> Result<SyncSummary, SyncError> {
+    sync_from(agent, opts, Some(Imported { commit, file })).await
+}
+
+/// A commit taken from a stick, and the file it came in.
+struct Imported {
+    commit: String,
+    file: String,
+}
+
+async fn sync_from(agent: &Arc<Agent>, opts: SyncOptions, import: Option<Imported>) -> Result<SyncSummary, SyncError> {
     let started = Instant::now();
     let rollbacks = agent.counters.events_of("rolled_back");
-    let r = sync_inner(agent, opts).await;
+    let r = sync_inner(agent, opts, import).await;
     if !opts.dry_run {
         // A failed sync that rolled back raised a `rolled_back` event,
         // whatever failed (apply, health, a runtime).
@@ -167,22 +188,35 @@ pub(super) fn result_of(r: &Result<SyncSummary, SyncError>, rolled_back: bool) -
     }
 }
 
-pub(super) async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions) -> Result<SyncSummary, SyncError> {
+async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions, import: Option<Imported>) -> Result<SyncSummary, SyncError> {
     let mut timings = Timings::default();
     let t = Instant::now();
-    let fetched: Result<Fetched, SourceError> = blocking(agent, |a| a.source.fetch()).await;
+    let (fetched, from) = match import {
+        Some(i) => (Ok(Fetched { commit: i.commit, received_pack: true }), Some(i.file)),
+        None => (blocking(agent, |a| a.source.fetch()).await, None),
+    };
     timings.fetch_ms = ms(t.elapsed());
     let (event, span) = match &fetched {
         Err(e) if opts.dry_run => return Err(e.clone().into()),
         Err(e) => (Event::Unreachable { error: e.to_string() }, tracing::info_span!("sync")),
+        Ok(f) if from.is_some() => (
+            Event::Import { commit: f.commit.clone(), render_key: agent.render_key() },
+            tracing::info_span!("sync", revision = %short(&f.commit), import = from.as_deref().unwrap_or_default()),
+        ),
         Ok(f) => (
-            Event::Tip { commit: f.commit.clone(), render_key: agent.render_key(), retry: opts.retry },
+            match behind_import(agent, &f.commit).await? {
+                Some(error) => Event::Behind { error },
+                None => Event::Tip { commit: f.commit.clone(), render_key: agent.render_key(), retry: opts.retry },
+            },
             tracing::info_span!("sync", revision = %short(&f.commit)),
         ),
     };
+    let behind = matches!(event, Event::Behind { .. });
     let run = Run {
         agent,
         opts,
+        from,
+        behind,
         fetched,
         timings,
         outcome: None,
@@ -196,6 +230,47 @@ pub(super) async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions) -> Result<
     run.drive(event).instrument(span).await
 }
 
+/// After an import (SPEC §9): how the source's `tip` stands to the imported
+/// commit, when it does not descend from it (`None`: it does, or there was
+/// no import). The history a depth-1 fetch leaves is deepened once to tell.
+async fn behind_import(agent: &Arc<Agent>, tip: &str) -> Result<Option<String>, SyncError> {
+    let tip = tip.to_owned();
+    blocking(agent, move |a| {
+        let Some(imported) = a.store.pointers()?.imported.filter(|i| *i != tip) else { return Ok(None) };
+        let mut descends = a.source.descends(&tip, &imported).ok().flatten();
+        if descends.is_none() {
+            if let Err(e) = a.source.deepen(DEEPEN) {
+                tracing::warn!(error = %e, "could not fetch more history to compare the source with the import");
+            }
+            descends = a.source.descends(&tip, &imported).ok().flatten();
+        }
+        if descends == Some(true) {
+            tracing::info!(revision = short(&tip), imported = short(&imported), "the source reached the import");
+            return Ok(None);
+        }
+        let branch = &a.cfg.source.branch;
+        let why = if a.source.descends(&imported, &tip).ok().flatten() == Some(true) {
+            format!(
+                "the source's branch {branch} is at {}, behind {} that came from a stick: not applied until the branch reaches it",
+                short(&tip),
+                short(&imported)
+            )
+        } else {
+            format!(
+                "the source's branch {branch} is at {}, which does not descend from {} that came from a stick: not applied until it does",
+                short(&tip),
+                short(&imported)
+            )
+        };
+        Ok(Some(why))
+    })
+    .await
+}
+
+/// Commits of history fetched to tell whether the source's tip descends
+/// from an imported commit.
+const DEEPEN: u32 = 1000;
+
 /// One sync, driven: the decision step says what to do next ([`Effect`]),
 /// this performs it and tells the step what happened ([`Event`]), until
 /// nothing is left to do. Nothing here decides what the gateway should be
@@ -203,6 +278,10 @@ pub(super) async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions) -> Result<
 struct Run<'a> {
     agent: &'a Arc<Agent>,
     opts: SyncOptions,
+    /// The file the tip came in, when it came from a stick.
+    from: Option<String>,
+    /// The source's tip is behind the imported commit (not applied).
+    behind: bool,
     fetched: Result<Fetched, SourceError>,
     timings: Timings,
     /// What `tend sync` answers, once known.
@@ -446,6 +525,9 @@ impl Run<'_> {
                 });
                 s.received_pack = f.received_pack;
                 s.timings = self.timings.clone();
+                if self.behind && s.action == "unchanged" {
+                    s.action = "behind".into();
+                }
                 // Enforced: every file of the revision is as desired.
                 let files = s.files;
                 let m = Measured::with(Resources { total: files, ready: files, failed: 0 });
@@ -552,6 +634,7 @@ impl Run<'_> {
             tracing::info!(revision = short(&prepared.commit), forced = %f, "applying past the rollout policy");
         }
         prepared.forced.clone_from(&forced);
+        prepared.from = self.from.as_ref().map(|f| format!("import {f}"));
         let prepared = Arc::new(prepared);
         self.prepared = Some(prepared.clone());
         // The attempt is durable before the first write: if the agent dies
@@ -566,16 +649,20 @@ impl Run<'_> {
             if let Some(f) = forced {
                 started["forced"] = f.into();
             }
+            if let Some(f) = &p.from {
+                started["from"] = f.clone().into();
+            }
             a.event(Kind::SyncStarted, started);
             let result = a.enforce(&p.commit, &p.desired, &blobs, a.cfg.apply.prune);
             drop(blobs);
             let (plan, _report) = result?;
             let seq = a.record(&p, Outcome::Applied, None)?;
             let (created, updated, deleted, hooks) = plan.counts();
-            a.event(
-                Kind::Applied,
-                serde_json::json!({ "revision": p.commit, "created": created, "updated": updated, "deleted": deleted, "hooks": hooks }),
-            );
+            let mut fields = serde_json::json!({ "revision": p.commit, "created": created, "updated": updated, "deleted": deleted, "hooks": hooks });
+            if let Some(f) = &p.from {
+                fields["from"] = f.clone().into();
+            }
+            a.event(Kind::Applied, fields);
             Ok((plan, seq))
         })
         .await;
