@@ -175,6 +175,51 @@ fn an_export_is_applied_offline_reported_and_reconciled_when_the_network_returns
         "{report}"
     );
 
+    // The report, published for the fleet (acceptance 4 of the issue):
+    // `fleet status` shows the site, via the stick, with the report's time.
+    let broker = tend_e2e::Mosquitto::start();
+    let fleet_cmd = |args: &[&str]| -> Run {
+        Command::new(tend_bin()).arg("fleet").args(args).args(["--mqtt", &broker.url()]).output().unwrap().into()
+    };
+    let ingest = |dir: &Path| fleet_cmd(&["ingest", "--fleet", "test", &dir.display().to_string()]);
+    let r = ingest(stick);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("published 1 report") && r.stdout.contains("test/gw-1"), "{r:?}");
+    let seen = fleet_cmd(&["status", "--json"]);
+    assert_eq!(seen.code, 0, "{seen:?}");
+    let v = seen.json();
+    let d = &v["devices"][0];
+    assert_eq!((d["device_id"].as_str(), d["via"].as_str()), (Some("gw-1"), Some("import")), "{v}");
+    assert_eq!(d["reported_at"], report["written_at"]);
+    assert_eq!(d["revision"], v2.as_str());
+    assert_eq!(d["availability"], "import");
+    assert_eq!(d["attention"], false, "a site known by its report is not a broken one: {d}");
+    assert_eq!(v["counts"]["via_import"], 1);
+    assert_eq!(v["counts"]["missing_availability"], 0, "{v}");
+    let text = fleet_cmd(&["status"]);
+    assert!(text.stdout.contains("1 known by a stick's report"), "{text:?}");
+    // Ingested twice: the broker holds it already.
+    let again = ingest(stick);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stdout.contains("published 0 reports") && again.stderr.contains("holds"), "{again:?}");
+    // The gateway came online since and sent a newer status itself: a late
+    // ingest of the old report does not overwrite it.
+    let mut own = d.clone();
+    own["via"] = serde_json::Value::Null;
+    own["last_sync"] = "2099-01-01T00:00:00Z".into();
+    own["phase"] = "synced".into();
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-r"])
+        .args(["-t", "tend/v1/test/gw-1/status", "-m", &own.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let late = ingest(stick);
+    assert!(late.stdout.contains("published 0 reports") && late.stderr.contains("its own newer status"), "{late:?}");
+    let v = fleet_cmd(&["status", "--json"]).json();
+    assert_eq!(v["devices"][0]["last_sync"], "2099-01-01T00:00:00Z", "{v}");
+    drop(broker);
+
     // The same file again: nothing to do.
     let again = s.import(&file, &[]);
     assert_eq!(again.code, 0, "{again:?}");

@@ -228,6 +228,21 @@ pub enum FleetCommand {
         #[arg(long)]
         now: bool,
     },
+    /// Publish the reports gateways at sites without network wrote onto a
+    /// stick (DIR/tend-reports/*.json, by `tend import`) as if they had sent
+    /// them: each status retained, marked via "import" with the report's
+    /// time, and the events it had not delivered. A status the gateway sent
+    /// itself since is kept. Operator builds only (the `fleet-serve` feature).
+    #[cfg(feature = "fleet-serve")]
+    Ingest {
+        #[command(flatten)]
+        conn: MqttArgs,
+        /// Only reports of this fleet.
+        #[arg(long)]
+        fleet: Option<String>,
+        /// The stick (its tend-reports/ directory is read), or that directory.
+        dir: PathBuf,
+    },
     /// Write one signed `.tend` file for sites without network (SPEC §9):
     /// the branch's tip as a Git bundle (thin from --since), the container
     /// images the exported devices' bundles name (from the local Podman or
@@ -439,6 +454,24 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
             println!(
                 "sync requested from {} (command id {id})",
                 target.map_or_else(|| format!("every gateway of fleet {f}"), |d| format!("{f}/{d}"))
+            );
+            Ok(())
+        }
+        #[cfg(feature = "fleet-serve")]
+        FleetCommand::Ingest { conn, fleet: f, dir } => {
+            let done = rt
+                .block_on(fleet::ingest::ingest(&conn.settings(), &conn.topic_prefix, f.as_deref(), dir))
+                .map_err(usage)?;
+            for (file, why) in &done.skipped {
+                eprintln!("skipped {file}: {why}");
+            }
+            println!(
+                "published {} report{} ({} event{}){}",
+                done.published.len(),
+                if done.published.len() == 1 { "" } else { "s" },
+                done.events,
+                if done.events == 1 { "" } else { "s" },
+                if done.published.is_empty() { String::new() } else { format!(": {}", done.published.join(", ")) }
             );
             Ok(())
         }
@@ -819,14 +852,8 @@ fn cmd_import(
 ) -> Result<(), Failure> {
     let meta = std::fs::metadata(path).map_err(|e| Failure::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
     let (files, dir) = if meta.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Failure::Failed(anyhow::anyhow!("{}: {e}", path.display())))?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "tend"))
-            .collect();
-        files.sort();
+        let files = crate::offline::files_ending(path, "tend")
+            .map_err(|e| Failure::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
         (files, path.to_path_buf())
     } else {
         (vec![path.to_path_buf()], path.parent().unwrap_or(std::path::Path::new(".")).to_path_buf())
@@ -871,13 +898,21 @@ fn cmd_import(
         }
         let out = reports.join(format!("{device}.json"));
         let text = serde_json::to_vec_pretty(&r).expect("a report serialises");
-        crate::atomic::write(&out, &text, 0o644, true)
-            .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot write the report: {e}")))?;
-        let _ = crate::atomic::fsync_dir(&reports);
-        if !json {
-            println!("report written to {}", out.display());
+        match crate::atomic::write(&out, &text, 0o644, true) {
+            Ok(()) => {
+                let _ = crate::atomic::fsync_dir(&reports);
+                if !json {
+                    println!("report written to {}", out.display());
+                }
+                written = Some(out.display().to_string());
+            }
+            // A write-protected stick: the import stands, the report waits
+            // for the next stick.
+            Err(e) if e.error.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+                eprintln!("warning: no report written: {} is read-only", reports.display());
+            }
+            Err(e) => return Err(Failure::Failed(anyhow::anyhow!("cannot write the report: {e}"))),
         }
-        written = Some(out.display().to_string());
     }
     if json {
         print_json(&json!({ "files": outcomes, "report": written }));

@@ -269,25 +269,43 @@ async fn publish_once(
     retain: bool,
     payload: String,
 ) -> Result<(), String> {
+    publish_all(settings, what, vec![(topic, retain, payload)]).await
+}
+
+/// Connect, publish `messages` (topic, retained, payload) at QoS 1, at most
+/// 20 unacknowledged at a time (Mosquitto's default inflight window), wait
+/// until the broker acknowledged every one (10 s without progress at most)
+/// and disconnect.
+pub async fn publish_all(settings: &Settings, what: &str, messages: Vec<(String, bool, String)>) -> Result<(), String> {
+    const WINDOW: usize = 20;
     let options = settings.options(&client_id(what), None)?;
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut sent_pkid = None;
-    loop {
+    let (client, mut eventloop) = AsyncClient::new(options, WINDOW + 4);
+    let total = messages.len();
+    let mut queue = messages.into_iter();
+    let (mut connected, mut sent, mut acked) = (false, 0usize, 0usize);
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while acked < total {
+        while connected && sent < total && sent - acked < WINDOW {
+            let Some((topic, retain, payload)) = queue.next() else { break };
+            client.try_publish(topic, QoS::AtLeastOnce, retain, payload).map_err(|e| e.to_string())?;
+            sent += 1;
+        }
         let ev = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Err(_) => return Err(format!("{}: no acknowledgement within 10s", settings.url)),
+            Err(_) => {
+                return Err(format!(
+                    "{}: no acknowledgement within 10s ({acked} of {total} acknowledged)",
+                    settings.url
+                ));
+            }
             Ok(Err(e)) => return Err(format!("{}: {e}", settings.url)),
             Ok(Ok(ev)) => ev,
         };
         match ev {
-            Event::Incoming(Incoming::ConnAck(_)) => {
-                client
-                    .publish(topic.clone(), QoS::AtLeastOnce, retain, payload.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+            Event::Incoming(Incoming::ConnAck(_)) => connected = true,
+            Event::Incoming(Incoming::PubAck(_)) => {
+                acked += 1;
+                deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => sent_pkid = Some(pkid),
-            Event::Incoming(Incoming::PubAck(a)) if Some(a.pkid) == sent_pkid => break,
             _ => {}
         }
     }

@@ -6,6 +6,8 @@
 
 pub mod broker;
 #[cfg(feature = "fleet-serve")]
+pub mod ingest;
+#[cfg(feature = "fleet-serve")]
 pub mod metrics;
 #[cfg(feature = "fleet-serve")]
 pub mod model;

@@ -37,7 +37,8 @@ pub use crate::store::PHASES;
 pub struct Device {
     pub fleet: String,
     pub device_id: String,
-    /// `online`, `offline`, or `unknown` (no or unreadable availability).
+    /// `online`, `offline`, `unknown` (no or unreadable availability), or
+    /// `import` (known only from a report brought back on a stick).
     pub availability: &'static str,
     /// One of [`PHASES`], `unknown` (no status yet), or what the gateway sent
     /// (cleaned, counted as `other`).
@@ -68,6 +69,11 @@ pub struct Device {
     pub seen_status: bool,
     pub seen_availability: bool,
     pub health: Option<Health>,
+    /// `import`: the status came on a stick (SPEC §9, `tend fleet ingest`),
+    /// not from the gateway over the network.
+    pub via: Option<String>,
+    /// When the gateway wrote the report a status `via` a stick came in.
+    pub reported_at: Option<String>,
     #[serde(skip)]
     pub last_sync_at: Option<SystemTime>,
     #[serde(skip)]
@@ -149,6 +155,8 @@ impl Device {
             seen_status: false,
             seen_availability: false,
             health: None,
+            via: None,
+            reported_at: None,
             last_sync_at: None,
             events: VecDeque::new(),
         }
@@ -200,11 +208,26 @@ impl Device {
             })
     }
 
+    /// Whether the status came on a stick (an offline site).
+    pub fn via_import(&self) -> bool {
+        self.via.as_deref() == Some("import")
+    }
+
     fn refresh(&mut self, now: SystemTime, stale_after: Duration) {
         self.stale = match self.last_sync_at {
             Some(t) => now.duration_since(t).unwrap_or_default() > stale_after,
             None => true,
         };
+        // An offline site is known only from its last report: its age, its
+        // unreachable source and its missing availability are what such a
+        // site is; what needs attention is a revision that failed there.
+        if self.via_import() && !self.seen_availability {
+            self.availability = "import";
+            self.stale = false;
+            self.attention = !matches!(self.phase.as_str(), "synced" | "progressing" | "waiting" | "suspended")
+                || !self.problems.is_empty();
+            return;
+        }
         self.attention = self.availability != "online"
             || self.stale
             || !matches!(self.phase.as_str(), "synced" | "progressing" | "waiting" | "suspended")
@@ -488,6 +511,8 @@ fn read_status(d: &mut Device, payload: &[u8], now: SystemTime) -> Ingest {
     };
     d.due_at = text(&m, "due_at", 40, &mut bad);
     d.waiting_for = text(&m, "waiting_for", 40, &mut bad);
+    d.via = text(&m, "via", 16, &mut bad);
+    d.reported_at = text(&m, "reported_at", 40, &mut bad);
     d.last_sync = text(&m, "last_sync", 40, &mut bad);
     d.last_sync_at = d.last_sync.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
     if d.last_sync.is_some() && d.last_sync_at.is_none() {
@@ -587,6 +612,8 @@ pub struct Counts {
     /// gateway's were cleared by hand). See [`Counts::warning`].
     pub missing_status: u64,
     pub missing_availability: u64,
+    /// Gateways known only from a report brought back on a stick (SPEC §9).
+    pub via_import: u64,
     /// The broker stopped sending the retained set after this many
     /// messages, before its end (`null`: the whole set came).
     pub cut_short: Option<u64>,
@@ -604,12 +631,15 @@ impl Counts {
             match d.availability {
                 "online" => c.online += 1,
                 "offline" => c.offline += 1,
+                "import" => {}
                 _ => c.availability_unknown += 1,
             }
             c.stale += u64::from(d.stale);
             c.attention += u64::from(d.attention);
             c.missing_status += u64::from(d.seen_availability && !d.seen_status);
-            c.missing_availability += u64::from(d.seen_status && !d.seen_availability);
+            // A site without network has no availability, only its report.
+            c.via_import += u64::from(d.via_import() && !d.seen_availability);
+            c.missing_availability += u64::from(d.seen_status && !d.seen_availability && !d.via_import());
             *c.by_phase.entry(d.phase_label().to_owned()).or_default() += 1;
             *revs.entry(d.revision.as_deref().unwrap_or("none")).or_default() += 1;
         }

@@ -51,12 +51,13 @@ fn severity(d: &Device) -> u8 {
 /// The counts, one line each.
 pub fn summary(c: &Counts) -> String {
     let mut out = format!(
-        "{} gateway{}: {} online, {} offline{}; {} stale; {} need{} attention\n",
+        "{} gateway{}: {} online, {} offline{}{}; {} stale; {} need{} attention\n",
         c.gateways,
         if c.gateways == 1 { "" } else { "s" },
         c.online,
         c.offline,
         if c.availability_unknown > 0 { format!(", {} unknown", c.availability_unknown) } else { String::new() },
+        if c.via_import > 0 { format!(", {} known by a stick's report", c.via_import) } else { String::new() },
         c.stale,
         c.attention,
         if c.attention == 1 { "s" } else { "" },

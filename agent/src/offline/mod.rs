@@ -289,3 +289,16 @@ fn read_small(entry: impl Read, max: u64, path: &str) -> Result<Vec<u8>, String>
 pub fn shown(path: &std::path::Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
+
+/// The regular files (not symlinks) in `dir` whose names end in `.EXT`,
+/// sorted: the exports on a stick, the reports brought back.
+pub fn files_ending(dir: &std::path::Path, ext: &str) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    Ok(files)
+}
