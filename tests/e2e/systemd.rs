@@ -97,6 +97,7 @@ fn the_stick_import_unit_verifies_and_is_as_hardened_as_tend_service() {
         "ExecStopPost=+/usr/lib/tend/tend-stick umount %I",
         "ProtectSystem=strict",
         "ReadWritePaths=-/run/tend/media/%I/tend-reports",
+        "ReadOnlyPaths=/run",
         "StateDirectory=tend",
         "NoNewPrivileges=yes",
         "SystemCallFilter=@system-service",
