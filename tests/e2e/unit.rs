@@ -471,6 +471,19 @@ fn a_stick_is_mounted_read_only_imported_and_unmounted_under_a_real_systemd() {
     assert_eq!(m.sh("ls /etc/probe.txt 2>/dev/null").trim(), "", "a hostile stick wrote into /etc");
     unmounted(&hostile);
 
+    // 4b. Not a stick: a device mounted elsewhere (an fstab entry, a boot
+    // partition on USB) is skipped by ExecCondition=, not mounted again.
+    m.ok(&format!("mkdir -p /mnt/elsewhere && mount -o ro {} /mnt/elsewhere", hostile.dev));
+    let c = cursor();
+    let _ = m.sh(&format!("systemctl start {}", unit(&hostile)));
+    let said = journal(&hostile, &c);
+    eprintln!("== a device mounted elsewhere\n{said}");
+    assert!(said.contains("is mounted already (/mnt/elsewhere): not imported"), "{said}");
+    assert!(!said.contains("probe:"), "imported all the same: {said}");
+    assert_eq!(prop(&hostile, "ActiveState"), "inactive", "{said}");
+    assert_eq!(m.sh(&format!("ls -d {} 2>/dev/null", media(&hostile))).trim(), "");
+    m.ok("umount /mnt/elsewhere");
+
     // 5. The unit as shipped runs `tend import` on the stick.
     m.ok(&format!("rm {dropin} && systemctl daemon-reload"));
     let c = cursor();
