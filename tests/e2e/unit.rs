@@ -290,14 +290,21 @@ struct Stick {
 
 impl Stick {
     /// `setup` fills the stick's root before `mkfs.ext4 -d` copies it in.
-    fn new(dir: &Path, name: &str, setup: impl FnOnce(&Path)) -> Stick {
+    /// `write_protected`: a read-only loop device, as a stick with its lock
+    /// switch on.
+    fn new(dir: &Path, name: &str, write_protected: bool, setup: impl FnOnce(&Path)) -> Stick {
         let root = dir.join(format!("{name}-root"));
         std::fs::create_dir_all(&root).unwrap();
         setup(&root);
         let image = dir.join(format!("{name}.img"));
         std::fs::File::create(&image).unwrap().set_len(16 << 20).unwrap();
         tend_e2e::run(Command::new("mkfs.ext4").arg("-q").arg("-d").arg(&root).arg(&image));
-        let dev = tend_e2e::run(Command::new("losetup").args(["-f", "--show"]).arg(&image)).trim().to_owned();
+        let mut losetup = Command::new("losetup");
+        losetup.args(["-f", "--show"]);
+        if write_protected {
+            losetup.arg("-r");
+        }
+        let dev = tend_e2e::run(losetup.arg(&image)).trim().to_owned();
         assert!(dev.starts_with("/dev/loop"), "losetup: {dev}");
         Stick { image, dev }
     }
@@ -347,17 +354,23 @@ fn a_stick_is_mounted_read_only_imported_and_unmounted_under_a_real_systemd() {
     let tmp = tempfile::tempdir().unwrap();
     // A stick as a technician brings it: a .tend file, tend-reports/, and
     // (hostile) a symlink out of the stick.
-    let stick = Stick::new(tmp.path(), "stick", |root| {
+    let stick = Stick::new(tmp.path(), "stick", false, |root| {
         std::fs::write(root.join("fleet-0123456789ab.tend"), "not a real export\n").unwrap();
         std::fs::create_dir(root.join("tend-reports")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("evil")).unwrap();
     });
     // Hostile: tend-reports is a symlink to the gateway's /etc.
-    let hostile = Stick::new(tmp.path(), "hostile", |root| {
+    let hostile = Stick::new(tmp.path(), "hostile", false, |root| {
         std::fs::write(root.join("fleet-0123456789ab.tend"), "not a real export\n").unwrap();
         std::os::unix::fs::symlink("/etc", root.join("tend-reports")).unwrap();
     });
-    let devices: Vec<String> = [&stick, &hostile].iter().flat_map(|s| ["--device".into(), s.dev.clone()]).collect();
+    // Write-protected, asking for a report it cannot take.
+    let locked = Stick::new(tmp.path(), "locked", true, |root| {
+        std::fs::write(root.join("fleet-0123456789ab.tend"), "not a real export\n").unwrap();
+        std::fs::create_dir(root.join("tend-reports")).unwrap();
+    });
+    let devices: Vec<String> =
+        [&stick, &hostile, &locked].iter().flat_map(|s| ["--device".into(), s.dev.clone()]).collect();
     let m = Machine::boot(&rootfs, deb.parent().unwrap(), &devices);
     let name = deb.file_name().unwrap().to_string_lossy().into_owned();
     m.ok(&format!("dpkg -i /deb/{name}"));
@@ -470,6 +483,17 @@ fn a_stick_is_mounted_read_only_imported_and_unmounted_under_a_real_systemd() {
     assert!(said.lines().any(|l| l.trim_end() == "probe: reports mount"), "tend-reports/ mounted: {said}");
     assert_eq!(m.sh("ls /etc/probe.txt 2>/dev/null").trim(), "", "a hostile stick wrote into /etc");
     unmounted(&hostile);
+
+    // 4a. A write-protected stick: imported read-only, without a report.
+    let c = cursor();
+    let _ = m.sh(&format!("systemctl start {}", unit(&locked)));
+    let said = journal(&locked, &c);
+    eprintln!("== the write-protected stick\n{said}");
+    assert_eq!(prop(&locked, "Result"), "success", "{said}");
+    assert!(said.contains("cannot be written (write-protected?), no report"), "{said}");
+    assert!(said.contains("probe: sees ") && said.contains("fleet-0123456789ab.tend"), "{said}");
+    assert!(said.contains("probe: report refused"), "{said}");
+    unmounted(&locked);
 
     // 4b. Not a stick: a device mounted elsewhere (an fstab entry, a boot
     // partition on USB) is skipped by ExecCondition=, not mounted again.
