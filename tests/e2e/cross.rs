@@ -174,15 +174,24 @@ fn check_deb(triple: &str, arch: &str, machine: u16) {
 
     let list = dpkg_deb(&["-c"], &deb);
     let files: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().nth(5)).collect();
-    for want in
-        ["./usr/bin/tend", "./etc/tend/agent.toml", "./usr/share/doc/tend/copyright", "./usr/share/doc/tend/README.md"]
-    {
+    for want in [
+        "./usr/bin/tend",
+        "./etc/tend/agent.toml",
+        "./usr/share/doc/tend/copyright",
+        "./usr/share/doc/tend/README.md",
+        // The hands-free stick import (SPEC §9, docs/stick-notes.md).
+        "./usr/lib/systemd/system/tend-import@.service",
+        "./usr/lib/udev/rules.d/90-tend-import.rules",
+        "./usr/lib/tend/tend-stick",
+    ] {
         assert!(files.contains(&want), "{arch} .deb lacks {want}:\n{list}");
     }
     assert!(files.iter().any(|f| f.ends_with("/systemd/system/tend.service")), "{arch} .deb lacks the unit:\n{list}");
-    let bin_line = list.lines().find(|l| l.ends_with("./usr/bin/tend")).unwrap();
-    let owner = bin_line.split_whitespace().nth(1).unwrap();
-    assert!(bin_line.starts_with("-rwxr-xr-x") && ["0/0", "root/root"].contains(&owner), "mode/owner: {bin_line}");
+    for exe in ["./usr/bin/tend", "./usr/lib/tend/tend-stick"] {
+        let line = list.lines().find(|l| l.ends_with(exe)).unwrap();
+        let owner = line.split_whitespace().nth(1).unwrap();
+        assert!(line.starts_with("-rwxr-xr-x") && ["0/0", "root/root"].contains(&owner), "mode/owner: {line}");
+    }
 
     let control = tempfile::tempdir().unwrap();
     tend_e2e::run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(control.path()));
@@ -246,7 +255,16 @@ fn amd64_deb_installs_runs_and_purges_clean() {
     assert!(!Path::new("/usr/bin/tend").exists());
     assert!(Path::new("/var/lib/tend/store/x").exists(), "remove must keep the applied history");
     tend_e2e::run(Command::new("dpkg").args(["--purge", "tend"]));
-    for gone in ["/usr/bin/tend", "/etc/tend", "/var/lib/tend", unit[0], unit[1]] {
+    for gone in [
+        "/usr/bin/tend",
+        "/etc/tend",
+        "/var/lib/tend",
+        unit[0],
+        unit[1],
+        "/usr/lib/systemd/system/tend-import@.service",
+        "/usr/lib/udev/rules.d/90-tend-import.rules",
+        "/usr/lib/tend",
+    ] {
         assert!(!Path::new(gone).exists(), "{gone} is left after purge");
     }
 }
@@ -278,6 +296,17 @@ fn install_script_is_idempotent_and_uninstalls() {
     let unit = std::fs::read_to_string(p("etc/systemd/system/tend.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/tend run"), "{unit}");
     assert_eq!(std::fs::metadata(p("var/lib/tend")).unwrap().permissions().mode() & 0o777, 0o700);
+    // The stick import, pointed at the installed binary and helper.
+    let import = std::fs::read_to_string(p("etc/systemd/system/tend-import@.service")).unwrap();
+    assert!(
+        import.contains("ExecStart=/usr/local/bin/tend import /run/tend/media/%I")
+            && import.contains("ExecStartPre=+/usr/local/lib/tend/tend-stick mount %I")
+            && !import.contains("/usr/bin/")
+            && !import.contains("/usr/lib/"),
+        "{import}"
+    );
+    assert_eq!(std::fs::metadata(p("usr/local/lib/tend/tend-stick")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert!(p("etc/udev/rules.d/90-tend-import.rules").exists());
     // An operator's config survives a re-install; the binary is replaced.
     std::fs::write(p("etc/tend/agent.toml"), "device_id = \"gw-1\"\n").unwrap();
     std::fs::write(p("var/lib/tend/history"), "kept").unwrap();
@@ -289,7 +318,15 @@ fn install_script_is_idempotent_and_uninstalls() {
         tend_e2e::run(Command::new("sh").arg(&script).arg("--uninstall").args(extra).arg("--prefix").arg(prefix.path()))
     };
     uninstall(&[]);
-    assert!(!p("usr/local/bin/tend").exists() && !p("etc/systemd/system/tend.service").exists());
+    for gone in [
+        "usr/local/bin/tend",
+        "etc/systemd/system/tend.service",
+        "etc/systemd/system/tend-import@.service",
+        "etc/udev/rules.d/90-tend-import.rules",
+        "usr/local/lib/tend",
+    ] {
+        assert!(!p(gone).exists(), "{gone} is left after --uninstall");
+    }
     assert!(
         p("etc/tend/agent.toml").exists() && p("var/lib/tend/history").exists(),
         "uninstall must keep config and store"
