@@ -437,3 +437,32 @@ fn thin_exports_and_files_for_other_gateways() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("--devices \"nope-*\" matches none"), "{r:?}");
 }
+
+/// With the daemon running, `tend import` goes through it (the store is
+/// the daemon's): applied, in the history, and a refusal answered as one
+/// error; the daemon keeps running.
+#[test]
+fn an_import_goes_through_the_running_daemon() {
+    let s = site("");
+    bundle(&s.fleet, "2", "[\"true\"]", None);
+    let v2 = commit_signed(&s.fleet, &s.key, "v2");
+    let file = s.export("stick", &[]);
+    let daemon = s.gw.start_daemon_logging("info");
+    let bad = s.tmp.path().join("truncated.tend");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() - 700]).unwrap();
+    let r = s.import(&bad, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("truncated"), "{r:?}");
+    let r = s.import(&file, &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["files"][0]["outcome"], "applied", "{v}");
+    assert_eq!(v["files"][0]["signer"], "ops@example.com", "{v}");
+    assert_eq!(s.gw.read("/etc/myapp/app.conf"), "version = 2\n");
+    let status = s.gw.tend(&["status", "--json"]).json();
+    assert_eq!(status["revision"], v2.as_str(), "{status}");
+    assert!(daemon.log_text().contains("importing"), "{}", daemon.log_text());
+    let (code, _) = daemon.terminate(std::time::Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+}
