@@ -55,7 +55,7 @@ if [ -d "$prov" ]; then
   for f in git-token mqtt-password client.key age.key; do
     [ -f "$prov/$f" ] && install -o root -g root -m 0600 "$prov/$f" "$ETC/$f" && log "installed $ETC/$f (0600)"
   done
-  for f in ca.pem mqtt-ca.pem client.pem; do
+  for f in ca.pem mqtt-ca.pem client.pem allowed_signers; do
     [ -f "$prov/$f" ] && install -o root -g root -m 0644 "$prov/$f" "$ETC/$f" && log "installed $ETC/$f"
   done
   if [ -f "$prov/agent.toml" ]; then

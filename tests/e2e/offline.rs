@@ -413,6 +413,7 @@ fn thin_exports_and_files_for_other_gateways() {
     assert!(std::fs::metadata(&thin).unwrap().len() < std::fs::metadata(&full).unwrap().len());
     let r = s.import(&thin, &[]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("applied"), "{r:?}");
     assert_eq!(s.gw.read("/etc/myapp/app.conf"), "version = 2\n");
     // The network returns, the branch where the import is: nothing applied
     // again.
@@ -465,4 +466,22 @@ fn an_import_goes_through_the_running_daemon() {
     assert!(daemon.log_text().contains("importing"), "{}", daemon.log_text());
     let (code, _) = daemon.terminate(std::time::Duration::from_secs(10));
     assert_eq!(code, Some(0));
+}
+
+/// A bundle the fleet shares (a [source].path without {device_id}): the
+/// manifest names the glob of the devices, each gateway matches its own id.
+#[test]
+fn an_export_of_a_shared_bundle_names_a_glob() {
+    let s = site("");
+    bundle(&s.fleet, "2", "[\"true\"]", None);
+    commit_signed(&s.fleet, &s.key, "v2");
+    let elsewhere = s.export("elsewhere", &["--path", "devices/gw-1", "--devices", "site-*"]);
+    let r = s.import(&elsewhere, &[]);
+    assert!(r.code == 0 && r.stdout.contains("skipped"), "{r:?}");
+    assert_eq!(s.gw.read("/etc/myapp/app.conf"), "version = 1\n");
+    let shared = s.export("shared", &["--path", "devices/gw-1", "--devices", "gw-*"]);
+    let r = s.import(&shared, &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["files"][0]["outcome"], "applied", "{r:?}");
+    assert_eq!(s.gw.read("/etc/myapp/app.conf"), "version = 2\n");
 }

@@ -51,14 +51,18 @@ pub struct Written {
 /// Write the export; `Err` says what stopped it, in one line.
 pub fn export(req: &Request) -> Result<Written, String> {
     let started = Instant::now();
-    let (dir_template, placeholder) = req
-        .path
-        .rsplit_once('/')
-        .filter(|(_, last)| *last == "{device_id}")
-        .ok_or_else(|| format!("--path {:?}: must be DIR/{{device_id}} (the gateways' [source].path)", req.path))?;
-    if dir_template.contains('{') || placeholder.is_empty() {
-        return Err(format!("--path {:?}: only {{device_id}}, at the end, is supported", req.path));
-    }
+    // `DIR/{device_id}`: a bundle per device; a path without placeholders:
+    // one bundle every gateway of the fleet shares.
+    let per_device = match req.path.rsplit_once('/') {
+        Some((dir, "{device_id}")) if !dir.contains('{') => Some(dir.to_owned()),
+        _ if !req.path.contains('{') => None,
+        _ => {
+            return Err(format!(
+                "--path {:?}: must be DIR/{{device_id}} or a path without placeholders (the gateways' [source].path)",
+                req.path
+            ));
+        }
+    };
     if !std::fs::metadata(&req.key).is_ok_and(|m| m.is_file()) {
         return Err(format!("--key {}: no such file", req.key.display()));
     }
@@ -102,36 +106,51 @@ pub fn export(req: &Request) -> Result<Written, String> {
     let tree = work.0.join("tree");
     std::fs::create_dir_all(&tree).map_err(|e| format!("cannot create {}: {e}", tree.display()))?;
     unpack_tree(&repo, &commit, &tree)?;
-    let dirs = std::fs::read_dir(tree.join(dir_template))
-        .map_err(|_| format!("--path {:?}: there is no {dir_template}/ at {}", req.path, short(&commit)))?;
-    let mut all = BTreeSet::new();
-    for d in dirs.filter_map(Result::ok) {
-        if d.file_type().is_ok_and(|t| t.is_dir()) {
-            all.insert(d.file_name().to_string_lossy().into_owned());
-        }
-    }
-    let devices: Vec<String> = all.iter().filter(|d| crate::trust::glob_match(&req.devices, d)).cloned().collect();
-    if devices.is_empty() {
-        return Err(format!(
-            "--devices {:?} matches none of the {} device directories under {dir_template}/ at {}",
-            req.devices,
-            all.len(),
-            short(&commit)
-        ));
-    }
     let mut refs = BTreeSet::new();
     let limits = Limits::default();
     let policy = Policy::default();
-    for d in &devices {
-        let identity = Identity { device_id: d.clone(), fleet: req.fleet.clone(), labels: BTreeMap::new() };
+    let mut images_of = |device: &str, at: &str| -> Result<(), String> {
+        let identity = Identity { device_id: device.to_owned(), fleet: req.fleet.clone(), labels: BTreeMap::new() };
         let ctx =
             bundle::Context { identity: &identity, policy: &policy, limits: &limits, secrets: bundle::Secrets::Opaque };
-        let at = RelPath::parse(&format!("{dir_template}/{d}")).map_err(|e| format!("device {d:?}: {e}"))?;
-        match bundle::render(&DirTree::new(&tree), &at, &ctx) {
-            Ok(r) => refs.extend(r.desired.containers.values().map(|c| c.image.clone())),
-            Err(e) => return Err(format!("device {d}: the bundle is rejected ({e}); fix it before exporting")),
+        let at = RelPath::parse(at).map_err(|e| format!("{at:?}: {e}"))?;
+        let r = bundle::render(&DirTree::new(&tree), &at, &ctx)
+            .map_err(|e| format!("{at}: the bundle is rejected ({e}); fix it before exporting"))?;
+        refs.extend(r.desired.containers.values().map(|c| c.image.clone()));
+        Ok(())
+    };
+    let devices: Vec<String> = match &per_device {
+        Some(dir) => {
+            let listed = std::fs::read_dir(tree.join(dir))
+                .map_err(|_| format!("--path {:?}: there is no {dir}/ at {}", req.path, short(&commit)))?;
+            let mut all = BTreeSet::new();
+            for d in listed.filter_map(Result::ok) {
+                if d.file_type().is_ok_and(|t| t.is_dir()) {
+                    all.insert(d.file_name().to_string_lossy().into_owned());
+                }
+            }
+            let devices: Vec<String> =
+                all.iter().filter(|d| crate::trust::glob_match(&req.devices, d)).cloned().collect();
+            if devices.is_empty() {
+                return Err(format!(
+                    "--devices {:?} matches none of the {} device directories under {dir}/ at {}",
+                    req.devices,
+                    all.len(),
+                    short(&commit)
+                ));
+            }
+            for d in &devices {
+                images_of(d, &format!("{dir}/{d}"))?;
+            }
+            devices
         }
-    }
+        None => {
+            // One shared bundle: the devices are the glob itself, matched
+            // by each gateway against its own id.
+            images_of("export", &req.path)?;
+            vec![req.devices.clone()]
+        }
+    };
 
     // The Git bundle.
     let bundle_path = work.0.join(REPO);

@@ -106,7 +106,7 @@ fn take_in(a: &Agent, file: &mut std::fs::File, name: &str, allow_downgrade: boo
     if m.fleet != cfg.fleet {
         return skipped(format!("exported for fleet {:?}; this gateway is in fleet {:?}", m.fleet, cfg.fleet));
     }
-    if !m.devices.contains(&cfg.device_id) {
+    if !m.devices.iter().any(|d| crate::trust::glob_match(d, &cfg.device_id)) {
         return skipped(format!("exported for {} other devices, not {}", m.devices.len(), cfg.device_id));
     }
     if m.branch != cfg.source.branch {

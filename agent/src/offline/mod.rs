@@ -55,7 +55,8 @@ pub struct Manifest {
     /// The commit the bundle is thin from (`--since`): a gateway must have it.
     #[serde(default)]
     pub since: Option<String>,
-    /// The device ids whose bundles were exported.
+    /// The device ids whose bundles were exported; for a bundle the fleet
+    /// shares, the glob of the ids it is for (`*`: every gateway).
     pub devices: Vec<String>,
     #[serde(default)]
     pub images: Vec<Image>,
