@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tend_e2e::{Fleet, GitDaemon, Mosquitto, Subscription, repo_root, run};
+use tend_e2e::monitor::{Browser, FleetServe};
+use tend_e2e::{Fleet, GitDaemon, Mosquitto, Run, Subscription, commit_signed, repo_root, run, ssh_key, tend_bin};
 
 /// The boot partition starts at 1 MiB (build.sh), the root one at 129 MiB.
 const BOOT: &str = "@@1M";
@@ -32,6 +33,8 @@ const ROOT_MIB: u64 = 129;
 struct Vm {
     disk: PathBuf,
     serial: PathBuf,
+    /// QEMU's monitor (a unix socket), to plug devices in.
+    monitor: PathBuf,
     /// The kernel and initrd are `{kernel}.vmlinuz` and `{kernel}.initrd`.
     kernel: PathBuf,
     child: Option<Child>,
@@ -50,7 +53,13 @@ impl Vm {
             std::fs::write(&local, content).unwrap();
             run(Command::new("mcopy").args(["-i", &at]).arg(&local).arg(format!("::tend/{file}")));
         }
-        Vm { disk, serial: dir.join(format!("{name}.serial")), kernel: kernel.to_owned(), child: None }
+        Vm {
+            disk,
+            serial: dir.join(format!("{name}.serial")),
+            monitor: dir.join(format!("{name}.monitor")),
+            kernel: kernel.to_owned(),
+            child: None,
+        }
     }
 
     /// Power on, with or without a network card.
@@ -67,6 +76,10 @@ impl Vm {
             .arg(format!("file={},format=raw,if=virtio", self.disk.display()))
             .arg("-serial")
             .arg(format!("file:{}", self.serial.display()))
+            // A USB controller (sticks are plugged in through the monitor).
+            .args(["-device", "qemu-xhci,id=xhci"])
+            .arg("-monitor")
+            .arg(format!("unix:{},server,nowait", self.monitor.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         if network {
@@ -91,6 +104,34 @@ impl Vm {
                 tail(&self.console())
             );
             std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Plug a USB stick in: `image`, a raw disk image, as usb-storage
+    /// (ENV.md: `drive_add`, then `device_add` through the monitor).
+    fn plug(&self, image: &Path) {
+        use std::io::{Read, Write};
+        let mut m = std::os::unix::net::UnixStream::connect(&self.monitor).expect("QEMU's monitor");
+        m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut said = String::new();
+        let mut until_prompt = |m: &mut std::os::unix::net::UnixStream| {
+            let mut buf = [0u8; 4096];
+            let start = said.len();
+            while !said[start..].contains("(qemu)") {
+                let n = m.read(&mut buf).expect("the monitor answers");
+                assert!(n > 0, "the monitor closed: {said}");
+                said.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            said[start..].to_owned()
+        };
+        until_prompt(&mut m);
+        for cmd in [
+            format!("drive_add 0 if=none,id=stick,file={},format=raw", image.display()),
+            "device_add usb-storage,bus=xhci.0,drive=stick,id=stick0".to_owned(),
+        ] {
+            m.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+            let answer = until_prompt(&mut m);
+            assert!(!answer.to_lowercase().contains("error"), "{cmd}: {answer}");
         }
     }
 
@@ -185,20 +226,139 @@ fn wait_fleet(sub: &Subscription, what: &str, timeout: Duration, revision: &str,
     })
 }
 
-#[test]
-#[ignore = "needs the arm64 .deb and qemu-system-aarch64; tests/run runs it"]
-fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
-    let tmp = tempfile::tempdir().unwrap();
-    let image = match std::env::var_os("TEND_IMAGE") {
+/// `TEND_IMAGE`, or the image built here into `dir`.
+fn gateway_image(dir: &Path) -> PathBuf {
+    match std::env::var_os("TEND_IMAGE") {
         Some(p) => PathBuf::from(p),
         None => {
-            let out = tmp.path().join("gateway.img");
+            let out = dir.join("gateway.img");
             let t = Instant::now();
             run(Command::new(repo_root().join("packaging/image/build.sh")).arg("--out").arg(&out));
             eprintln!("image built in {:.0} s", t.elapsed().as_secs_f64());
             out
         }
-    };
+    }
+}
+
+/// Issue 25, acceptance 3: a gateway that never had a network (no NIC at
+/// all) gets its first revision from a USB stick plugged in through QEMU's
+/// monitor: the .deb's udev rule and tend-import@.service mount it, the
+/// running daemon imports it (it sees the stick mounted after it started),
+/// the revision is applied, the report is on the stick afterwards; `tend
+/// fleet ingest` of the stick makes the gateway appear in `fleet status`
+/// and in the fleet view (headless Chromium).
+#[test]
+#[ignore = "needs the arm64 .deb and qemu-system-aarch64; tests/run runs it"]
+fn a_stick_is_imported_hands_free_on_a_gateway_without_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = gateway_image(tmp.path());
+    let (key, public) = ssh_key(tmp.path(), "ops");
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    fleet.write("shared/files/etc/myapp/app.conf", "version = from-the-stick\n");
+    let v1 = commit_signed(&fleet, &key, "v1");
+    // Its source and broker are nowhere it could reach (it has no NIC):
+    // events wait in its store for the stick.
+    let agent = "fleet = \"img\"\n[source]\nurl = \"git://10.0.2.2:9/fleet\"\npath = \"shared\"\n\
+                 allowed_signers = \"/etc/tend/allowed_signers\"\n[files]\nallow = [\"/etc/myapp\"]\n\
+                 [mqtt]\nurl = \"mqtt://10.0.2.2:1883\"\nhealth_interval = \"1h\"\n";
+    let signers = format!("ops@example.com namespaces=\"git,tend-export\" {public}\n");
+    let files = [("agent.toml", agent), ("allowed_signers", signers.as_str())];
+    let mut vm = Vm::new(tmp.path(), "site", &image, &image, &files);
+    if std::env::var_os("TEND_IMAGE").is_none() {
+        std::fs::remove_file(&image).unwrap();
+    }
+    let t = Instant::now();
+    vm.boot(false);
+    vm.wait_console("source unreachable", Duration::from_secs(600));
+    eprintln!("the site gateway is up without a network after {:.0} s", t.elapsed().as_secs_f64());
+    let console = vm.console();
+    let at = console.find("started: tend ").unwrap_or_else(|| panic!("no start line:\n{}", tail(&console)));
+    let id = console[at..].split(" for img/").nth(1).and_then(|r| r.split(',').next()).unwrap().to_owned();
+
+    // The operator's stick: the export, and tend-reports/ to ask for reports.
+    let out = tmp.path().join("export");
+    std::fs::create_dir_all(&out).unwrap();
+    let r: Run = Command::new(tend_bin())
+        .args(["fleet", "export", "--fleet", "img", "--path", "shared", "--repo"])
+        .arg(&fleet.dir)
+        .arg("--key")
+        .arg(&key)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let export = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let stick = tmp.path().join("stick.img");
+    run(Command::new("mkfs.vfat").args(["-n", "TEND"]).arg("-C").arg(&stick).arg("32768"));
+    let at = stick.display().to_string();
+    run(Command::new("mmd").args(["-i", &at, "::tend-reports"]));
+    run(Command::new("mcopy").args(["-i", &at]).arg(&export).arg("::"));
+
+    let t = Instant::now();
+    vm.plug(&stick);
+    vm.wait_console("report written to", Duration::from_secs(300));
+    vm.wait_console("tend-import@", Duration::from_secs(60));
+    let unmounted = |c: &str| c.lines().any(|l| l.contains("tend-import@") && l.contains("Deactivated successfully"));
+    let start = Instant::now();
+    while !unmounted(&vm.console()) {
+        assert!(start.elapsed() < Duration::from_secs(120), "the import unit did not finish:\n{}", tail(&vm.console()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("stick imported hands-free {:.0} s after it was plugged in", t.elapsed().as_secs_f64());
+    let console = vm.console();
+    assert!(console.contains(&format!("applied {}", &v1[..12])), "{}", tail(&console));
+    // Through the running daemon, which opened the file on the stick.
+    assert!(console.lines().any(|l| l.contains("importing") && l.contains("tend[")), "{}", tail(&console));
+    vm.kill();
+    replay_journal(&vm.disk);
+    assert_eq!(cat_root(&vm.disk, "/etc/myapp/app.conf"), "version = from-the-stick\n");
+
+    // The report, on the stick.
+    let back = tmp.path().join("back");
+    std::fs::create_dir_all(back.join("tend-reports")).unwrap();
+    run(Command::new("mcopy")
+        .args(["-i", &at])
+        .arg(format!("::tend-reports/{id}.json"))
+        .arg(back.join(format!("tend-reports/{id}.json"))));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(back.join(format!("tend-reports/{id}.json"))).unwrap()).unwrap();
+    assert_eq!(report["status"]["revision"], v1.as_str(), "{report}");
+    assert_eq!(report["status"]["phase"], "synced", "{report}");
+    // Nothing but the report was written: the export is as it was.
+    let copy = tmp.path().join("copy.tend");
+    run(Command::new("mcopy")
+        .args(["-i", &at])
+        .arg(format!("::{}", export.file_name().unwrap().to_string_lossy()))
+        .arg(&copy));
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&export).unwrap());
+
+    // Back at the office: the report, ingested, shows the site.
+    let broker = Mosquitto::start();
+    let r: Run =
+        Command::new(tend_bin()).args(["fleet", "ingest", "--mqtt", &broker.url()]).arg(&back).output().unwrap().into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = Command::new(tend_bin()).args(["fleet", "status", "--json", "--mqtt", &broker.url()]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let d = &v["devices"][0];
+    assert_eq!((d["device_id"].as_str(), d["via"].as_str()), (Some(id.as_str()), Some("import")), "{v}");
+    assert_eq!(d["revision"], v1.as_str());
+    let serve = FleetServe::start(tmp.path(), &broker.url(), &[]);
+    serve.wait("the site", Duration::from_secs(30), |v| v["counts"]["gateways"] == 1);
+    let mut b = Browser::start();
+    b.navigate(&format!("http://127.0.0.1:{}/", serve.port));
+    let row = format!(
+        "Array.from(document.querySelectorAll('#rows tr')).some(r => r.innerText.includes('{id}') && r.innerText.includes('import'))"
+    );
+    b.wait("the site's row, via import", Duration::from_secs(20), &row);
+}
+
+#[test]
+#[ignore = "needs the arm64 .deb and qemu-system-aarch64; tests/run runs it"]
+fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = gateway_image(tmp.path());
     let fleet = Fleet::new(tmp.path(), "fleet");
     fleet.write("shared/files/etc/myapp/app.conf", "version = 1\n");
     let v1 = fleet.commit("v1");
