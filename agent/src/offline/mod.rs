@@ -253,6 +253,24 @@ pub fn open<F: Read + Seek>(file: &mut F, trust: &Trust<'_>) -> Result<Opened, S
     if !crate::report::announce::is_commit_id(&manifest.commit) {
         return Err(format!("{MANIFEST}: commit {:?} is not a full commit id", manifest.commit));
     }
+    for img in &manifest.images {
+        let ok_ref = !img.reference.is_empty()
+            && img.reference.len() <= 255
+            && !img.reference.contains("..")
+            && img.reference.chars().all(|c| c.is_ascii_alphanumeric() || "._/:@-".contains(c));
+        if !ok_ref {
+            return Err(format!("{MANIFEST}: image {:?} is not an image reference", model_clean(&img.reference)));
+        }
+        let ok_id =
+            img.id.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok_id {
+            return Err(format!(
+                "{MANIFEST}: image {}: id {:?} is not sha256:<64 hex digits>",
+                img.reference,
+                model_clean(&img.id)
+            ));
+        }
+    }
     for (name, part) in &manifest.parts {
         let Some((_, size, sha)) = found.get(name) else {
             return Err(format!("{name}: named by {MANIFEST} but not in the file (truncated?)"));
@@ -302,4 +320,95 @@ pub fn files_ending(dir: &std::path::Path, ext: &str) -> std::io::Result<Vec<std
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Text from a file for a message: control characters replaced, at most 80
+/// characters.
+fn model_clean(s: &str) -> String {
+    s.chars().take(80).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(images: &str, parts: &str) -> String {
+        format!(
+            r#"{{"format":"tend-export/1","fleet":"f","branch":"main","commit":"{c}","devices":["*"],"images":[{images}],"created":"2026-12-04T00:00:00Z","parts":{{{parts}}}}}"#,
+            c = "a".repeat(40)
+        )
+    }
+
+    fn part(data: &[u8]) -> String {
+        let mut h = Hashing::new(data);
+        std::io::copy(&mut h, &mut std::io::sink()).unwrap();
+        format!(r#"{{"sha256":"{}","size":{}}}"#, h.finish(), data.len())
+    }
+
+    /// A tar of `members` (name, bytes); a symlink for a `None`.
+    fn tar_of(members: &[(&str, Option<&[u8]>)]) -> std::io::Cursor<Vec<u8>> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in members {
+            let mut h = tar::Header::new_gnu();
+            match data {
+                Some(d) => {
+                    h.set_size(d.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, name, *d).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, name, "/etc/shadow").unwrap();
+                }
+            }
+        }
+        std::io::Cursor::new(b.into_inner().unwrap())
+    }
+
+    fn refused(members: &[(&str, Option<&[u8]>)]) -> String {
+        let trust = Trust { signers: None, require_signature: false };
+        open(&mut tar_of(members), &trust).expect_err("refused")
+    }
+
+    #[test]
+    fn hostile_files_are_refused_with_a_reason() {
+        let repo = b"# v2 git bundle\n".as_slice();
+        let good = manifest("", &format!(r#""repo.bundle":{}"#, part(repo)));
+        let trust = Trust { signers: None, require_signature: false };
+        let ok = open(&mut tar_of(&[(MANIFEST, Some(good.as_bytes())), (REPO, Some(repo))]), &trust).unwrap();
+        assert_eq!(ok.span(REPO).map(|s| s.1), Some(repo.len() as u64));
+        let required = Trust { signers: None, require_signature: true };
+        let e = open(&mut tar_of(&[(MANIFEST, Some(good.as_bytes())), (REPO, Some(repo))]), &required).unwrap_err();
+        assert!(e.contains("unsigned"), "{e}");
+
+        let cases: Vec<(Vec<(&str, Option<&[u8]>)>, &str)> = vec![
+            (vec![], "no manifest.json"),
+            (vec![(MANIFEST, Some(good.as_bytes())), (MANIFEST, Some(good.as_bytes()))], "appears twice"),
+            (vec![(MANIFEST, Some(good.as_bytes())), (REPO, Some(repo)), ("extra", Some(b"x"))], "not a part"),
+            (vec![(MANIFEST, Some(good.as_bytes())), (REPO, None)], "not a regular file"),
+            (vec![(MANIFEST, Some(good.as_bytes()))], "not in the file"),
+            (vec![(MANIFEST, Some(good.as_bytes())), (REPO, Some(b"# v2 git bundlX\n"))], "does not match"),
+            (vec![(MANIFEST, Some(b"{"))], "manifest.json"),
+            (vec![(MANIFEST, Some(&[b' '; (8 << 20) + 1]))], "larger than"),
+        ];
+        for (members, why) in cases {
+            let e = refused(&members);
+            assert!(e.contains(why), "{why:?}: {e}");
+        }
+        let bad_ref = manifest(
+            &format!(r#"{{"ref":"../containers/x","id":"sha256:{}"}}"#, "0".repeat(64)),
+            &format!(r#""repo.bundle":{}"#, part(repo)),
+        );
+        let e = refused(&[(MANIFEST, Some(bad_ref.as_bytes())), (REPO, Some(repo))]);
+        assert!(e.contains("not an image reference"), "{e}");
+        let bad_id = manifest(r#"{"ref":"busybox","id":"sha256:zz"}"#, &format!(r#""repo.bundle":{}"#, part(repo)));
+        let e = refused(&[(MANIFEST, Some(bad_id.as_bytes())), (REPO, Some(repo))]);
+        assert!(e.contains("is not sha256"), "{e}");
+        let e =
+            refused(&[(MANIFEST, Some(good.replace("tend-export/1", "tend-export/9").as_bytes())), (REPO, Some(repo))]);
+        assert!(e.contains("format"), "{e}");
+        let mut not_tar = std::io::Cursor::new(b"hello, this is not a tar file at all".to_vec());
+        assert!(open(&mut not_tar, &trust).is_err());
+    }
 }
