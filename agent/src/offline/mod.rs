@@ -345,6 +345,9 @@ mod tests {
         format!(r#"{{"sha256":"{}","size":{}}}"#, h.finish(), data.len())
     }
 
+    /// Members of a tar: (name, bytes; `None`: a symlink).
+    type Members<'a> = Vec<(&'a str, Option<&'a [u8]>)>;
+
     /// A tar of `members` (name, bytes); a symlink for a `None`.
     fn tar_of(members: &[(&str, Option<&[u8]>)]) -> std::io::Cursor<Vec<u8>> {
         let mut b = tar::Builder::new(Vec::new());
@@ -382,7 +385,7 @@ mod tests {
         let e = open(&mut tar_of(&[(MANIFEST, Some(good.as_bytes())), (REPO, Some(repo))]), &required).unwrap_err();
         assert!(e.contains("unsigned"), "{e}");
 
-        let cases: Vec<(Vec<(&str, Option<&[u8]>)>, &str)> = vec![
+        let cases: Vec<(Members<'_>, &str)> = vec![
             (vec![], "no manifest.json"),
             (vec![(MANIFEST, Some(good.as_bytes())), (MANIFEST, Some(good.as_bytes()))], "appears twice"),
             (vec![(MANIFEST, Some(good.as_bytes())), (REPO, Some(repo)), ("extra", Some(b"x"))], "not a part"),
