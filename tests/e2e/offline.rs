@@ -301,16 +301,25 @@ fn flipped(file: &Path, at: u64, to: &Path) -> PathBuf {
 
 /// A copy of `file` without the member `drop`, the others as they are.
 fn without(file: &Path, drop: &str, to: &Path) -> PathBuf {
+    rebuilt(file, to, |name, _| (name != drop).then(Vec::new))
+}
+
+/// A copy of `file` whose members `change` may replace (`Some(bytes)`,
+/// empty: unchanged) or drop (`None`).
+fn rebuilt(file: &Path, to: &Path, change: impl Fn(&str, &[u8]) -> Option<Vec<u8>>) -> PathBuf {
     let mut a = tar::Archive::new(std::fs::File::open(file).unwrap());
     let mut b = tar::Builder::new(std::fs::File::create(to).unwrap());
     for e in a.entries().unwrap() {
         let mut e = e.unwrap();
-        if e.path().unwrap().to_string_lossy() == drop {
-            continue;
-        }
+        let name = e.path().unwrap().to_string_lossy().into_owned();
         let mut h = e.header().clone();
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        let Some(new) = change(&name, &data) else { continue };
+        if !new.is_empty() {
+            data = new;
+        }
+        h.set_size(data.len() as u64);
         h.set_cksum();
         b.append(&h, &data[..]).unwrap();
     }
@@ -370,6 +379,36 @@ fn bad_files_are_refused_whole_and_leave_nothing_behind() {
     refused(&flipped(&good, at + len / 2, &bad.join("image-byte.tend")), "images.tar: does not match");
     let (at, _) = member(&good, "manifest.json");
     refused(&flipped(&good, at + 30, &bad.join("manifest-byte.tend")), "does not verify");
+
+    // Signed by the trusted key, every part intact, but an image id the
+    // archive does not have: loaded, found wrong, removed again.
+    let wrong = bad.join("wrong-id.tend");
+    let (at, len) = member(&good, "manifest.json");
+    let manifest = &std::fs::read(&good).unwrap()[at as usize..(at + len) as usize];
+    let mut m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    m["images"][0]["id"] = format!("sha256:{}", "0".repeat(64)).into();
+    let edited = bad.join("manifest.json");
+    std::fs::write(&edited, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let _ = std::fs::remove_file(bad.join("manifest.json.sig"));
+    run(Command::new("ssh-keygen").args(["-q", "-Y", "sign", "-n", "tend-export", "-f"]).arg(&s.key).arg(&edited));
+    let sig = std::fs::read(bad.join("manifest.json.sig")).unwrap();
+    let text = std::fs::read(&edited).unwrap();
+    rebuilt(&good, &wrong, |name, _| match name {
+        "manifest.json" => Some(text.clone()),
+        "manifest.json.sig" => Some(sig.clone()),
+        _ => Some(Vec::new()),
+    });
+    refused(&wrong, "but the manifest says sha256:000");
+    // Again with the reference already here, naming another image: the
+    // refused load moved it, and it is moved back.
+    run(s.gateway.podman().args(["tag", TEST_IMAGE, SITE_IMAGE]));
+    let own = image_id(&s.gateway, SITE_IMAGE);
+    assert_ne!(own, image_id(&s.operator, SITE_IMAGE));
+    let images = s.images();
+    let r = s.import(&wrong, &[]);
+    assert!(r.code == 1 && r.stderr.contains("but the manifest says"), "{r:?}");
+    assert_eq!(image_id(&s.gateway, SITE_IMAGE), own, "the reference was not put back");
+    assert_eq!(s.images(), images);
 
     // Not enough free space: [apply].min_free above what the disk has.
     let config = std::fs::read_to_string(&s.gw.config).unwrap();

@@ -137,9 +137,9 @@ fn take_in(a: &Agent, file: &mut std::fs::File, name: &str, allow_downgrade: boo
                 "it carries container images, and no container runtime socket was found; set [containers].socket",
             )?;
         let rt = crate::reconcile::containers::DockerRuntime::new(&socket);
-        if let Some(root) = rt.storage_root() {
+        if let Some(root) = container_storage() {
             let images = m.parts.get(IMAGES).map_or(0, |p| p.size);
-            free_space(&root, "the container storage", images, cfg.apply.min_free)?;
+            free_space(root, "the container storage", images, cfg.apply.min_free)?;
         }
         Some(rt)
     };
@@ -214,14 +214,21 @@ fn take_in(a: &Agent, file: &mut std::fs::File, name: &str, allow_downgrade: boo
 }
 
 /// Load `images.tar` into the runtime and check each image's id; on any
-/// error the images it added are removed again. Ok: the ids it added.
+/// error the references it added are removed again (an image that was here
+/// under another name stays). Ok: the references it added.
 fn load_images(
     rt: &crate::reconcile::containers::DockerRuntime,
     file: &std::fs::File,
     opened: &Opened,
 ) -> Result<Vec<String>, String> {
     let m = &opened.manifest;
-    let before = rt.image_ids().map_err(|e| e.to_string())?;
+    // What each reference names before: the load may add a reference (or
+    // move one), and undoing it removes that reference only, never an
+    // image that was here under another name.
+    let mut before = std::collections::HashMap::new();
+    for img in &m.images {
+        before.insert(img.reference.clone(), rt.image_id(&img.reference).map_err(|e| e.to_string())?);
+    }
     let (offset, size) = opened.span(IMAGES).ok_or("no images.tar")?;
     let mut f = file.try_clone().map_err(|e| format!("cannot read: {e}"))?;
     f.seek(SeekFrom::Start(offset)).map_err(|e| format!("cannot read: {e}"))?;
@@ -263,19 +270,41 @@ fn load_images(
         }
         Ok(())
     });
-    let added: Vec<String> = match rt.image_ids() {
-        Ok(now) => now.difference(&before).cloned().collect(),
-        Err(_) => Vec::new(),
-    };
+    // The references the load made or moved.
+    let added: Vec<String> = m
+        .images
+        .iter()
+        .filter(|img| {
+            let now = rt.image_id(&img.reference).ok().flatten();
+            now.is_some() && before.get(&img.reference).is_some_and(|b| *b != now)
+        })
+        .map(|img| img.reference.clone())
+        .collect();
     match result {
         Ok(()) => Ok(added),
         Err(e) => {
-            for id in &added {
-                let _ = rt.remove_image(id);
+            for r in &added {
+                let undone = rt.untag_image(r).and_then(|()| match before.get(r) {
+                    // A reference the load moved (`app:latest` to a new
+                    // image) points at the image it named before again.
+                    Some(Some(old)) if !r.contains('@') => rt.tag_image(old, r),
+                    _ => Ok(()),
+                });
+                if let Err(why) = undone {
+                    tracing::warn!(image = %r, error = %why, "could not undo what the refused import loaded");
+                }
             }
             Err(e)
         }
     }
+}
+
+/// Where the container runtime keeps images: Podman's or Docker's default
+/// storage, whichever is here. (The runtime's own answer, `GET /info`,
+/// costs a 30 KB decoder of a few hundred fields on a gateway binary with
+/// a size budget.)
+fn container_storage() -> Option<&'static Path> {
+    ["/var/lib/containers/storage", "/var/lib/docker"].into_iter().map(Path::new).find(|p| p.is_dir())
 }
 
 /// Refuse when writing `need` bytes under `path` would leave less than

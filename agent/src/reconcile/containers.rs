@@ -184,14 +184,6 @@ impl DockerRuntime {
         }
     }
 
-    /// The ids of every image here.
-    pub fn image_ids(&self) -> Result<std::collections::HashSet<String>, RuntimeError> {
-        let docker = self.docker()?;
-        let opts = bollard::query_parameters::ListImagesOptionsBuilder::new().all(true).build();
-        let list = self.rt.block_on(docker.list_images(Some(opts))).map_err(|e| self.unavailable(e))?;
-        Ok(list.into_iter().map(|i| i.id).collect())
-    }
-
     /// Load images from a `docker save` archive (what `GET /images/get`
     /// writes), streamed from `chunks`.
     pub fn load_images(
@@ -237,17 +229,24 @@ impl DockerRuntime {
         })
     }
 
-    /// Remove an image (by id), as far as nothing uses it.
-    pub fn remove_image(&self, id: &str) -> Result<(), RuntimeError> {
+    /// Point the reference `name` (`repo:tag`) at the image `id` again.
+    pub fn tag_image(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
         let docker = self.docker()?;
-        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::new().force(true).build();
-        self.rt.block_on(docker.remove_image(id, Some(opts), None)).map(|_| ()).map_err(|e| self.unavailable(e))
+        let (repo, tag) = match name.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (name, "latest"),
+        };
+        let opts = bollard::query_parameters::TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        self.rt.block_on(docker.tag_image(id, Some(opts))).map_err(|e| self.unavailable(e))
     }
 
-    /// Where the runtime keeps images (its `DockerRootDir`), if it says.
-    pub fn storage_root(&self) -> Option<std::path::PathBuf> {
-        let docker = self.docker().ok()?;
-        self.rt.block_on(docker.info()).ok()?.docker_root_dir.map(Into::into)
+    /// Remove the reference `name` (not forced): the tag alone when the
+    /// image has others, the image when it was its only name and nothing
+    /// uses it.
+    pub fn untag_image(&self, name: &str) -> Result<(), RuntimeError> {
+        let docker = self.docker()?;
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::new().force(false).build();
+        self.rt.block_on(docker.remove_image(name, Some(opts), None)).map(|_| ()).map_err(|e| self.unavailable(e))
     }
 
     fn list(&self, filter: (&str, String)) -> Result<Vec<LiveContainer>, RuntimeError> {
