@@ -71,16 +71,31 @@ build_one() {
   features="$(features_of "$t")"
   # `|| return 1`: errexit does not apply inside a function called from an
   # `||` list, and a failed build must not ship the cache's older binary.
-  if [ "$t" = armv7-unknown-linux-musleabihf ]; then
-    RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS -C link-self-contained=no" CARGO_TARGET_DIR="$dir" \
-      cargo zigbuild --locked --release -p tend --bin tend "$features" --target "$t" -Zbuild-std=std,panic_abort || return 1
-  else
-    CARGO_TARGET_DIR="$dir" cargo build --locked --release -p tend --bin tend "$features" --target "$t" || return 1
-  fi
+  # The gateway (ARM) builds take std from source without its default
+  # features: no backtrace symbolizer (gimli, addr2line, miniz: about 470 KB
+  # of the aarch64 binary, which a gateway never uses: a panic still prints
+  # its message, and a gateway binary has no symbols to resolve anyway).
+  # RUSTC_BOOTSTRAP as for armv7 musl, which has no prebuilt std.
+  local std_flags=(-Zbuild-std=std,panic_abort -Zbuild-std-features=)
+  local remap="--remap-path-prefix=$(rustc --print sysroot)/lib/rustlib/src/rust=/rustc/src"
+  case "$t" in
+    armv7-unknown-linux-musleabihf)
+      RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS $remap -C link-self-contained=no" CARGO_TARGET_DIR="$dir" \
+        cargo zigbuild --locked --release -p tend --bin tend "$features" --target "$t" "${std_flags[@]}" || return 1 ;;
+    aarch64-* | armv7-*)
+      RUSTC_BOOTSTRAP=1 RUSTFLAGS="$RUSTFLAGS $remap" CARGO_TARGET_DIR="$dir" \
+        cargo build --locked --release -p tend --bin tend "$features" --target "$t" "${std_flags[@]}" || return 1 ;;
+    *)
+      CARGO_TARGET_DIR="$dir" cargo build --locked --release -p tend --bin tend "$features" --target "$t" || return 1 ;;
+  esac
   mkdir -p "target/$t/release"
   cp "$dir/$t/release/tend" "target/$t/release/tend.tmp" && mv "target/$t/release/tend.tmp" "target/$t/release/tend"
 }
 
+# std's sources, for the ARM builds' std (above).
+if [[ " ${targets[*]} " == *" aarch64-"* || " ${targets[*]} " == *" armv7-"* ]]; then
+  rustup component list --installed | grep -q rust-src || rustup component add rust-src >/dev/null
+fi
 if [[ " ${targets[*]} " == *" armv7-unknown-linux-musleabihf "* ]]; then
   # zig links armv7 musl (no musl cross gcc in Debian); both come from PyPI
   # into a venv in the build cache, so the system Python is left alone.

@@ -166,10 +166,30 @@ fn fleet_cmd(broker: &Mosquitto, args: &[&str]) {
     assert!(out.status.success(), "tend fleet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Connections the git daemon dropped at its client limit so far.
-fn refusals(git: &GitDaemon) -> usize {
+/// Fetches the git daemon turned away so far: connections it dropped at
+/// its client limit (its log says "Too many children"), and connections it
+/// cut to make room (past --max-connections it kills a child from the same
+/// address, which says nothing in its log; the gateway's says "the server
+/// closed the connection"), counted in the daemons' logs under `dir`.
+fn refusals(git: &GitDaemon, dir: &Path) -> usize {
     let log = git.log.as_ref().expect("logged");
-    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("Too many children")).count()
+    let dropped =
+        std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("Too many children")).count();
+    let cut: usize = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|g| {
+                    std::fs::read_to_string(g.path().join("gateway/daemon.log"))
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|l| l.contains("WARN") || l.contains("failed"))
+                        .filter(|l| l.contains("the server closed the connection"))
+                        .count()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    dropped + cut
 }
 
 /// The broker's CPU time (s) and RSS (MiB), from /proc.
@@ -212,7 +232,8 @@ fn main() {
         "  the git daemon sustains {rate:.0} fetches/s here: announce_spread = {n} / {rate:.0} = {:.1} s",
         spread.as_secs_f64()
     );
-    let refused0 = refusals(&git);
+    let gateways_dir = tmp.path().join("announced");
+    let refused0 = refusals(&git, &gateways_dir);
     let t = Instant::now();
     let announced = start_fleet(tmp.path(), "announced", n, &git, &broker, "1h", spread);
     let first = converge(&status, "announced", n, &v1, t, Duration::from_secs(300));
@@ -224,23 +245,23 @@ fn main() {
     fleet_cmd(&broker, &["announce", "--fleet", "announced", &v2]);
     let a = converge(&status, "announced", n, &v2, t, Duration::from_secs(120));
     println!(
-        "  tend fleet announce -> every gateway applied (goal <= 20 s): {}, {} Git requests, {} refused by the git daemon",
+        "  tend fleet announce -> every gateway applied (goal <= 20 s): {}, {} Git requests, at least {} turned away by the git daemon",
         shown(a),
         git.connections() - before,
-        refusals(&git) - refused0
+        refusals(&git, &gateways_dir) - refused0
     );
 
     let v3 = shared(&fleet, "3");
     let before = git.connections();
     let t = Instant::now();
     fleet_cmd(&broker, &["sync", "--fleet", "announced", "--all"]);
-    let refused1 = refusals(&git);
+    let refused1 = refusals(&git, &gateways_dir);
     let s = converge(&status, "announced", n, &v3, t, Duration::from_secs(120));
     println!(
-        "  tend fleet sync --all -> every gateway applied (goal <= 20 s): {}, {} Git requests, {} refused by the git daemon",
+        "  tend fleet sync --all -> every gateway applied (goal <= 20 s): {}, {} Git requests, at least {} turned away by the git daemon",
         shown(s),
         git.connections() - before,
-        refusals(&git) - refused1
+        refusals(&git, &gateways_dir) - refused1
     );
     // The fleet as the fleet tools read it off the broker.
     let out = Command::new(tend_bin())

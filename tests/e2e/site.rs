@@ -106,3 +106,41 @@ fn forty_fleet_wide_syncs_within_one_spread_get_forty_answers() {
     let l = events.wait("40 answers", Duration::from_secs(30), |l| answered(l).len() == 40);
     assert_eq!(answered(&l), ids.iter().cloned().collect::<BTreeSet<_>>());
 }
+
+/// A fleet-wide sync the Git server turns away (down, or killing
+/// connections at its limit, as git daemon does past --max-connections) is
+/// retried with the poll's backoff, not left to the next poll an interval
+/// (here an hour) later.
+#[test]
+fn a_fleet_wide_sync_the_server_turned_away_is_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let srv = tmp.path().join("srv");
+    let fleet = Fleet::new(&srv, "fleet");
+    good_bundle(&fleet);
+    fleet.commit("v1");
+    let server = GitDaemon::start(&srv);
+    let port = server.port;
+    let gw = Gateway::with_source_keys(
+        tmp.path(),
+        &server.url("fleet"),
+        "interval = \"1h\"\njitter = \"0s\"\nannounce_spread = \"1s\"",
+        &format!(
+            "[mqtt]\nurl = \"{}\"\n[apply]\nretry = {{ limit = 5, backoff = \"2s\", factor = 1, max = \"2s\" }}\n",
+            broker.url()
+        ),
+    );
+    let events = Subscription::start(&broker, "tend/v1/test/gw-1/events", "retry-events");
+    let daemon = gw.start_daemon_logging("info");
+    gw.wait_status("v1", Duration::from_secs(30), |s| s["phase"] == "synced");
+    drop(server);
+    fleet.write("devices/gw-1/files/etc/myapp/app.conf", "port = 503\n");
+    let v2 = fleet.commit("v2");
+    broker.publish("tend/v1/test/_all/cmd", "{\"cmd\":\"sync\",\"id\":\"turned-away\"}");
+    events.wait("the failed answer", Duration::from_secs(30), |l| {
+        payloads(l).iter().any(|e| e["kind"] == "command" && e["id"] == "turned-away" && e["ok"] == false)
+    });
+    let _server = GitDaemon::start_on(&srv, port);
+    gw.wait_status("v2 applied by the retry", Duration::from_secs(30), |s| s["revision"] == v2.as_str());
+    assert!(daemon.log_text().contains("fleet command sync failed"), "{}", daemon.log_text());
+}

@@ -387,10 +387,19 @@ async fn main_loop(agent: Arc<Agent>, death: Option<String>) -> Result<(), Daemo
                 let batch = std::mem::take(&mut deferred);
                 tracing::debug!(commands = batch.len(), "fleet-wide sync starts");
                 let now = batch.iter().any(|c| matches!(c.cmd, Ok(CommandKind::Sync { now: true })));
-                let result = tokio::select! {
-                    r = fleet_sync(&agent, now) => r,
+                let synced = tokio::select! {
+                    r = sync::sync(&agent, SyncOptions { now, ..Default::default() }) => r,
                     _ = &mut shutdown => break,
                 };
+                // A fleet-wide sync the Git server turned away (a fleet at
+                // once is its busiest moment) is retried with the poll's
+                // backoff, not left to the next poll an interval later.
+                if synced.as_ref().err().is_some_and(SyncError::is_transient) {
+                    let retry = next_poll(&cfg.source, &cfg.apply, true, &mut failures, fastrand::f64());
+                    tracing::debug!(retry_in = ?retry, "fleet-wide sync failed; retrying");
+                    next = next.min(Instant::now() + retry);
+                }
+                let result = synced.map(|s| s.commit).map_err(|e| e.to_string());
                 for cmd in batch {
                     answer(&agent, "sync", cmd.id, &result).await;
                 }
