@@ -524,3 +524,45 @@ fn an_export_of_a_shared_bundle_names_a_glob() {
     assert_eq!(r.json()["files"][0]["outcome"], "applied", "{r:?}");
     assert_eq!(s.gw.read("/etc/myapp/app.conf"), "version = 2\n");
 }
+
+/// The rollout policy holds for an import as for a fetched commit: a
+/// revision whose wave is not due waits (the status says the circuit
+/// breaker cannot count without a broker), and once due it is applied by
+/// the next sync although the source is still unreachable: the import is
+/// the tip this gateway has.
+#[test]
+fn an_import_waits_for_its_wave_and_is_applied_offline_when_due() {
+    let s = site("");
+    bundle(&s.fleet, "2", "[\"true\"]", None);
+    let toml = std::fs::read_to_string(s.fleet.dir.join("devices/gw-1/tend.toml")).unwrap();
+    s.fleet.write(
+        "devices/gw-1/tend.toml",
+        format!("{toml}\n[rollout]\nmax_failed = 1\nwaves = [{{ name = \"all\", percent = 100, after = \"15s\" }}]\n"),
+    );
+    let v2 = commit_signed(&s.fleet, &s.key, "v2, its wave 15 s after the commit");
+    let file = s.export("stick", &[]);
+    let r = s.import(&file, &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["files"][0]["outcome"], "waiting", "{r:?}");
+    assert_eq!(s.gw.read("/etc/myapp/app.conf"), "version = 1\n");
+    let status = s.gw.tend(&["status", "--json"]).json();
+    assert_eq!((status["phase"].as_str(), status["waiting_for"].as_str()), (Some("waiting"), Some("wave")), "{status}");
+    assert!(status["waiting_detail"].as_str().unwrap().contains("circuit breaker off"), "{status}");
+    let due: jiff::Timestamp = status["due_at"].as_str().unwrap().parse().unwrap();
+    // Until the wave is due (tend's own figure), and a second past it.
+    while jiff::Timestamp::now() < due + jiff::SignedDuration::from_secs(1) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let r = s.gw.tend(&["sync", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["action"], "applied", "{r:?}");
+    assert_eq!(s.gw.read("/etc/myapp/app.conf"), "version = 2\n");
+    let status = s.gw.tend(&["status", "--json"]).json();
+    assert_eq!(
+        (status["revision"].as_str(), status["source"].as_str()),
+        (Some(v2.as_str()), Some("unreachable")),
+        "{status}"
+    );
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(s.history()[0]["from"], format!("import {name}"));
+}

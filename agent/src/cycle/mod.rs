@@ -98,6 +98,11 @@ pub enum Event {
     Import {
         commit: String,
         render_key: String,
+        /// The file it came in.
+        from: String,
+        /// Decided again while the source is unreachable (it waits for its
+        /// wave or a window): why the source could not be fetched.
+        unreachable: Option<String>,
     },
     /// The source's tip does not descend from the imported commit (`error`
     /// says how it stands): not applied, the source is behind.
@@ -244,13 +249,18 @@ pub fn step(ptr: &Pointers, event: &Event, now: Timestamp, rules: Rules) -> (Poi
         Event::Tip { commit, render_key, retry } => {
             // The driver passes a tip on only once it reaches the import.
             p.imported = None;
+            p.imported_from = None;
             p.behind = None;
             tip(&mut p, commit, render_key, *retry)
         }
-        Event::Import { commit, render_key } => {
+        Event::Import { commit, render_key, from, unreachable } => {
             p.imported = Some(commit.clone());
+            p.imported_from = Some(from.clone());
             p.behind = None;
-            tip(&mut p, commit, render_key, false)
+            let fx = tip(&mut p, commit, render_key, false);
+            // Still offline: the status says so while the import waits.
+            p.unreachable.clone_from(unreachable);
+            fx
         }
         Event::Behind { error } => {
             p.unreachable = None;

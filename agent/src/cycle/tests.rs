@@ -30,7 +30,8 @@ fn prepared(commit: &str, gate: Gate, now: bool) -> Event {
 /// the import's hold.
 #[test]
 fn an_import_is_a_tip_and_holds_the_source_until_it_catches_up() {
-    let (p, fx) = step(&synced(), &Event::Import { commit: "i".into(), render_key: "k".into() }, t(1), RULES);
+    let import = Event::Import { commit: "i".into(), render_key: "k".into(), from: "f.tend".into(), unreachable: None };
+    let (p, fx) = step(&synced(), &import, t(1), RULES);
     assert_eq!(fx, vec![Effect::Prepare]);
     assert_eq!(p.imported.as_deref(), Some("i"));
     let (p, fx) = step(&p, &Event::Behind { error: "behind".into() }, t(2), RULES);

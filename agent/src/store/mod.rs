@@ -233,6 +233,9 @@ pub struct Pointers {
     /// applied.
     #[serde(default)]
     pub imported: Option<String>,
+    /// The file it came in (for the history of an apply that waited).
+    #[serde(default)]
+    pub imported_from: Option<String>,
     /// The source's tip is behind (or beside) the imported commit: why (the
     /// status's `source` says `behind`).
     #[serde(default)]

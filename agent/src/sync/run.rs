@@ -191,16 +191,32 @@ pub(super) fn result_of(r: &Result<SyncSummary, SyncError>, rolled_back: bool) -
 async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions, import: Option<Imported>) -> Result<SyncSummary, SyncError> {
     let mut timings = Timings::default();
     let t = Instant::now();
-    let (fetched, from) = match import {
+    let (mut fetched, mut from) = match import {
         Some(i) => (Ok(Fetched { commit: i.commit, received_pack: true }), Some(i.file)),
         None => (blocking(agent, |a| a.source.fetch()).await, None),
     };
     timings.fetch_ms = ms(t.elapsed());
+    // Offline, an import that waits for its wave or a window is decided
+    // again at each poll: it is the tip this gateway has.
+    let mut offline = None;
+    if let Err(e) = &fetched
+        && !opts.dry_run
+        && let Some((commit, file)) = blocking(agent, |a| a.store.pointers().map(|p| waiting_import(&p))).await?
+    {
+        offline = Some(e.to_string());
+        fetched = Ok(Fetched { commit, received_pack: false });
+        from = Some(file);
+    }
     let (event, span) = match &fetched {
         Err(e) if opts.dry_run => return Err(e.clone().into()),
         Err(e) => (Event::Unreachable { error: e.to_string() }, tracing::info_span!("sync")),
         Ok(f) if from.is_some() => (
-            Event::Import { commit: f.commit.clone(), render_key: agent.render_key() },
+            Event::Import {
+                commit: f.commit.clone(),
+                render_key: agent.render_key(),
+                from: from.clone().unwrap_or_default(),
+                unreachable: offline.clone(),
+            },
             tracing::info_span!("sync", revision = %short(&f.commit), import = from.as_deref().unwrap_or_default()),
         ),
         Ok(f) => (
@@ -228,6 +244,16 @@ async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions, import: Option<Import
         newly_waiting: false,
     };
     run.drive(event).instrument(span).await
+}
+
+/// The imported commit, and the file it came in, when it waits for its
+/// wave or a window (not yet applied, not quarantined).
+fn waiting_import(p: &crate::store::Pointers) -> Option<(String, String)> {
+    let i = p.imported.as_ref()?;
+    let waits = p.waiting.as_ref().is_some_and(|w| w.commit == *i);
+    let applied = p.current.as_ref().is_some_and(|c| c.commit == *i);
+    (waits && !applied && !p.quarantine.contains_key(i))
+        .then(|| (i.clone(), p.imported_from.clone().unwrap_or_else(|| "a stick".into())))
 }
 
 /// After an import (SPEC §9): how the source's `tip` stands to the imported
