@@ -566,3 +566,38 @@ fn an_import_waits_for_its_wave_and_is_applied_offline_when_due() {
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(s.history()[0]["from"], format!("import {name}"));
 }
+
+/// The export's own errors, one line each and no file written: a key
+/// ssh-keygen cannot sign with, an image that is neither here nor pullable.
+#[test]
+fn an_export_that_cannot_be_made_says_why_and_writes_nothing() {
+    let s = site("");
+    bundle(&s.fleet, "2", "[\"true\"]", Some("localhost/tend-missing:1"));
+    commit_signed(&s.fleet, &s.key, "v2 names an image nobody has");
+    let out = s.tmp.path().join("nothing");
+    std::fs::create_dir_all(&out).unwrap();
+    let export = |key: &Path| -> Run {
+        Command::new(tend_bin())
+            .args(["fleet", "export", "--fleet", "test", "--repo"])
+            .arg(&s.fleet.dir)
+            .arg("--key")
+            .arg(key)
+            .arg("-o")
+            .arg(&out)
+            .args(["--socket", &s.operator.url()])
+            .output()
+            .unwrap()
+            .into()
+    };
+    let r = export(&s.key);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("image localhost/tend-missing:1: not here, and"), "{r:?}");
+    bundle(&s.fleet, "2", "[\"true\"]", None);
+    commit_signed(&s.fleet, &s.key, "v2 without it");
+    let not_a_key = s.tmp.path().join("not-a-key");
+    std::fs::write(&not_a_key, "hello\n").unwrap();
+    let r = export(&not_a_key);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("ssh-keygen could not sign with it"), "{r:?}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a file was written");
+}
