@@ -116,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let failing = Some(vec!["gw-2".to_owned()]);
     if let Ok(g) = gate::gather(desired.rollout.as_ref(), &local, committed_at, failing, now) {
-        let rules = Rules { retry_limit: 3, crash_limit: 2 };
+        let rules = Rules { retry_limit: 3, crash_limit: 2, rollback: flags & 8 == 8 };
         let ev = Event::Prepared { commit: "c".into(), gate: g, now: flags & 4 == 4 };
         let _ = cycle::step(&Pointers::default(), &ev, now, rules);
     }

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     for line in text.lines() {
         assert!(!line.chars().any(char::is_control), "control character in {line:?}");
     }
-    let m = metrics::render(&fleet, true);
+    let m = metrics::render(&fleet, true, metrics::DeviceMetrics::All);
     for line in m.lines().filter(|l| !l.starts_with('#')) {
         let value = line.rsplit(' ').next().unwrap_or("");
         assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
