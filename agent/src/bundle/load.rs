@@ -143,6 +143,11 @@ impl Loader<'_, '_> {
         }
 
         for (name, kind) in self.tree.list(bundle)? {
+            // A crafted tree object may name an entry "" or "a/b" (git's
+            // fsck refuses them; a hostile server need not run it).
+            let entry = |name: &str| {
+                bundle.join(name).map_err(|e| BundleError::new(bundle.clone(), format!("an entry named {name:?}: {e}")))
+            };
             match (name.as_str(), kind) {
                 ("files", EntryKind::Dir) => {}
                 (MANIFEST, _) => {}
@@ -153,15 +158,12 @@ impl Loader<'_, '_> {
                 }
                 (_, EntryKind::Dir) => {
                     return Err(BundleError::new(
-                        bundle.join(&name).expect("listed name"),
+                        entry(&name)?,
                         "unknown directory in a bundle (expected files/, containers/, k3s/)",
                     ));
                 }
                 (_, EntryKind::Symlink) => {
-                    return Err(BundleError::new(
-                        bundle.join(&name).expect("listed name"),
-                        "symlinks are not allowed at the top of a bundle",
-                    ));
+                    return Err(BundleError::new(entry(&name)?, "symlinks are not allowed at the top of a bundle"));
                 }
                 // README and other documentation beside tend.toml are not applied.
                 _ => {}
