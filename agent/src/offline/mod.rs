@@ -158,19 +158,6 @@ impl Opened {
     pub fn span(&self, name: &str) -> Option<(u64, u64)> {
         self.at.get(name).copied()
     }
-
-    /// The part `name`, read from the file in place (its hash was checked
-    /// when the file was opened; a caller that must be sure nothing changed
-    /// since reads it through [`Hashing`] and compares).
-    pub fn part<'f, F: Read + Seek>(
-        &self,
-        file: &'f mut F,
-        name: &str,
-    ) -> std::io::Result<Option<std::io::Take<&'f mut F>>> {
-        let Some(&(offset, size)) = self.at.get(name) else { return Ok(None) };
-        file.seek(SeekFrom::Start(offset))?;
-        Ok(Some(file.take(size)))
-    }
 }
 
 /// How a file is checked: the keys trusted and whether a signature is

@@ -174,14 +174,19 @@ impl DockerRuntime {
         }
     }
 
-    /// The id of the image `reference` names here, if it is here.
-    pub fn image_id(&self, reference: &str) -> Result<Option<String>, RuntimeError> {
+    /// The image `reference` names here, if it is here (404: `None`).
+    fn inspect_image(&self, reference: &str) -> Result<Option<bollard::models::ImageInspect>, RuntimeError> {
         let docker = self.docker()?;
         match self.rt.block_on(docker.inspect_image(reference)) {
-            Ok(i) => Ok(i.id),
+            Ok(i) => Ok(Some(i)),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
             Err(e) => Err(self.unavailable(e)),
         }
+    }
+
+    /// The id of the image `reference` names here, if it is here.
+    pub fn image_id(&self, reference: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(self.inspect_image(reference)?.and_then(|i| i.id))
     }
 
     /// Load images from a `docker save` archive (what `GET /images/get`
@@ -275,12 +280,7 @@ impl Runtime for DockerRuntime {
     }
 
     fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
-        let docker = self.docker()?;
-        match self.rt.block_on(docker.inspect_image(image)) {
-            Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
-            Err(e) => Err(self.unavailable(e)),
-        }
+        self.inspect_image(image).map(|i| i.is_some())
     }
 
     fn pull(&self, image: &str) -> Result<(), RuntimeError> {
