@@ -132,10 +132,22 @@ fn silent_clients_and_emfile_do_not_stall_the_control_socket() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json()["phase"], "synced");
     let log = daemon.log_text();
-    assert_eq!(log.matches("control socket: cannot accept a connection").count(), 1, "said once: {log}");
+    // Said once a minute at most, however long EMFILE lasts (here 20 to 70
+    // s, depending on how many descriptors the daemon held when limited),
+    // each later line counting the failures since the one before.
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("control socket: cannot accept a connection")).collect();
+    let minutes = elapsed.as_secs() / 60;
+    assert!(!said.is_empty() && said.len() as u64 <= 1 + minutes, "said {} times in {elapsed:?}: {log}", said.len());
+    assert!(
+        said[1..].iter().all(|l| !l.ends_with("times=1")),
+        "a later line counts the failures since the one before: {log}"
+    );
     assert!(log.contains("Too many open files"), "{log}");
+    // A poll that met EMFILE says so and retries; it does not call the
+    // fetched repository broken.
+    assert!(!log.contains("does not appear to be a git repository"), "{log}");
     // Waited out, not spun: a loop retrying accept at once burns a whole
-    // core for as long as EMFILE lasts (here about 20 s); this one sleeps
+    // core for as long as EMFILE lasts (here 20 to 70 s); this one sleeps
     // between tries. Half a core is far above the waiting loop's cost and
     // far below a spinning one's, even on a loaded machine.
     let cpu = (ticks(pid) - cpu_before) as f64 / 100.0;

@@ -83,8 +83,20 @@ impl GitSource {
             gix::init_bare(&self.dir)
                 .map_err(|e| SourceError::permanent(format!("cannot init {}: {e}", self.dir.display())))?;
         }
-        gix::open_opts(&self.dir, gix::open::Options::isolated().config_overrides(self.overrides()))
-            .map_err(|e| SourceError::permanent(format!("cannot open {}: {e}", self.dir.display())))
+        gix::open_opts(&self.dir, gix::open::Options::isolated().config_overrides(self.overrides())).map_err(|e| {
+            // gix says "does not appear to be a git repository" when it could
+            // not open a file at all; out of descriptors is a passing state.
+            match std::fs::File::open(self.dir.join("HEAD")) {
+                Err(io)
+                    if [nix::errno::Errno::EMFILE, nix::errno::Errno::ENFILE]
+                        .iter()
+                        .any(|n| io.raw_os_error() == Some(*n as i32)) =>
+                {
+                    SourceError::transient(format!("cannot open {}: {io}", self.dir.display()))
+                }
+                _ => SourceError::permanent(format!("cannot open {}: {e}", self.dir.display())),
+            }
+        })
     }
 
     /// Remove what a fetch killed mid-way leaves behind: lock files and
