@@ -55,6 +55,10 @@ impl Runtime for Counting {
         self.other.fetch_add(1, Ordering::SeqCst);
         self.inner.start(id)
     }
+    fn restart(&self, id: &str) -> Result<(), RuntimeError> {
+        self.other.fetch_add(1, Ordering::SeqCst);
+        self.inner.restart(id)
+    }
     fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.other.fetch_add(1, Ordering::SeqCst);
         self.inner.remove(id)

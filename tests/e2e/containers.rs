@@ -198,3 +198,162 @@ fn validate_and_dry_run_cover_containers() {
     assert_eq!(v.code, 1);
     assert!(v.stderr.contains("not a valid container name"), "{}", v.stderr);
 }
+
+/// When the runtime says the container's current run started.
+fn started_at(p: &Podman, name: &str) -> String {
+    p.inspect(name).unwrap()["State"]["StartedAt"].as_str().unwrap().to_owned()
+}
+
+/// Seconds between two of Podman's RFC 3339 times (with a zone offset).
+fn seconds_between(earlier: &str, later: &str) -> f64 {
+    let t = |s: &str| -> f64 {
+        let out = std::process::Command::new("date").args(["-d", s, "+%s.%N"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    };
+    t(later) - t(earlier)
+}
+
+fn operations(r: &serde_json::Value) -> Vec<String> {
+    r["operations"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn dependencies_start_first_stop_last_and_the_order_holds_after_the_runtime_restarts_them() {
+    let (_tmp, podman, fleet, gw) = setup("");
+    // db turns healthy 3 s after each start (a restart too).
+    let db = |env: &str| {
+        fleet.write(
+            "devices/gw-1/containers/db.toml",
+            format!(
+                "image = \"{TEST_IMAGE}\"\ncommand = [\"sh\", \"-c\", \"rm -f /ready; sleep 3; : > /ready; exec sleep 3600\"]\nnetwork = \"host\"\nenv = {{ V = \"{env}\" }}\n[health]\ncommand = [\"test\", \"-f\", \"/ready\"]\ninterval = \"1s\"\n"
+            ),
+        )
+    };
+    db("1");
+    container(&fleet, "api", "depends_on = [\"db\"]\nrecreate_with_dependencies = true\n");
+    container(&fleet, "web", "depends_on = [\"api\"]\n");
+    fleet.commit("web -> api -> db");
+    let r = gw.sync_ok();
+    let ops = operations(&r);
+    assert_eq!(ops, ["create  container db", "create  container api", "create  container web"], "{r}");
+    // In the runtime's own times: api started once db was healthy, web after api.
+    let waited = seconds_between(&started_at(&podman, "db"), &started_at(&podman, "api"));
+    assert!(waited >= 3.0, "api started {waited:.1} s after db, before db was healthy");
+    assert!(seconds_between(&started_at(&podman, "api"), &started_at(&podman, "web")) > 0.0);
+    assert_eq!(label(&podman, "web", "io.tend.depends_on").as_deref(), Some("api"));
+
+    // A cycle is rejected naming its chain and the file, and nothing changes.
+    let ids: Vec<Option<String>> = ["db", "api", "web"].iter().map(|n| id(&podman, n)).collect();
+    fleet.write(
+        "devices/gw-1/containers/db.toml",
+        format!(
+            "image = \"{TEST_IMAGE}\"\ncommand = [\"sleep\", \"3600\"]\nnetwork = \"host\"\ndepends_on = [\"web\"]\n"
+        ),
+    );
+    fleet.commit("a cycle");
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("containers/") && r.stderr.contains("depends_on cycle: "), "{}", r.stderr);
+    let chain = r.stderr.split("depends_on cycle: ").nth(1).unwrap();
+    assert!(
+        ["api -> db -> web -> api", "db -> web -> api -> db", "web -> api -> db -> web"]
+            .iter()
+            .any(|c| chain.starts_with(c)),
+        "{}",
+        r.stderr
+    );
+    let v = gw.tend(&["validate", &fleet.dir.join("devices/gw-1").to_string_lossy()]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.stderr.contains("depends_on cycle"), "{}", v.stderr);
+    assert_eq!(["db", "api", "web"].iter().map(|n| id(&podman, n)).collect::<Vec<_>>(), ids);
+
+    // A dependency that is not in the bundle is named too.
+    container(&fleet, "db", "depends_on = [\"cache\"]\n");
+    fleet.commit("a missing dependency");
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("containers/db.toml")
+            && r.stderr.contains("depends_on: \"cache\" is not a container of this bundle"),
+        "{}",
+        r.stderr
+    );
+
+    // The runtime restarts everything in its own order (as a reboot
+    // does): db last. The next enforcement restarts api after db is
+    // healthy, then web after api.
+    db("1");
+    fleet.commit("db as before");
+    let r = gw.sync_ok();
+    assert!(operations(&r).is_empty(), "{r}");
+    tend_e2e::run(podman.podman().args(["restart", "-t", "0", "web"]));
+    tend_e2e::run(podman.podman().args(["restart", "-t", "0", "api"]));
+    tend_e2e::run(podman.podman().args(["restart", "-t", "0", "db"]));
+    let r = gw.sync_ok();
+    assert_eq!(
+        operations(&r),
+        [
+            "restart container api (it started before its dependency db)",
+            "restart container web (it started before its dependency api)"
+        ],
+        "{r}"
+    );
+    let waited = seconds_between(&started_at(&podman, "db"), &started_at(&podman, "api"));
+    assert!(waited >= 3.0, "api restarted {waited:.1} s after db, before db was healthy");
+    assert!(seconds_between(&started_at(&podman, "api"), &started_at(&podman, "web")) > 0.0);
+    // And then the order stands: nothing to do.
+    assert!(operations(&gw.sync_ok()).is_empty());
+
+    // db replaced: api, which asks for it, is recreated; web only restarted.
+    let (api_id, web_id) = (id(&podman, "api"), id(&podman, "web"));
+    db("2");
+    fleet.commit("db 2");
+    let r = gw.sync_ok();
+    assert_eq!(
+        operations(&r),
+        [
+            "replace container db (its spec changed)",
+            "replace container api (its dependency db was replaced)",
+            "restart container web (it started before its dependency api)"
+        ],
+        "{r}"
+    );
+    assert_ne!(id(&podman, "api"), api_id);
+    assert_eq!(id(&podman, "web"), web_id);
+    assert!(seconds_between(&started_at(&podman, "db"), &started_at(&podman, "api")) >= 3.0);
+
+    // Pruned: dependents removed first.
+    for n in ["db", "api", "web"] {
+        fleet.remove(&format!("devices/gw-1/containers/{n}.toml"));
+    }
+    fleet.write("devices/gw-1/files/etc/myapp/app.conf", "x\n");
+    fleet.commit("none");
+    let r = gw.sync_ok();
+    assert_eq!(
+        operations(&r).into_iter().filter(|o| o.contains("container")).collect::<Vec<_>>(),
+        ["remove  container web", "remove  container api", "remove  container db"],
+        "{r}"
+    );
+}
+
+#[test]
+fn a_dependency_that_never_turns_healthy_fails_the_revision_and_its_dependent_is_never_started() {
+    let (_tmp, podman, fleet, gw) = setup("");
+    container(&fleet, "db", "[health]\ncommand = [\"false\"]\ninterval = \"1s\"\n");
+    container(&fleet, "api", "depends_on = [\"db\"]\n");
+    fleet.commit("db never healthy");
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(
+            "container api not started: its dependency db is not healthy (its health command exited with 1) after 8s"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(podman.inspect("api").is_none(), "api was created");
+    let s = gw.tend(&["status", "--json"]).json();
+    // Rolled back to before the first revision: db is gone too.
+    assert_eq!(s["phase"], "rolled_back", "{s}");
+    assert!(podman.inspect("db").is_none(), "db was left behind");
+}

@@ -1168,7 +1168,7 @@ impl Podman {
         let busybox =
             ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|b| Path::new(b).exists()).expect("busybox-static");
         std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-        for applet in ["sh", "sleep", "httpd", "wget", "true", "false", "test", "cat"] {
+        for applet in ["sh", "sleep", "httpd", "wget", "true", "false", "test", "cat", "rm"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         let tar = p.dir.path().join("rootfs.tar");

@@ -91,7 +91,18 @@ pub struct ContainerSpec {
     #[serde(default)]
     pub privileged: bool,
     pub health: Option<HealthSpec>,
+    /// Containers of the bundle this one is started after (running, and
+    /// healthy where they have `[health]`) and stopped before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Recreated whenever one of `depends_on` is (else it is only
+    /// restarted after it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recreate_with_dependencies: bool,
 }
+
+/// The most containers one container may depend on.
+pub const MAX_DEPENDENCIES: usize = 32;
 
 fn default_network() -> String {
     "bridge".into()
@@ -107,7 +118,12 @@ impl ContainerSpec {
     /// The hash that identifies this spec on the running container (label
     /// `io.tend.spec`): a change of any field replaces the container.
     pub fn hash(&self) -> String {
-        ContentHash::of(serde_json::to_string(self).expect("specs serialise").as_bytes()).short()
+        // The start order is not the container: a new `depends_on` does
+        // not replace it (and specs written before it keep their hash).
+        let mut own = self.clone();
+        own.depends_on.clear();
+        own.recreate_with_dependencies = false;
+        ContentHash::of(serde_json::to_string(&own).expect("specs serialise").as_bytes()).short()
     }
 
     /// Parse and check a spec; errors name the field.
@@ -164,6 +180,12 @@ impl ContainerSpec {
             let (min, max) = crate::bounds::CONTAINER_HEALTH_RETRIES;
             crate::bounds::int("[health].retries", i128::from(h.retries), min, max)?;
         }
+        if self.depends_on.len() > MAX_DEPENDENCIES {
+            return Err(format!("depends_on: {} containers, at most {MAX_DEPENDENCIES}", self.depends_on.len()));
+        }
+        if let Some(d) = self.depends_on.iter().find(|d| !is_name(d)) {
+            return Err(format!("depends_on: {d:?} is not a container name"));
+        }
         if self.privileged && allow_privileged == Some(false) {
             return Err(
                 "privileged = true, but the local config does not allow it ([containers].allow_privileged)".into()
@@ -171,6 +193,56 @@ impl ContainerSpec {
         }
         Ok(())
     }
+}
+
+/// The containers in the order they are started: each after every container
+/// it depends on, otherwise by name. Errors name the container whose
+/// `depends_on` is wrong: a container the bundle does not have, or a cycle
+/// (with its chain).
+pub fn start_order(specs: &BTreeMap<String, ContainerSpec>) -> Result<Vec<&str>, (String, String)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    fn visit<'a>(
+        name: &'a str,
+        specs: &'a BTreeMap<String, ContainerSpec>,
+        marks: &mut BTreeMap<&'a str, Mark>,
+        path: &mut Vec<&'a str>,
+        order: &mut Vec<&'a str>,
+    ) -> Result<(), (String, String)> {
+        match marks.get(name) {
+            Some(Mark::Done) => return Ok(()),
+            Some(Mark::Visiting) => {
+                let from = path.iter().position(|n| *n == name).unwrap_or(0);
+                let chain: Vec<&str> = path[from..].iter().copied().chain(std::iter::once(name)).collect();
+                return Err((name.to_owned(), format!("depends_on cycle: {}", chain.join(" -> "))));
+            }
+            None => {}
+        }
+        marks.insert(name, Mark::Visiting);
+        path.push(name);
+        for dep in &specs[name].depends_on {
+            let Some((dep, _)) = specs.get_key_value(dep) else {
+                let have: Vec<&str> = specs.keys().map(String::as_str).collect();
+                return Err((
+                    name.to_owned(),
+                    format!("depends_on: {dep:?} is not a container of this bundle (it has: {})", have.join(", ")),
+                ));
+            };
+            visit(dep, specs, marks, path, order)?;
+        }
+        path.pop();
+        marks.insert(name, Mark::Done);
+        order.push(name);
+        Ok(())
+    }
+    let (mut marks, mut order) = (BTreeMap::new(), Vec::with_capacity(specs.len()));
+    for name in specs.keys() {
+        visit(name, specs, &mut marks, &mut Vec::new(), &mut order)?;
+    }
+    Ok(order)
 }
 
 /// Host paths a container must not mount unless privileged containers are
@@ -236,6 +308,55 @@ pub fn parse_volume(v: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_order_puts_dependencies_first_and_names_cycles_and_missing_ones() {
+        let with = |deps: &[(&str, &[&str])]| -> BTreeMap<String, ContainerSpec> {
+            deps.iter()
+                .map(|(n, d)| {
+                    let mut s = ContainerSpec::parse("image = \"x\"\n", None).unwrap();
+                    s.depends_on = d.iter().map(|x| x.to_string()).collect();
+                    (n.to_string(), s)
+                })
+                .collect()
+        };
+        let ok = with(&[("a", &["c"]), ("b", &[]), ("c", &["b"]), ("d", &["b", "a"])]);
+        assert_eq!(start_order(&ok).unwrap(), ["b", "c", "a", "d"]);
+        assert_eq!(start_order(&with(&[])).unwrap(), Vec::<&str>::new());
+        let cycle = with(&[("web", &["api"]), ("api", &["db"]), ("db", &["web"]), ("x", &[])]);
+        assert_eq!(
+            start_order(&cycle).unwrap_err(),
+            ("api".into(), "depends_on cycle: api -> db -> web -> api".into())
+        );
+        let own = with(&[("a", &["a"])]);
+        assert_eq!(start_order(&own).unwrap_err().1, "depends_on cycle: a -> a");
+        let missing = with(&[("api", &["db"])]);
+        assert_eq!(
+            start_order(&missing).unwrap_err(),
+            ("api".into(), "depends_on: \"db\" is not a container of this bundle (it has: api)".into())
+        );
+        // A long chain, no recursion limit met at the bundle's 256 containers.
+        let names: Vec<String> = (0..256).map(|i| format!("c{i:03}")).collect();
+        let chain: BTreeMap<String, ContainerSpec> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut s = ContainerSpec::parse("image = \"x\"\n", None).unwrap();
+                if i > 0 {
+                    s.depends_on = vec![names[i - 1].clone()];
+                }
+                (n.clone(), s)
+            })
+            .collect();
+        assert_eq!(start_order(&chain).unwrap().len(), 256);
+        // depends_on entries are checked as names, and bounded.
+        assert!(
+            ContainerSpec::parse("image = \"x\"\ndepends_on = [\"../db\"]\n", None).unwrap_err().contains("depends_on")
+        );
+        let many: Vec<String> = (0..33).map(|i| format!("\"d{i}\"")).collect();
+        let e = ContainerSpec::parse(&format!("image = \"x\"\ndepends_on = [{}]\n", many.join(",")), None).unwrap_err();
+        assert!(e.contains("at most 32"), "{e}");
+    }
 
     #[test]
     fn the_spec_example_parses_with_defaults() {

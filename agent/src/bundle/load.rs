@@ -54,6 +54,8 @@ pub(super) struct Loader<'t, 'c> {
     meta: BTreeMap<RelPath, (FileMeta, RelPath)>,
     checks: Vec<Check>,
     containers: BTreeMap<String, ContainerSpec>,
+    /// The file each container was read from (the including bundle's wins).
+    container_files: BTreeMap<String, RelPath>,
     manifests: BTreeMap<String, (Vec<u8>, Vec<manifest::ObjectRef>, RelPath)>,
     rollout: rollout::Merged,
     bundles: Vec<String>,
@@ -71,6 +73,7 @@ pub fn render(tree: &dyn Tree, bundle: &RelPath, ctx: &Context<'_>) -> Result<Re
         meta: BTreeMap::new(),
         checks: Vec::new(),
         containers: BTreeMap::new(),
+        container_files: BTreeMap::new(),
         manifests: BTreeMap::new(),
         rollout: rollout::Merged::default(),
         bundles: Vec::new(),
@@ -279,6 +282,7 @@ impl Loader<'_, '_> {
                 return Err(BundleError::new(&path, "more than 256 containers"));
             }
             self.containers.insert(name.to_owned(), spec);
+            self.container_files.insert(name.to_owned(), path);
         }
         Ok(())
     }
@@ -375,8 +379,10 @@ impl Loader<'_, '_> {
     }
 
     fn finish(self) -> Result<Rendered, BundleError> {
-        let Loader { files, meta, checks, bundles, ctx, containers, manifests, rollout, .. } = self;
+        let Loader { files, meta, checks, bundles, ctx, containers, container_files, manifests, rollout, .. } = self;
         let rollout = rollout.finish().map_err(BundleError::many)?;
+        container::start_order(&containers)
+            .map_err(|(name, error)| BundleError::new(&container_files[&name], error))?;
         for (dest, (_, manifest)) in &meta {
             if !files.contains_key(dest) {
                 return Err(BundleError::new(

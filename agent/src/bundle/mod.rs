@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use container::{ContainerSpec, HealthSpec, Pull, Restart, is_name as is_container_name, parse_port};
+pub use container::{ContainerSpec, HealthSpec, Pull, Restart, is_name as is_container_name, parse_port, start_order};
 pub use load::render;
 pub use path::RelPath;
 pub use template::{Identity, render as render_template};

@@ -8,9 +8,16 @@
 //!   label is an error that names it, and is left alone;
 //! - images are pulled before anything is changed, so a pull failure (transient)
 //!   leaves the old container running and the files unwritten;
-//! - a no-op costs one labelled list call, not one call per container.
+//! - a no-op costs one labelled list call, not one call per container (and
+//!   one inspection for each container in a `depends_on` relation, for its
+//!   start time);
+//! - a container starts after what it depends on runs (and is healthy, where
+//!   it has `[health]`), and stops before it: replaced containers are removed
+//!   dependents first, then created dependencies first; one that started
+//!   before a dependency's current run (a runtime restarting everything at
+//!   once, as after a reboot) is restarted after it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,6 +26,9 @@ use crate::bundle::{ContainerSpec, Pull, parse_port};
 pub const LABEL_MANAGED: &str = "io.tend.managed";
 pub const LABEL_SPEC: &str = "io.tend.spec";
 pub const LABEL_REVISION: &str = "io.tend.revision";
+/// The container's `depends_on`, comma-separated: the order a pruned
+/// container is removed in, when its spec is no longer in the bundle.
+pub const LABEL_DEPENDS_ON: &str = "io.tend.depends_on";
 
 /// A container runtime error; all of them are transient (the runtime may come
 /// back, a pull may succeed later) except a name conflict.
@@ -32,11 +42,15 @@ pub enum RuntimeError {
         "container {name}: a container of that name exists that tend did not create; remove or rename it (tend never touches it)"
     )]
     Conflict { name: String },
+    /// A dependency did not run, or was not healthy, in time: the revision
+    /// fails as an unhealthy one does.
+    #[error("container {name} not started: its dependency {dependency} {reason} after {waited}")]
+    Unready { name: String, dependency: String, reason: String, waited: String },
 }
 
 impl RuntimeError {
     pub fn is_transient(&self) -> bool {
-        !matches!(self, RuntimeError::Conflict { .. })
+        !matches!(self, RuntimeError::Conflict { .. } | RuntimeError::Unready { .. })
     }
 }
 
@@ -50,6 +64,11 @@ pub struct LiveContainer {
     pub running: bool,
     /// `healthy`, `unhealthy`, `starting`, or `None` without a healthcheck.
     pub health: Option<String>,
+    /// When its current run started (filled by an inspection, for the
+    /// containers in a `depends_on` relation only).
+    pub started_at: Option<jiff::Timestamp>,
+    /// Its `depends_on` when tend created it (label [`LABEL_DEPENDS_ON`]).
+    pub depends_on: Vec<String>,
 }
 
 /// A container runtime, in our own types.
@@ -63,6 +82,8 @@ pub trait Runtime: Send + Sync {
     fn pull(&self, image: &str) -> Result<(), RuntimeError>;
     fn create_and_start(&self, name: &str, spec: &ContainerSpec, revision: &str) -> Result<String, RuntimeError>;
     fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Stop and start again.
+    fn restart(&self, id: &str) -> Result<(), RuntimeError>;
     fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// One container's state (for health), by name.
     fn inspect(&self, name: &str) -> Result<Option<LiveContainer>, RuntimeError>;
@@ -75,41 +96,110 @@ pub trait Runtime: Send + Sync {
 /// What to do with one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerOp {
-    Create { name: String },
-    Replace { name: String, old_id: String },
-    Start { name: String, id: String },
-    Remove { name: String, id: String },
+    Create {
+        name: String,
+    },
+    /// Its spec changed, or (`because`) a dependency it is recreated with was.
+    Replace {
+        name: String,
+        old_id: String,
+        because: Option<String>,
+    },
+    Start {
+        name: String,
+        id: String,
+    },
+    /// Running since before `after`, a dependency, started its current run.
+    Restart {
+        name: String,
+        id: String,
+        after: String,
+    },
+    Remove {
+        name: String,
+        id: String,
+    },
 }
 
 impl std::fmt::Display for ContainerOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ContainerOp::Create { name } => write!(f, "create  container {name}"),
-            ContainerOp::Replace { name, .. } => write!(f, "replace container {name} (its spec changed)"),
+            ContainerOp::Replace { name, because: None, .. } => {
+                write!(f, "replace container {name} (its spec changed)")
+            }
+            ContainerOp::Replace { name, because: Some(d), .. } => {
+                write!(f, "replace container {name} (its dependency {d} was replaced)")
+            }
             ContainerOp::Start { name, .. } => write!(f, "start   container {name} (was stopped)"),
+            ContainerOp::Restart { name, after, .. } => {
+                write!(f, "restart container {name} (it started before its dependency {after})")
+            }
             ContainerOp::Remove { name, .. } => write!(f, "remove  container {name}"),
         }
     }
 }
 
-/// Pure: the operations taking `live` (tend's containers) to `desired`.
+/// Pure: the operations taking `live` (tend's containers) to `desired`, in
+/// start order (each after what it depends on); the pruned containers last,
+/// each before what it depended on.
 pub fn plan(desired: &BTreeMap<String, ContainerSpec>, live: &[LiveContainer], prune: bool) -> Vec<ContainerOp> {
     let by_name: HashMap<&str, &LiveContainer> =
         live.iter().filter(|c| c.managed).map(|c| (c.name.as_str(), c)).collect();
+    // A bundle is checked for cycles and missing dependencies when it is
+    // read; a stored one from before that check falls back to name order.
+    let order = crate::bundle::start_order(desired).unwrap_or_else(|_| desired.keys().map(String::as_str).collect());
     let mut ops = Vec::new();
-    for (name, spec) in desired {
-        match by_name.get(name.as_str()) {
-            None => ops.push(ContainerOp::Create { name: name.clone() }),
+    // Created or replaced, and (re)started, by this plan.
+    let (mut recreated, mut started) = (BTreeSet::new(), BTreeSet::new());
+    for name in order {
+        let spec = &desired[name];
+        let op = match by_name.get(name) {
+            None => Some(ContainerOp::Create { name: name.to_owned() }),
             Some(c) if c.spec_hash.as_deref() != Some(spec.hash().as_str()) => {
-                ops.push(ContainerOp::Replace { name: name.clone(), old_id: c.id.clone() })
+                Some(ContainerOp::Replace { name: name.to_owned(), old_id: c.id.clone(), because: None })
             }
-            Some(c) if !c.running => ops.push(ContainerOp::Start { name: name.clone(), id: c.id.clone() }),
-            Some(_) => {}
+            Some(c)
+                if let Some(d) = spec.depends_on.iter().find(|d| recreated.contains(*d))
+                    && spec.recreate_with_dependencies =>
+            {
+                Some(ContainerOp::Replace { name: name.to_owned(), old_id: c.id.clone(), because: Some(d.clone()) })
+            }
+            Some(c) if !c.running => Some(ContainerOp::Start { name: name.to_owned(), id: c.id.clone() }),
+            Some(c) => spec
+                .depends_on
+                .iter()
+                .find(|d| {
+                    started.contains(*d)
+                        || matches!(
+                            (by_name.get(d.as_str()).and_then(|l| l.started_at), c.started_at),
+                            (Some(theirs), Some(mine)) if theirs > mine
+                        )
+                })
+                .map(|d| ContainerOp::Restart { name: name.to_owned(), id: c.id.clone(), after: d.clone() }),
+        };
+        if let Some(op) = op {
+            if matches!(op, ContainerOp::Create { .. } | ContainerOp::Replace { .. }) {
+                recreated.insert(name.to_owned());
+            }
+            started.insert(name.to_owned());
+            ops.push(op);
         }
     }
     if prune {
-        for c in live.iter().filter(|c| c.managed && !desired.contains_key(&c.name)) {
-            ops.push(ContainerOp::Remove { name: c.name.clone(), id: c.id.clone() });
+        let pruned: BTreeMap<&str, &LiveContainer> =
+            live.iter().filter(|c| c.managed && !desired.contains_key(&c.name)).map(|c| (c.name.as_str(), c)).collect();
+        // Dependents first: a container goes once nothing left depends on it.
+        let mut left: Vec<&LiveContainer> = pruned.values().copied().collect();
+        while !left.is_empty() {
+            let needed = |c: &LiveContainer| left.iter().any(|o| o.depends_on.contains(&c.name));
+            let free: Vec<&LiveContainer> = left.iter().copied().filter(|c| !needed(c)).collect();
+            // A cycle in old labels: the rest by name.
+            let next = if free.is_empty() { left.clone() } else { free };
+            for c in &next {
+                ops.push(ContainerOp::Remove { name: c.name.clone(), id: c.id.clone() });
+            }
+            left.retain(|c| !next.iter().any(|n| n.name == c.name));
         }
     }
     ops
@@ -171,6 +261,8 @@ impl DockerRuntime {
             spec_hash: labels.get(LABEL_SPEC).cloned(),
             running: c.state.as_ref().is_some_and(|s| s.to_string().eq_ignore_ascii_case("running")),
             health: None,
+            started_at: None,
+            depends_on: depends_on_label(&labels),
         }
     }
 
@@ -306,6 +398,9 @@ impl Runtime for DockerRuntime {
         labels.insert(LABEL_MANAGED.to_owned(), "true".to_owned());
         labels.insert(LABEL_SPEC.to_owned(), spec.hash());
         labels.insert(LABEL_REVISION.to_owned(), revision.to_owned());
+        if !spec.depends_on.is_empty() {
+            labels.insert(LABEL_DEPENDS_ON.to_owned(), spec.depends_on.join(","));
+        }
         let mut exposed = Vec::new();
         let mut bindings = HashMap::new();
         for p in &spec.ports {
@@ -364,6 +459,13 @@ impl Runtime for DockerRuntime {
         let docker = self.docker()?;
         self.rt
             .block_on(docker.start_container(id, None::<bollard::query_parameters::StartContainerOptions>))
+            .map_err(|e| RuntimeError::Failed { name: id.to_owned(), reason: e.to_string() })
+    }
+
+    fn restart(&self, id: &str) -> Result<(), RuntimeError> {
+        let docker = self.docker()?;
+        self.rt
+            .block_on(docker.restart_container(id, None::<bollard::query_parameters::RestartContainerOptions>))
             .map_err(|e| RuntimeError::Failed { name: id.to_owned(), reason: e.to_string() })
     }
 
@@ -451,37 +553,114 @@ impl Runtime for DockerRuntime {
                 .and_then(|h| h.status)
                 .map(|s| s.to_string())
                 .filter(|s| !s.is_empty() && s != "none"),
+            // Docker and Podman say RFC 3339 with nanoseconds; a container
+            // never started says the zero time, which is no start.
+            started_at: state
+                .and_then(|s| s.started_at.as_deref())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .filter(|t| t.as_second() > 0),
+            depends_on: depends_on_label(&labels),
         }))
     }
 }
 
-/// Carry out a plan's container operations in order, stopping at the first
-/// failure; `inv` records which containers tend made (the caller stores it).
+fn depends_on_label(labels: &HashMap<String, String>) -> Vec<String> {
+    labels
+        .get(LABEL_DEPENDS_ON)
+        .map(|v| v.split(',').filter(|d| !d.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Carry out a plan's container operations, stopping at the first failure:
+/// the replaced containers are removed first, dependents before what they
+/// depend on; then each is created or started in start order once its
+/// dependencies run (and are healthy, where they have `[health]`), waiting
+/// at most `wait` for each; the pruned ones go last. `inv` records which
+/// containers tend made (the caller stores it).
 pub fn apply(
     rt: &dyn Runtime,
     desired: &BTreeMap<String, ContainerSpec>,
     ops: &[ContainerOp],
     revision: &str,
     inv: &mut crate::store::Inventory,
+    wait: Duration,
 ) -> Result<(), RuntimeError> {
+    for op in ops.iter().rev() {
+        if let ContainerOp::Replace { old_id, .. } = op {
+            rt.remove(old_id)?;
+        }
+    }
+    let mut ready = BTreeSet::new();
     for op in ops {
+        if let ContainerOp::Create { name }
+        | ContainerOp::Replace { name, .. }
+        | ContainerOp::Start { name, .. }
+        | ContainerOp::Restart { name, .. } = op
+        {
+            for dep in &desired[name].depends_on {
+                if !ready.contains(dep) {
+                    wait_ready(rt, name, dep, desired.get(dep), wait)?;
+                    ready.insert(dep.clone());
+                }
+            }
+        }
         match op {
             ContainerOp::Create { name } => {
                 inv.containers.insert(name.clone());
                 rt.create_and_start(name, &desired[name], revision)?;
             }
-            ContainerOp::Replace { name, old_id } => {
-                rt.remove(old_id)?;
+            ContainerOp::Replace { name, .. } => {
                 rt.create_and_start(name, &desired[name], revision)?;
             }
             ContainerOp::Start { id, .. } => rt.start(id)?,
-            ContainerOp::Remove { name, id } => {
-                rt.remove(id)?;
-                inv.containers.remove(name);
-            }
+            ContainerOp::Restart { id, .. } => rt.restart(id)?,
+            ContainerOp::Remove { .. } => {}
+        }
+    }
+    for op in ops {
+        if let ContainerOp::Remove { name, id } = op {
+            rt.remove(id)?;
+            inv.containers.remove(name);
         }
     }
     Ok(())
+}
+
+/// Wait until `dependency` runs and, when its spec has `[health]`, its
+/// health command passes in it (run by tend, as the health gate does).
+fn wait_ready(
+    rt: &dyn Runtime,
+    name: &str,
+    dependency: &str,
+    spec: Option<&ContainerSpec>,
+    wait: Duration,
+) -> Result<(), RuntimeError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let why = match rt.inspect(dependency)? {
+            None => "does not exist".to_owned(),
+            Some(c) if !c.running => "is not running".to_owned(),
+            Some(_) => match spec.and_then(|s| s.health.as_ref()) {
+                None => return Ok(()),
+                Some(h) => match rt.exec(dependency, &h.command, INSPECT_TIMEOUT) {
+                    Ok(0) => return Ok(()),
+                    Ok(code) => format!("is not healthy (its health command exited with {code})"),
+                    Err(e) => format!("is not healthy ({e})"),
+                },
+            },
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(RuntimeError::Unready {
+                name: name.to_owned(),
+                dependency: dependency.to_owned(),
+                reason: why,
+                waited: humantime::format_duration(wait).to_string(),
+            });
+        }
+        std::thread::sleep(
+            Duration::from_millis(500).min(deadline.saturating_duration_since(std::time::Instant::now())),
+        );
+    }
 }
 
 /// Ensure every image a plan needs is present, per each spec's pull policy.
@@ -527,6 +706,8 @@ mod tests {
             spec_hash: Some(hash.into()),
             running,
             health: None,
+            started_at: None,
+            depends_on: Vec::new(),
         }
     }
 
@@ -538,7 +719,7 @@ mod tests {
         assert!(plan(&desired, &[live("web", &a.hash(), true, true)], true).is_empty());
         assert_eq!(
             plan(&desired, &[live("web", "old", true, true)], true),
-            vec![ContainerOp::Replace { name: "web".into(), old_id: "id-web".into() }]
+            vec![ContainerOp::Replace { name: "web".into(), old_id: "id-web".into(), because: None }]
         );
         assert_eq!(
             plan(&desired, &[live("web", &a.hash(), false, true)], true),
@@ -548,5 +729,96 @@ mod tests {
             [live("web", &a.hash(), true, true), live("old", "x", true, true), live("theirs", "x", true, false)];
         assert_eq!(plan(&desired, &extra, true), vec![ContainerOp::Remove { name: "old".into(), id: "id-old".into() }]);
         assert!(plan(&desired, &extra, false).is_empty());
+    }
+
+    fn dependent(image: &str, deps: &[&str], recreate: bool) -> ContainerSpec {
+        let mut s = spec(image);
+        s.depends_on = deps.iter().map(|d| d.to_string()).collect();
+        s.recreate_with_dependencies = recreate;
+        s
+    }
+    fn names(ops: &[ContainerOp]) -> Vec<String> {
+        ops.iter().map(ToString::to_string).collect()
+    }
+    fn at(c: LiveContainer, second: i64) -> LiveContainer {
+        LiveContainer { started_at: Some(jiff::Timestamp::from_second(second).unwrap()), ..c }
+    }
+
+    #[test]
+    fn created_in_start_order_and_pruned_dependents_first() {
+        // Names sort the other way round from the dependencies.
+        let desired: BTreeMap<String, ContainerSpec> = [
+            ("a-web".to_string(), dependent("w:1", &["b-api"], false)),
+            ("b-api".to_string(), dependent("a:1", &["c-db"], false)),
+            ("c-db".to_string(), spec("d:1")),
+        ]
+        .into();
+        assert_eq!(
+            names(&plan(&desired, &[], true)),
+            ["create  container c-db", "create  container b-api", "create  container a-web"]
+        );
+        // Pruned, labelled with what they depended on: dependents first.
+        let mut old =
+            vec![live("x-db", "h", true, true), live("y-api", "h", true, true), live("z-web", "h", true, true)];
+        old[0].depends_on = vec![];
+        old[1].depends_on = vec!["x-db".into()];
+        old[2].depends_on = vec!["y-api".into()];
+        old.reverse();
+        let ops = plan(&BTreeMap::new(), &old, true);
+        assert_eq!(names(&ops), ["remove  container z-web", "remove  container y-api", "remove  container x-db"]);
+        // The hash ignores the order: adding depends_on replaces nothing.
+        assert_eq!(dependent("w:1", &["b-api"], true).hash(), spec("w:1").hash());
+    }
+
+    #[test]
+    fn a_dependent_started_before_its_dependency_is_restarted_and_recreated_only_when_it_asks() {
+        let (db, api, web) = (spec("d:1"), dependent("a:1", &["db"], true), dependent("w:1", &["api"], false));
+        let desired: BTreeMap<String, ContainerSpec> =
+            [("db".to_string(), db.clone()), ("api".to_string(), api.clone()), ("web".to_string(), web.clone())].into();
+        let up = |db_at, api_at, web_at| {
+            vec![
+                at(live("db", &db.hash(), true, true), db_at),
+                at(live("api", &api.hash(), true, true), api_at),
+                at(live("web", &web.hash(), true, true), web_at),
+            ]
+        };
+        assert!(plan(&desired, &up(10, 20, 30), true).is_empty());
+        // Equal times are not out of order.
+        assert!(plan(&desired, &up(10, 10, 10), true).is_empty());
+        // db restarted after api (a runtime restarting everything): api
+        // restarted, and web after it.
+        assert_eq!(
+            names(&plan(&desired, &up(40, 20, 30), true)),
+            [
+                "restart container api (it started before its dependency db)",
+                "restart container web (it started before its dependency api)"
+            ]
+        );
+        // Without start times (nothing inspected), nothing is inferred.
+        let mut unknown = up(40, 20, 30);
+        unknown.iter_mut().for_each(|c| c.started_at = None);
+        assert!(plan(&desired, &unknown, true).is_empty());
+        // db stopped: started, and what depends on it restarted after.
+        let mut stopped = up(10, 20, 30);
+        stopped[0].running = false;
+        assert_eq!(
+            names(&plan(&desired, &stopped, true)),
+            [
+                "start   container db (was stopped)",
+                "restart container api (it started before its dependency db)",
+                "restart container web (it started before its dependency api)"
+            ]
+        );
+        // db replaced: api asks to be recreated with it, web does not.
+        let mut changed = up(10, 20, 30);
+        changed[0].spec_hash = Some("old".into());
+        assert_eq!(
+            names(&plan(&desired, &changed, true)),
+            [
+                "replace container db (its spec changed)",
+                "replace container api (its dependency db was replaced)",
+                "restart container web (it started before its dependency api)"
+            ]
+        );
     }
 }

@@ -127,7 +127,7 @@ impl Plan {
         for op in &self.containers {
             match op {
                 ContainerOp::Create { .. } => c.0 += 1,
-                ContainerOp::Replace { .. } | ContainerOp::Start { .. } => c.1 += 1,
+                ContainerOp::Replace { .. } | ContainerOp::Start { .. } | ContainerOp::Restart { .. } => c.1 += 1,
                 ContainerOp::Remove { .. } => c.2 += 1,
             }
         }

@@ -195,7 +195,18 @@ impl Agent {
         }
         let err = |error| SyncError::Container { commit: commit.to_owned(), error };
         let rt = self.runtime(commit)?;
-        let live = rt.list_managed().map_err(err)?;
+        let mut live = rt.list_managed().map_err(err)?;
+        // The start times of the containers in a depends_on relation: one
+        // that started before its dependency's current run is restarted.
+        let related: BTreeSet<&str> = desired
+            .containers
+            .iter()
+            .filter(|(_, s)| !s.depends_on.is_empty())
+            .flat_map(|(n, s)| std::iter::once(n.as_str()).chain(s.depends_on.iter().map(String::as_str)))
+            .collect();
+        for c in live.iter_mut().filter(|c| c.running && related.contains(c.name.as_str())) {
+            c.started_at = rt.inspect(&c.name).map_err(err)?.and_then(|i| i.started_at);
+        }
         for name in desired.containers.keys() {
             if !live.iter().any(|c| &c.name == name)
                 && let Some(other) = rt.find_by_name(name).map_err(err)?
@@ -415,7 +426,8 @@ impl Agent {
         inv: &mut Inventory,
     ) -> Result<(), SyncError> {
         let rt = self.runtime(commit)?;
-        let result = containers::apply(rt.as_ref(), &desired.containers, ops, commit, inv);
+        let wait = self.cfg.apply.health_timeout;
+        let result = containers::apply(rt.as_ref(), &desired.containers, ops, commit, inv, wait);
         // What was made before a failure is recorded, so a rollback finds it.
         self.store.set_inventory(inv)?;
         self.store.flush()?;
