@@ -136,6 +136,8 @@ pub const HEALTH_INTERVAL: Span = Span::new(secs(1), secs(DAY));
 
 /// `[[check]].interval`.
 pub const CHECK_INTERVAL: Span = Span::new(Duration::from_millis(100), secs(HOUR));
+/// `[hooks].timeout`.
+pub const HOOK_TIMEOUT: Span = Span::new(secs(1), secs(HOUR));
 /// A container's `[health].interval`.
 pub const CONTAINER_HEALTH_INTERVAL: Span = Span::new(secs(1), secs(HOUR));
 /// A container's `[health].retries`.

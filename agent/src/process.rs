@@ -40,14 +40,34 @@ pub enum RunError {
 /// Run `command` with `input` on its standard input (none: `/dev/null`), wait
 /// at most `timeout`.
 pub fn run(command: &[String], input: Option<Vec<u8>>, timeout: Duration) -> Result<Output, RunError> {
+    run_with(command, &[], input, timeout)
+}
+
+/// [`run`] with `env` added to the environment. The command runs in a
+/// process group of its own; the timeout covers its output too (something
+/// it started that holds its output open), and when it passes the whole
+/// group is killed, not only the command.
+pub fn run_with(
+    command: &[String],
+    env: &[(&str, &str)],
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Output, RunError> {
+    use std::os::unix::process::CommandExt;
     let (prog, args) = command.split_first().ok_or(RunError::Empty)?;
     let mut child = Command::new(prog)
         .args(args)
+        .envs(env.iter().copied())
+        .process_group(0)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| RunError::Spawn(e.to_string()))?;
+    let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let kill_group = || {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    };
     let writer = match (input, child.stdin.take()) {
         (Some(data), Some(mut stdin)) => Some(std::thread::spawn(move || {
             // A write error means the command closed its input early (EPIPE):
@@ -58,13 +78,16 @@ pub fn run(command: &[String], input: Option<Vec<u8>>, timeout: Duration) -> Res
     };
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
-    let t_out = std::thread::spawn(move || read_capped(&mut out));
-    let t_err = std::thread::spawn(move || read_capped(&mut err));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || tx.send((0, read_capped(&mut out))));
+    std::thread::spawn(move || tx2.send((1, read_capped(&mut err))));
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) if start.elapsed() > timeout => {
+                kill_group();
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(RunError::TimedOut(timeout));
@@ -76,7 +99,23 @@ pub fn run(command: &[String], input: Option<Vec<u8>>, timeout: Duration) -> Res
     if let Some(w) = writer {
         let _ = w.join();
     }
-    Ok(Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() })
+    // Both outputs end when everything holding them open has exited.
+    let mut outputs = [String::new(), String::new()];
+    for _ in 0..2 {
+        let left = timeout.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok((i, text)) => outputs[i] = text,
+            Err(_) => {
+                // Something the command started holds its output open:
+                // the group is killed; a reader still blocked (a process
+                // that left the group) is left behind, not waited for.
+                kill_group();
+                return Err(RunError::TimedOut(timeout));
+            }
+        }
+    }
+    let [stdout, stderr] = outputs;
+    Ok(Output { status, stdout, stderr })
 }
 
 fn read_capped(r: &mut impl Read) -> String {
@@ -117,5 +156,38 @@ mod tests {
         let o = run(&sh("head -c 100000 /dev/zero"), None, Duration::from_secs(5)).unwrap();
         assert_eq!(o.stdout.len(), 16 * 1024);
         assert!(matches!(run(&["/nonexistent/x".into()], None, Duration::from_secs(1)), Err(RunError::Spawn(_))));
+    }
+
+    fn alive(pid: i32) -> bool {
+        // A zombie (killed, not yet reaped by init) counts as gone.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_process_group_and_env_is_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        // A child in the background and one in the foreground: both killed.
+        let script = format!("sleep 30 & echo $! > {0}; sleep 30 & echo $! >> {0}; wait", pids.display());
+        let t = Instant::now();
+        let e = run_with(&sh(&script), &[], None, Duration::from_millis(500)).unwrap_err();
+        assert_eq!(e, RunError::TimedOut(Duration::from_millis(500)));
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(200));
+        let text = std::fs::read_to_string(&pids).unwrap();
+        for pid in text.lines().map(|l| l.trim().parse::<i32>().unwrap()) {
+            assert!(!alive(pid), "{pid} survived the timeout");
+        }
+        // The command exits at once, but what it left behind holds its
+        // output open: the timeout covers that too, and kills it.
+        let script = format!("sleep 30 & echo $! > {}; exit 0", pids.display());
+        let e = run_with(&sh(&script), &[], None, Duration::from_millis(500)).unwrap_err();
+        assert_eq!(e, RunError::TimedOut(Duration::from_millis(500)));
+        std::thread::sleep(Duration::from_millis(200));
+        let pid: i32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
+        assert!(!alive(pid), "{pid} survived the timeout");
+        let o = run_with(&sh("echo $TEND_X"), &[("TEND_X", "rev é")], None, Duration::from_secs(5)).unwrap();
+        assert_eq!(o.stdout, "rev é\n");
     }
 }

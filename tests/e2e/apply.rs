@@ -186,3 +186,120 @@ fn history_keeps_revisions_newest_first_bounded() {
     let human = gw.tend(&["history"]);
     assert!(human.stdout.contains(&commits[4][..12]), "{}", human.stdout);
 }
+
+/// `[hooks]` (SPEC §2): before_apply failing holds the revision, retried as a
+/// transient failure (the events say why, the fleet's breaker is not told);
+/// after_apply failing fails the health gate; a hook past its timeout is
+/// killed with everything it started.
+#[test]
+fn lifecycle_hooks_hold_an_apply_fail_a_revision_and_are_killed_at_their_timeout() {
+    use std::time::Duration;
+    use tend_e2e::{Mosquitto, Subscription, payloads};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let gw = Gateway::with_source_keys(
+        tmp.path(),
+        &fleet.url(),
+        "interval = \"1s\"",
+        &format!(
+            "[apply]\nhealth_timeout = \"5s\"\nretry = {{ limit = 10, backoff = \"1s\", factor = 1, max = \"1s\" }}\n[mqtt]\nurl = \"{}\"\n",
+            broker.url()
+        ),
+    );
+    let hook = |name: &str, body: &str| -> String {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    // Says "not now" twice, then lets the revision in; both hooks write
+    // down what they were told.
+    let drain = hook(
+        "drain",
+        "n=$(cat \"$0.count\" 2>/dev/null || echo 0); n=$((n+1)); echo $n > \"$0.count\"\n\
+         echo \"$TEND_REVISION $TEND_PREVIOUS_REVISION $TEND_DEVICE_ID $TEND_FLEET\" >> \"$0.env\"\n\
+         if [ $n -le 2 ]; then echo \"draining: $n sessions open\"; exit 1; fi\n",
+    );
+    let warm = hook("warm", "echo \"$TEND_REVISION $TEND_PREVIOUS_REVISION $TEND_DEVICE_ID\" >> \"$0.env\"\n");
+    fleet.write("devices/gw-1/files/etc/myapp/app.conf", "v1\n");
+    let v1 = fleet.commit("v1");
+    gw.sync_ok();
+    let events = Subscription::start(&broker, "tend/v1/test/gw-1/events", "hook-events");
+    let daemon = gw.start_daemon_logging("info");
+
+    fleet.write("devices/gw-1/files/etc/myapp/app.conf", "v2\n").write(
+        "devices/gw-1/tend.toml",
+        format!("[hooks]\nbefore_apply = [\"{drain}\"]\nafter_apply = [\"{warm}\"]\ntimeout = \"10s\"\n"),
+    );
+    let v2 = fleet.commit("v2 with hooks");
+    gw.wait_status("v2 applied after the hook let it in", Duration::from_secs(60), |s| {
+        s["phase"] == "synced" && s["revision"] == v2.as_str()
+    });
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "v2\n");
+    assert_eq!(std::fs::read_to_string(format!("{drain}.count")).unwrap().trim(), "3");
+    let told = format!("{v2} {v1} gw-1 test");
+    let env = std::fs::read_to_string(format!("{drain}.env")).unwrap();
+    assert!(env.lines().all(|l| l == told), "{env}");
+    assert_eq!(std::fs::read_to_string(format!("{warm}.env")).unwrap(), format!("{v2} {v1} gw-1\n"));
+    let lines = events.wait("v2 healthy", Duration::from_secs(30), |l| {
+        payloads(l).iter().any(|e| e["kind"] == "healthy" && e["revision"] == v2.as_str())
+    });
+    let evs = payloads(&lines);
+    let held: Vec<&serde_json::Value> =
+        evs.iter().filter(|e| e["kind"] == "failed" && e["revision"] == v2.as_str()).collect();
+    assert_eq!(held.len(), 2, "{evs:?}");
+    for (i, e) in held.iter().enumerate() {
+        let error = e["error"].as_str().unwrap();
+        assert!(
+            error.contains("not applied now: before_apply hook")
+                && error.contains(&format!("draining: {} sessions open", i + 1)),
+            "{e}"
+        );
+        // Tried again here: not a failure report for the fleet's breaker.
+        assert_eq!(e["retry"], true, "{e}");
+    }
+    // Never recorded as a failed revision, never quarantined.
+    let history = gw.tend(&["history", "--json"]).json();
+    assert!(history.as_array().unwrap().iter().all(|r| r["outcome"] != "failed"), "{history}");
+
+    // after_apply failing: the revision fails its health gate, rolled back.
+    fleet
+        .write("devices/gw-1/files/etc/myapp/app.conf", "v3\n")
+        .write("devices/gw-1/tend.toml", "[hooks]\nafter_apply = [\"sh\", \"-c\", \"echo warmup failed; exit 3\"]\n");
+    let v3 = fleet.commit("v3, its warmup fails");
+    let s = gw.wait_status("v3 rolled back", Duration::from_secs(60), |s| {
+        s["phase"] == "rolled_back" && s["target_revision"] == v3.as_str()
+    });
+    let error = s["error"].as_str().unwrap();
+    assert!(error.contains("after_apply hook exit status: 3; output: warmup failed"), "{s}");
+    assert_eq!(s["revision"], v2.as_str(), "{s}");
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "v2\n");
+
+    // A hook that hangs, with a child: both killed at the timeout.
+    let pid_file = tmp.path().join("hang.pid");
+    fleet.write("devices/gw-1/files/etc/myapp/app.conf", "v4\n").write(
+        "devices/gw-1/tend.toml",
+        format!(
+            "[hooks]\nbefore_apply = [\"sh\", \"-c\", \"sleep 300 & echo $! > {}; sleep 300\"]\ntimeout = \"2s\"\n",
+            pid_file.display()
+        ),
+    );
+    let v4 = fleet.commit("v4, its hook hangs");
+    events.wait("v4 held by a hook past its timeout", Duration::from_secs(60), |l| {
+        payloads(l).iter().any(|e| {
+            e["kind"] == "failed"
+                && e["revision"] == v4.as_str()
+                && e["error"].as_str().is_some_and(|x| x.contains("before_apply hook timed out after 2s"))
+        })
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!alive(pid), "the hook's child {pid} outlived its timeout");
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "v2\n");
+    drop(daemon);
+}

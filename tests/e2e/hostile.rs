@@ -376,6 +376,39 @@ fn command_check_when_hooks_are_off() {
     );
 }
 
+/// Threat: the same, through a lifecycle hook (`[hooks]`).
+#[test]
+fn lifecycle_hook_when_hooks_are_off() {
+    rejected_with(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[hooks]\nbefore_apply = [\"sh\", \"-c\", \"id > /tmp/pwned\"]\n");
+        },
+        &["devices/gw-1/tend.toml", "[hooks] before_apply runs a command", "hooks are off"],
+        "allow_hooks = false",
+    );
+}
+
+/// Threat: a hook that runs for ever holds every apply; an empty one is a
+/// mistake that would fail at the worst moment.
+#[test]
+fn lifecycle_hook_timeout_out_of_range_and_empty_hooks() {
+    rejected(
+        |f, _| {
+            f.write(
+                &format!("{B}/tend.toml"),
+                "[hooks]\nafter_apply = [\"true\"]\ntimeout = \"18446744073709551615s\"\n",
+            );
+        },
+        &["devices/gw-1/tend.toml", "[hooks] timeout", "18446744073709551615s"],
+    );
+    rejected(
+        |f, _| {
+            f.write(&format!("{B}/tend.toml"), "[hooks]\nafter_apply = []\n");
+        },
+        &["devices/gw-1/tend.toml", "[hooks] after_apply must be a non-empty command"],
+    );
+}
+
 /// Threat: a setuid-root program planted through a file's mode.
 #[test]
 fn setuid_mode() {

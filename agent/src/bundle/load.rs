@@ -14,6 +14,15 @@ pub(super) struct Manifest {
     #[serde(default, rename = "check")]
     checks: Vec<RawCheck>,
     rollout: Option<rollout::RawRollout>,
+    hooks: Option<RawHooks>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHooks {
+    before_apply: Option<Vec<String>>,
+    after_apply: Option<Vec<String>>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +62,8 @@ pub(super) struct Loader<'t, 'c> {
     files: BTreeMap<RelPath, Staged>,
     meta: BTreeMap<RelPath, (FileMeta, RelPath)>,
     checks: Vec<Check>,
+    /// `[hooks]` of the last bundle read that has them: the including one.
+    hooks: Hooks,
     containers: BTreeMap<String, ContainerSpec>,
     /// The file each container was read from (the including bundle's wins).
     container_files: BTreeMap<String, RelPath>,
@@ -72,6 +83,7 @@ pub fn render(tree: &dyn Tree, bundle: &RelPath, ctx: &Context<'_>) -> Result<Re
         files: BTreeMap::new(),
         meta: BTreeMap::new(),
         checks: Vec::new(),
+        hooks: Hooks::default(),
         containers: BTreeMap::new(),
         container_files: BTreeMap::new(),
         manifests: BTreeMap::new(),
@@ -186,6 +198,10 @@ impl Loader<'_, '_> {
                 let dest = parse_dest(&meta.path)
                     .map_err(|e| BundleError::new(&manifest_path, format!("[[file]] path {:?}: {e}", meta.path)))?;
                 self.meta.insert(dest, (meta, manifest_path.clone()));
+            }
+            if let Some(raw) = m.hooks {
+                self.hooks =
+                    parse_hooks(raw, self.ctx.policy.allow_hooks).map_err(|e| BundleError::new(&manifest_path, e))?;
             }
             for raw in m.checks {
                 let check = parse_check(raw).map_err(|e| BundleError::new(&manifest_path, e))?;
@@ -379,7 +395,9 @@ impl Loader<'_, '_> {
     }
 
     fn finish(self) -> Result<Rendered, BundleError> {
-        let Loader { files, meta, checks, bundles, ctx, containers, container_files, manifests, rollout, .. } = self;
+        let Loader {
+            files, meta, checks, hooks, bundles, ctx, containers, container_files, manifests, rollout, ..
+        } = self;
         let rollout = rollout.finish().map_err(BundleError::many)?;
         container::start_order(&containers)
             .map_err(|(name, error)| BundleError::new(&container_files[&name], error))?;
@@ -545,6 +563,7 @@ impl Loader<'_, '_> {
             rendered.desired.files.insert(dest, file);
         }
         rendered.desired.checks = checks;
+        rendered.desired.hooks = hooks;
         rendered.desired.containers = containers;
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (rel, (bytes, objects, from)) in manifests {
@@ -617,6 +636,25 @@ pub(super) fn parse_mode(s: &str) -> Result<u32, String> {
         return Err("setuid, setgid and sticky bits are not allowed".into());
     }
     Ok(mode)
+}
+
+pub(super) fn parse_hooks(raw: RawHooks, allow_hooks: Option<bool>) -> Result<Hooks, String> {
+    for (key, cmd) in [("before_apply", &raw.before_apply), ("after_apply", &raw.after_apply)] {
+        let Some(cmd) = cmd else { continue };
+        if cmd.is_empty() || cmd[0].is_empty() || cmd.iter().any(|a| a.contains('\0')) {
+            return Err(format!("[hooks] {key} must be a non-empty command (argv), without NUL"));
+        }
+        if allow_hooks == Some(false) {
+            return Err(format!(
+                "[hooks] {key} runs a command, and hooks are off on this gateway ([files].allow_hooks = false)"
+            ));
+        }
+    }
+    let timeout = match raw.timeout {
+        None => Hooks::default_timeout(),
+        Some(s) => crate::bounds::HOOK_TIMEOUT.parse("[hooks] timeout", &s)?,
+    };
+    Ok(Hooks { before_apply: raw.before_apply, after_apply: raw.after_apply, timeout })
 }
 
 pub(super) fn parse_check(raw: RawCheck) -> Result<Check, String> {

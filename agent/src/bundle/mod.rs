@@ -166,6 +166,34 @@ pub struct Desired {
     /// `[rollout]` (SPEC §7), from the bundle or its includes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::Policy>,
+    /// `[hooks]`: commands run around this revision's apply.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
+/// `[hooks]` of `tend.toml` (SPEC §2): argv commands run around a
+/// revision's apply (only where `[files].allow_hooks` lets a bundle run
+/// commands). `before_apply` failing: the revision is not applied now and is
+/// retried as a transient failure; `after_apply` failing: the revision fails
+/// its health gate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hooks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_apply: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_apply: Option<Vec<String>>,
+    /// How long each may run; its whole process group is killed then.
+    #[serde(default = "Hooks::default_timeout")]
+    pub timeout: Duration,
+}
+
+impl Hooks {
+    pub fn default_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.before_apply.is_none() && self.after_apply.is_none()
+    }
 }
 
 /// A manifest the bundle wants in K3s's auto-deploy directory.

@@ -60,6 +60,8 @@ pub enum Refusal {
     Blocked,
     /// The commit's signature is not trusted.
     Untrusted,
+    /// Its `before_apply` hook said not now (retried, never quarantined).
+    Hook,
 }
 
 impl Refusal {
@@ -68,6 +70,7 @@ impl Refusal {
             Refusal::Blocked => "rejected: something on the gateway is in the way",
             Refusal::Untrusted => "refused: the commit's signature is not trusted",
             Refusal::Bundle => "rejected: the bundle is invalid",
+            Refusal::Hook => "not applied now: its before_apply hook failed",
         }
     }
 }

@@ -75,6 +75,12 @@ impl Reason for String {
 pub trait Runner {
     /// Run `command`; `Ok(output)` when it exited 0, `Err(reason)` otherwise.
     fn run(&self, command: &[String]) -> Result<String, String>;
+    /// Run a lifecycle hook (`[hooks]`) with `env` added, for at most
+    /// `timeout`; as [`Runner::run`] otherwise.
+    fn run_hook(&self, command: &[String], env: &[(&str, &str)], timeout: Duration) -> Result<String, String> {
+        let _ = (env, timeout);
+        self.run(command)
+    }
 }
 
 /// Runs commands as child processes, output captured, killed after `timeout`.
@@ -85,7 +91,11 @@ pub struct ProcessRunner {
 
 impl Runner for ProcessRunner {
     fn run(&self, command: &[String]) -> Result<String, String> {
-        let out = crate::process::run(command, None, self.timeout).map_err(|e| match e {
+        self.run_hook(command, &[], self.timeout)
+    }
+
+    fn run_hook(&self, command: &[String], env: &[(&str, &str)], timeout: Duration) -> Result<String, String> {
+        let out = crate::process::run_with(command, env, None, timeout).map_err(|e| match e {
             crate::process::RunError::Spawn(e) => format!("cannot start {:?}: {e}", command[0]),
             e => e.to_string(),
         })?;

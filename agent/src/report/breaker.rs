@@ -122,7 +122,8 @@ impl Breaker {
 /// `rolled_back` event; `None` for any other event.
 pub fn report_of(event: &Value) -> Option<(String, Value)> {
     let kind = event.get("kind").and_then(Value::as_str)?;
-    if !FAILED.contains(&kind) {
+    // A revision that will be tried again here has not failed for the fleet.
+    if !FAILED.contains(&kind) || event.get("retry") == Some(&Value::Bool(true)) {
         return None;
     }
     let revision = event.get("revision").and_then(Value::as_str)?.to_owned();
@@ -185,5 +186,7 @@ mod tests {
         assert_eq!(report["device_id"], "gw-1");
         assert!(report_of(&json!({ "kind": "healthy", "revision": "abc" })).is_none());
         assert!(report_of(&json!({ "kind": "failed" })).is_none());
+        // Not applied now, tried again (a before_apply hook): no report.
+        assert!(report_of(&json!({ "kind": "failed", "revision": "abc", "retry": true })).is_none());
     }
 }

@@ -398,6 +398,29 @@ impl Agent {
         Ok((plan, report))
     }
 
+    /// Run a `[hooks]` command of the revision `p` with the revision, the
+    /// one in place before it and the device in its environment; the error
+    /// says how it ended, with its output cut to [`HOOK_OUTPUT`] bytes.
+    pub(super) fn run_hook(&self, cmd: &[String], p: &Prepared, previous: Option<&str>) -> Result<(), String> {
+        let env = [
+            ("TEND_REVISION", p.commit.as_str()),
+            ("TEND_PREVIOUS_REVISION", previous.unwrap_or("")),
+            ("TEND_DEVICE_ID", self.cfg.device_id.as_str()),
+            ("TEND_FLEET", self.cfg.fleet.as_str()),
+        ];
+        self.runner.run_hook(cmd, &env, p.desired.hooks.timeout).map(|_| ()).map_err(|mut e| {
+            if e.len() > HOOK_OUTPUT {
+                let mut end = HOOK_OUTPUT;
+                while !e.is_char_boundary(end) {
+                    end -= 1;
+                }
+                e.truncate(end);
+                e.push_str(" […]");
+            }
+            e
+        })
+    }
+
     /// While a revision waits (rollout control): pull the images it will need
     /// and does not have, so a window is spent applying, not downloading. A
     /// failure is only logged: the apply pulls again, and says so if it fails.
@@ -434,3 +457,6 @@ impl Agent {
         result.map_err(|error| SyncError::Container { commit: commit.to_owned(), error })
     }
 }
+
+/// What of a failed hook's output an error (and its event) carries.
+pub const HOOK_OUTPUT: usize = 2048;

@@ -88,6 +88,9 @@ pub enum SyncError {
     Container { commit: String, error: RuntimeError },
     #[error("manifests of {}: {error}", short(.commit))]
     K3s { commit: String, error: k3s::K3sError },
+    /// A `[hooks].before_apply` failed: not applied now, retried.
+    #[error("revision {} not applied now: {hook} hook {error}", short(.commit))]
+    Hook { commit: String, hook: &'static str, error: String },
     #[error("revision {} is unhealthy: {failures}{}", short(.commit), then(.after))]
     Unhealthy { commit: String, failures: String, after: String },
     #[error("revision {} is quarantined ({reason}); it is not applied again until the branch moves or `tend sync --retry`", short(.commit))]
@@ -120,6 +123,7 @@ impl SyncError {
             SyncError::K3s { .. } => true,
             SyncError::Store(_) => true,
             SyncError::Trust(_) => true,
+            SyncError::Hook { .. } => true,
             _ => false,
         }
     }

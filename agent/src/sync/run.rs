@@ -242,6 +242,7 @@ async fn sync_inner(agent: &Arc<Agent>, opts: SyncOptions, import: Option<Import
         applied: None,
         checks: None,
         newly_waiting: false,
+        previous: None,
     };
     run.drive(event).instrument(span).await
 }
@@ -324,6 +325,8 @@ struct Run<'a> {
     /// The last decision made a revision wait for something it did not
     /// wait for before (said once in the log).
     newly_waiting: bool,
+    /// The commit in place before this apply, for the hooks.
+    previous: Option<String>,
 }
 
 impl Run<'_> {
@@ -439,7 +442,13 @@ impl Run<'_> {
                         a.record(&p, Outcome::Failed, Some(error.clone()))?;
                         a.gc()?;
                     }
-                    a.event(Kind::Failed, serde_json::json!({ "revision": commit, "error": error }));
+                    let mut fields = serde_json::json!({ "revision": commit, "error": error });
+                    if !quarantined {
+                        // Tried again (a before_apply hook, a local trust
+                        // file): not a failure of the revision for the fleet.
+                        fields["retry"] = true.into();
+                    }
+                    a.event(Kind::Failed, fields);
                     Ok(())
                 })
                 .await?;
@@ -644,6 +653,7 @@ impl Run<'_> {
         let refusal = match &e {
             SyncError::Blocked { .. } => Refusal::Blocked,
             SyncError::Untrusted { .. } => Refusal::Untrusted,
+            SyncError::Hook { .. } => Refusal::Hook,
             _ => Refusal::Bundle,
         };
         let event = Event::Refused { commit: self.commit(), kind: e.kind(), refusal, error: e.to_string() };
@@ -663,6 +673,17 @@ impl Run<'_> {
         prepared.from = self.from.as_ref().map(|f| format!("import {f}"));
         let prepared = Arc::new(prepared);
         self.prepared = Some(prepared.clone());
+        self.previous = blocking(agent, |a| a.store.pointers()).await?.current.map(|c| c.commit);
+        // Before the attempt: a hook that says not now leaves nothing to undo.
+        if let Some(cmd) = prepared.desired.hooks.before_apply.clone() {
+            let (p, previous) = (prepared.clone(), self.previous.clone());
+            let ran = blocking(agent, move |a| a.run_hook(&cmd, &p, previous.as_deref())).await;
+            if let Err(error) = ran {
+                tracing::info!(revision = short(&prepared.commit), "before_apply hook failed: {error}");
+                let commit = prepared.commit.clone();
+                return Ok(self.refused(SyncError::Hook { commit, hook: "before_apply", error }));
+            }
+        }
         // The attempt is durable before the first write: if the agent dies
         // from here to the end of the health window, the next start counts it.
         self.transition(Event::Applying { commit: prepared.commit.clone() }, Measured::default()).await?;
@@ -720,6 +741,19 @@ impl Run<'_> {
         blocking(agent, |a| a.store.flush()).await?;
         let prepared = self.prepared.clone().expect("prepared before its health window");
         let t = Instant::now();
+        // after_apply is the first check: failing, the revision is unhealthy.
+        if let Some(cmd) = prepared.desired.hooks.after_apply.clone() {
+            let (p, previous) = (prepared.clone(), self.previous.clone());
+            if let Err(error) = blocking(agent, move |a| a.run_hook(&cmd, &p, previous.as_deref())).await {
+                self.timings.health_ms = ms(t.elapsed());
+                let failures = format!("after_apply hook {error}");
+                self.checks = Some([("after_apply".to_owned(), "fail".to_owned())].into());
+                tracing::info!(revision = short(&prepared.commit), "unhealthy: {failures}");
+                let commit = prepared.commit.clone();
+                self.failure = Some(SyncError::Unhealthy { commit, failures: failures.clone(), after: String::new() });
+                return Ok(Some(Event::Health { healthy: false, failures }));
+            }
+        }
         let probes = probes_for(agent, &prepared.commit, &prepared.desired)?;
         let health = if probes.is_empty() {
             Health::default()
