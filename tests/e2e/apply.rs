@@ -303,3 +303,111 @@ fn lifecycle_hooks_hold_an_apply_fail_a_revision_and_are_killed_at_their_timeout
     assert_eq!(gw.read("/etc/myapp/app.conf"), "v2\n");
     drop(daemon);
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {} (the suite runs as root)", dir.display());
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// SPEC §3, 9: before writing, each file system tend writes keeps
+/// `[apply].min_free`; short, the revision waits (retried, never
+/// quarantined) with the file system and the numbers named, and nothing of
+/// it is written; freed, it applies.
+#[test]
+fn a_revision_that_would_fill_a_file_system_waits_until_there_is_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    let gw = Gateway::new(tmp.path(), &fleet.url(), "[apply]\nmin_free = \"2MiB\"");
+    // A 16 MiB files root and a 32 MiB state_dir, each on its own tmpfs.
+    let _root = Tmpfs::mount(&gw.root, "16m");
+    let _state = Tmpfs::mount(&gw.state, "32m");
+    fleet.write("devices/gw-1/files/etc/myapp/app.conf", "v1\n");
+    fleet.commit("v1");
+    gw.sync_ok();
+    let noise =
+        |n: usize| -> Vec<u8> { (0..n).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect() };
+    // 3 MiB to write; someone else's 12 MiB on the root leaves about 4
+    // free: 3 written + 2 kept > 4.
+    std::fs::write(gw.root.join("filler"), vec![1u8; 12 << 20]).unwrap();
+    fleet.write("devices/gw-1/files/opt/myapp/model.bin", noise(3 << 20));
+    fleet.write("devices/gw-1/files/etc/myapp/app.conf", "v2\n");
+    let v2 = fleet.commit("v2, 3 MiB more");
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let mount = gw.root.display().to_string();
+    assert!(
+        r.stderr
+            .contains(&format!("not applied now: not enough free space on the file system at {mount} ([files].root)"))
+            && r.stderr.contains("this revision writes 3.0 MiB there and [apply].min_free keeps 2MiB"),
+        "{}",
+        r.stderr
+    );
+    // Nothing of v2 written, not even app.conf, and no temporary file.
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "v1\n");
+    let left: Vec<String> = walk(&gw.root.join("etc")).into_iter().chain(walk(&gw.root.join("opt"))).collect();
+    assert_eq!(left, ["etc/myapp/app.conf"], "{left:?}");
+    let s = gw.tend(&["status", "--json"]).json();
+    assert!(s["error"].as_str().unwrap().contains("not enough free space"), "{s}");
+    assert_eq!(s["target_revision"], v2.as_str());
+    // Still short: still waiting, and never quarantined.
+    assert_eq!(gw.tend(&["sync"]).code, 1);
+    // Room made: it applies.
+    std::fs::remove_file(gw.root.join("filler")).unwrap();
+    let r = gw.sync_ok();
+    assert_eq!(r["commit"], v2.as_str(), "{r}");
+    assert_eq!(gw.read("/etc/myapp/app.conf"), "v2\n");
+    assert_eq!(std::fs::metadata(gw.root.join("opt/myapp/model.bin")).unwrap().len(), 3 << 20);
+
+    // The state_dir short: the store is where the new contents go first.
+    let fill = gw.state.join("filler");
+    let st = nix_free(&gw.state);
+    std::fs::write(&fill, vec![1u8; (st - (4 << 20)) as usize]).unwrap();
+    fleet.write("devices/gw-1/files/opt/myapp/model.bin", noise((3 << 20) + 1));
+    let v3 = fleet.commit("v3, a new 3 MiB");
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains(&format!("on the file system at {} (state_dir)", gw.state.display())), "{}", r.stderr);
+    std::fs::remove_file(&fill).unwrap();
+    assert_eq!(gw.sync_ok()["commit"], v3.as_str());
+}
+
+/// Files under `dir`, relative to its parent, sorted.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let base = dir.parent().unwrap().to_owned();
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(&base).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Free bytes on the file system of `path`, as `df` says.
+fn nix_free(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().nth(1).unwrap().trim().parse().unwrap()
+}

@@ -357,3 +357,83 @@ fn a_dependency_that_never_turns_healthy_fails_the_revision_and_its_dependent_is
     assert_eq!(s["phase"], "rolled_back", "{s}");
     assert!(podman.inspect("db").is_none(), "db was left behind");
 }
+
+/// SPEC §3, 9: an image the container storage cannot hold (with
+/// `[apply].min_free` kept) is refused before its pull starts: the registry
+/// is asked for the manifest, never for a layer. One that fits is pulled.
+#[test]
+fn an_image_larger_than_the_container_storage_can_hold_is_refused_before_its_pull() {
+    let registry = tend_e2e::Registry::start();
+    // Images are built and pushed from a Podman store of their own.
+    let builder = tempfile::tempdir().unwrap();
+    tend_e2e::podman_settings(builder.path());
+    let rootfs = builder.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|b| std::path::Path::new(b).exists()).unwrap();
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let push = |name: &str| {
+        let tar = builder.path().join("rootfs.tar");
+        tend_e2e::run(std::process::Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."));
+        let local = format!("localhost/{name}");
+        tend_e2e::run(tend_e2e::podman_in(builder.path()).args(["import", "-q"]).arg(&tar).arg(&local));
+        let remote = format!("{}/tend/{name}", registry.addr);
+        tend_e2e::run(tend_e2e::podman_in(builder.path()).args(["push", "-q", "--tls-verify=false", &local, &remote]));
+        remote
+    };
+    let small = push("small:1");
+    // 20 MiB that do not compress.
+    let mut noise = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 20 << 20),
+        &mut noise,
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("noise"), noise).unwrap();
+    let big = push("big:1");
+
+    let podman = Podman::start_with(Some("32m"), Some(&registry.addr));
+    let fleet = Fleet::new(podman.dir.path(), "fleet");
+    let gw = Gateway::new(
+        podman.dir.path(),
+        &fleet.url(),
+        &format!(
+            "[apply]\nhealth_timeout = \"8s\"\nmin_free = \"1MiB\"\n[containers]\nsocket = \"{}\"\n",
+            podman.url()
+        ),
+    );
+    let spec = |image: &str| format!("image = \"{image}\"\ncommand = [\"sleep\", \"3600\"]\nnetwork = \"host\"\n");
+    fleet.write("devices/gw-1/containers/app.toml", spec(&big));
+    fleet.commit("the big image");
+    // What the registry is asked from here on (the pushes are logged too).
+    let pushed = registry.log_text().len();
+    let r = gw.tend(&["sync"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let storage = podman.dir.path().join("storage");
+    assert!(
+        r.stderr.contains(&format!(
+            "not enough free space on the file system at {} (the container storage)",
+            storage.display()
+        )) && r.stderr.contains("[apply].min_free keeps 1MiB"),
+        "{}",
+        r.stderr
+    );
+    // 21 MiB to download (busybox and the noise): three times that, with
+    // the layers unpacked.
+    let writes = r.stderr.split("this revision writes ").nth(1).unwrap();
+    assert!(writes.starts_with("63.") || writes.starts_with("62."), "{}", r.stderr);
+    let log = registry.log_text()[pushed..].to_owned();
+    assert!(log.contains("http.request.uri=/v2/tend/big/manifests/1"), "the registry was not asked: {log}");
+    assert!(!log.contains("/v2/tend/big/blobs/"), "a layer of the big image was pulled: {log}");
+    assert!(podman.inspect("app").is_none());
+
+    // One that fits is pulled from the same registry, and runs.
+    fleet.write("devices/gw-1/containers/app.toml", spec(&small));
+    fleet.commit("the small image");
+    gw.sync_ok();
+    assert!(running(&podman, "app"));
+    assert!(registry.log_text()[pushed..].contains("http.request.method=GET"));
+    assert!(registry.log_text()[pushed..].contains("/v2/tend/small/blobs/"));
+}

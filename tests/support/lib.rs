@@ -1129,7 +1129,7 @@ pub const TEST_IMAGE: &str = "localhost/tend-test:1";
 /// network, vfs storage under `dir`): writes `dir/containers.conf` and
 /// `dir/storage.conf`, and returns the environment that selects them (for a
 /// script that runs podman; [`podman_in`] for podman itself).
-pub fn podman_settings(dir: &Path) -> [(&'static str, PathBuf); 2] {
+pub fn podman_settings(dir: &Path) -> [(&'static str, PathBuf); 3] {
     std::fs::write(
         dir.join("containers.conf"),
         "[containers]\nnetns = \"host\"\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
@@ -1141,11 +1141,19 @@ pub fn podman_settings(dir: &Path) -> [(&'static str, PathBuf); 2] {
         format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n", d = dir.display()),
     )
     .unwrap();
+    // The system's registries, to which a test may add its own.
+    let system = std::fs::read_to_string("/etc/containers/registries.conf").unwrap_or_default();
+    std::fs::write(dir.join("registries.conf"), system).unwrap();
     podman_env(dir)
 }
 
-fn podman_env(dir: &Path) -> [(&'static str, PathBuf); 2] {
-    [("CONTAINERS_CONF", dir.join("containers.conf")), ("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))]
+fn podman_env(dir: &Path) -> [(&'static str, PathBuf); 3] {
+    [
+        ("CONTAINERS_CONF", dir.join("containers.conf")),
+        ("CONTAINERS_STORAGE_CONF", dir.join("storage.conf")),
+        // The system's, and a test registry on loopback over plain HTTP.
+        ("CONTAINERS_REGISTRIES_CONF", dir.join("registries.conf")),
+    ]
 }
 
 /// The podman CLI with the settings [`podman_settings`] wrote in `dir`.
@@ -1157,9 +1165,30 @@ pub fn podman_in(dir: &Path) -> Command {
 
 impl Podman {
     pub fn start() -> Podman {
+        Self::start_with(None, None)
+    }
+
+    /// [`Podman::start`] with its storage on a tmpfs of `storage_size`
+    /// (`"16m"`), and `registry` (`127.0.0.1:PORT`) pulled from over plain
+    /// HTTP.
+    pub fn start_with(storage_size: Option<&str>, registry: Option<&str>) -> Podman {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         podman_settings(d);
+        if let Some(size) = storage_size {
+            std::fs::create_dir_all(d.join("storage")).unwrap();
+            let st = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(d.join("storage"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount a tmpfs for Podman's storage (the suite runs as root)");
+        }
+        if let Some(r) = registry {
+            let mut conf = std::fs::read_to_string(d.join("registries.conf")).unwrap();
+            conf.push_str(&format!("\n[[registry]]\nlocation = \"{r}\"\ninsecure = true\n"));
+            std::fs::write(d.join("registries.conf"), conf).unwrap();
+        }
         let socket = d.join("podman.sock");
         let mut p = Podman { child: None, dir, socket };
         // The test image: busybox-static and a few applets.
@@ -1227,6 +1256,62 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman().args(["rm", "-a", "-f", "-t", "0"]).output();
         self.stop_service();
+        // A tmpfs storage (start_with), if any.
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path().join("storage")).stderr(Stdio::null()).status();
+    }
+}
+
+/// A real image registry (Debian's docker-registry, the CNCF distribution
+/// server) on 127.0.0.1, plain HTTP, storage in a temp dir; its request log
+/// in `log`.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("registry.log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("registry.err")).unwrap())
+            .spawn()
+            .expect("docker-registry (apt install docker-registry)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Its request log goes to stderr.
+        let log = dir.path().join("registry.err");
+        Registry { child, addr, log, _dir: dir }
+    }
+
+    /// Everything the registry logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

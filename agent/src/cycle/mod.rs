@@ -62,6 +62,8 @@ pub enum Refusal {
     Untrusted,
     /// Its `before_apply` hook said not now (retried, never quarantined).
     Hook,
+    /// A file system it writes would drop below `[apply].min_free` (retried).
+    Space,
 }
 
 impl Refusal {
@@ -71,6 +73,7 @@ impl Refusal {
             Refusal::Untrusted => "refused: the commit's signature is not trusted",
             Refusal::Bundle => "rejected: the bundle is invalid",
             Refusal::Hook => "not applied now: its before_apply hook failed",
+            Refusal::Space => "not applied now: not enough free disk space",
         }
     }
 }
@@ -272,6 +275,11 @@ pub fn step(ptr: &Pointers, event: &Event, now: Timestamp, rules: Rules) -> (Poi
         }
         Event::Prepared { commit, gate, now: told } => prepared(&mut p, commit, gate, *told, now),
         Event::Refused { commit, kind, refusal, error } => {
+            // Refused before its first write (something in the way, not
+            // enough space): a later death is not one during its apply.
+            if let Some(a) = p.attempt.as_mut().filter(|a| a.commit == *commit) {
+                a.running = false;
+            }
             let quarantined = *kind == ErrorKind::Permanent;
             if quarantined {
                 p.quarantine.insert(commit.clone(), refusal.why().into());

@@ -485,3 +485,29 @@ fn deaths_count_per_revision() {
     let (p, _) = step(&p, &fail("c", ErrorKind::Permanent), t(5), RULES);
     assert_eq!(p.attempt, None);
 }
+
+/// A revision refused before its first write (not enough space, something
+/// in the way, a before_apply hook) is not being applied: a later death is
+/// not counted against it, and it is retried, not quarantined.
+#[test]
+fn a_refusal_after_applying_began_ends_the_attempt_and_a_transient_one_is_retried() {
+    let (p, _) = step(&synced(), &Event::Applying { commit: "b".into() }, t(1), RULES);
+    assert!(p.attempt.as_ref().is_some_and(|a| a.running));
+    let refused = Event::Refused {
+        commit: "b".into(),
+        kind: ErrorKind::Transient,
+        refusal: Refusal::Space,
+        error: "full".into(),
+    };
+    let (p, fx) = step(&p, &refused, t(2), RULES);
+    assert_eq!(fx, vec![Effect::Reject { commit: "b".into(), quarantined: false }, Effect::Heal]);
+    assert!(p.attempt.as_ref().is_some_and(|a| !a.running));
+    assert!(!p.quarantine.contains_key("b"));
+    // Two deaths later, while idle: nothing is counted against b.
+    let (p, fx) = step(&p, &boot(None), t(3), RULES);
+    let (p, fx2) = step(&p, &boot(None), t(4), RULES);
+    assert!(!fx.iter().chain(&fx2).any(|e| matches!(e, Effect::Crashed { .. })), "{fx:?} {fx2:?}");
+    assert!(p.attempt.as_ref().is_none_or(|a| a.deaths == 0));
+    // And the next poll prepares it again.
+    assert_eq!(step(&p, &tip("b"), t(5), RULES).1, vec![Effect::Prepare]);
+}

@@ -137,9 +137,11 @@ fn take_in(a: &Agent, file: &mut std::fs::File, name: &str, allow_downgrade: boo
                 "it carries container images, and no container runtime socket was found; set [containers].socket",
             )?;
         let rt = crate::reconcile::containers::DockerRuntime::new(&socket);
-        if let Some(root) = container_storage() {
+        use crate::reconcile::containers::Runtime;
+        if let Some(root) = rt.storage_root().or_else(|| crate::reconcile::containers::storage_guess().map(Into::into))
+        {
             let images = m.parts.get(IMAGES).map_or(0, |p| p.size);
-            free_space(root, "the container storage", images, cfg.apply.min_free)?;
+            free_space(&root, "the container storage", images, cfg.apply.min_free)?;
         }
         Some(rt)
     };
@@ -297,14 +299,6 @@ fn load_images(
             Err(e)
         }
     }
-}
-
-/// Where the container runtime keeps images: Podman's or Docker's default
-/// storage, whichever is here. (The runtime's own answer, `GET /info`,
-/// costs a 30 KB decoder of a few hundred fields on a gateway binary with
-/// a size budget.)
-fn container_storage() -> Option<&'static Path> {
-    ["/var/lib/containers/storage", "/var/lib/docker"].into_iter().map(Path::new).find(|p| p.is_dir())
 }
 
 /// Refuse when writing `need` bytes under `path` would leave less than

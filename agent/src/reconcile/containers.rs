@@ -91,6 +91,15 @@ pub trait Runtime: Send + Sync {
     /// `[health]` command itself this way, so health gates the revision even
     /// where the runtime schedules no healthchecks (Podman without systemd).
     fn exec(&self, name: &str, command: &[String], timeout: Duration) -> Result<i64, RuntimeError>;
+    /// Where the runtime keeps images and containers, as it says.
+    fn storage_root(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// An image's size on disk here, if it is here.
+    fn image_size(&self, image: &str) -> Result<Option<u64>, RuntimeError> {
+        let _ = image;
+        Ok(None)
+    }
 }
 
 /// What to do with one container.
@@ -203,6 +212,12 @@ pub fn plan(desired: &BTreeMap<String, ContainerSpec>, live: &[LiveContainer], p
         }
     }
     ops
+}
+
+/// Where Podman or Docker keeps images by default, whichever is here: for a
+/// runtime that does not say ([`Runtime::storage_root`]).
+pub fn storage_guess() -> Option<&'static Path> {
+    ["/var/lib/containers/storage", "/var/lib/docker"].into_iter().map(Path::new).find(|p| p.is_dir())
 }
 
 /// The default socket: the first of Podman's and Docker's usual sockets found.
@@ -373,6 +388,31 @@ impl Runtime for DockerRuntime {
 
     fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         self.inspect_image(image).map(|i| i.is_some())
+    }
+
+    fn image_size(&self, image: &str) -> Result<Option<u64>, RuntimeError> {
+        Ok(self.inspect_image(image)?.and_then(|i| i.size).and_then(|s| u64::try_from(s).ok()))
+    }
+
+    /// `DockerRootDir` of `GET /info` (Docker's data root, Podman's
+    /// graphroot), read as a plain JSON value: bollard's typed answer is a
+    /// 30 KB decoder of a few hundred fields, on a binary with a size budget.
+    fn storage_root(&self) -> Option<std::path::PathBuf> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let path = self.socket.strip_prefix("unix://")?;
+        let answer = self.rt.block_on(async {
+            let read = async {
+                let mut s = tokio::net::UnixStream::connect(path).await.ok()?;
+                s.write_all(b"GET /info HTTP/1.0\r\nHost: tend\r\n\r\n").await.ok()?;
+                let mut body = Vec::new();
+                s.take(1 << 20).read_to_end(&mut body).await.ok()?;
+                Some(body)
+            };
+            tokio::time::timeout(INSPECT_TIMEOUT, read).await.ok().flatten()
+        })?;
+        let start = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let info: serde_json::Value = serde_json::from_slice(&answer[start..]).ok()?;
+        info.get("DockerRootDir").and_then(|v| v.as_str()).filter(|p| p.starts_with('/')).map(Into::into)
     }
 
     fn pull(&self, image: &str) -> Result<(), RuntimeError> {

@@ -7,6 +7,8 @@ pub mod containers;
 pub mod files;
 pub mod k3s;
 pub mod plan;
+pub mod registry;
+pub mod space;
 
 pub use files::{ApplyReport, FileError, FileRoot, ProcessRunner, Runner};
 pub use plan::{Live, Op, Plan, Target, plan};

@@ -270,6 +270,30 @@ impl Agent {
         blobs: &HashMap<ContentHash, Vec<u8>>,
         prune: bool,
     ) -> Result<(Plan, ApplyReport), SyncError> {
+        self.enforce_checked(commit, desired, blobs, prune, false)
+    }
+
+    /// Apply a new revision: [`Agent::enforce`] after the disk-space
+    /// preflight (SPEC §3, 9), which drift repair, a rollback and the boot's
+    /// re-enforcement skip: they restore what was there.
+    pub fn apply_new(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        blobs: &HashMap<ContentHash, Vec<u8>>,
+        prune: bool,
+    ) -> Result<(Plan, ApplyReport), SyncError> {
+        self.enforce_checked(commit, desired, blobs, prune, true)
+    }
+
+    fn enforce_checked(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        blobs: &HashMap<ContentHash, Vec<u8>>,
+        prune: bool,
+        preflight: bool,
+    ) -> Result<(Plan, ApplyReport), SyncError> {
         // Whatever this changes, the fingerprint no longer stands for it.
         *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.store.set_verified(None)?;
@@ -285,6 +309,9 @@ impl Agent {
             let blocked =
                 plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
             return Err(SyncError::Blocked { commit: commit.to_owned(), blocked });
+        }
+        if preflight {
+            self.check_space(commit, desired, &plan, blobs)?;
         }
         if !plan.containers.is_empty() {
             let rt = self.runtime(commit)?;
@@ -421,6 +448,64 @@ impl Agent {
         })
     }
 
+    /// Each file system `plan` writes keeps `[apply].min_free` after it: the
+    /// files, the contents the store takes, the manifests and the images to
+    /// pull (their download as the registry's manifest says, times three:
+    /// the layers unpacked as well; an image whose size cannot be asked
+    /// counts nothing, and is still pulled).
+    fn check_space(
+        &self,
+        commit: &str,
+        desired: &Desired,
+        plan: &Plan,
+        blobs: &HashMap<ContentHash, Vec<u8>>,
+    ) -> Result<(), SyncError> {
+        use crate::reconcile::space::{self, Need};
+        let mut needs = Vec::new();
+        for op in &plan.ops {
+            if let Op::Write { path, .. } = op {
+                let bytes = desired.files.get(path).map_or(0, |f| f.size);
+                needs.push(Need { path: self.root.full(path), what: "[files].root", bytes });
+            }
+        }
+        let stored: u64 =
+            blobs.iter().filter(|(h, _)| !self.store.has_blob(h).unwrap_or(false)).map(|(_, b)| b.len() as u64).sum();
+        needs.push(Need { path: self.cfg.state_dir.clone(), what: "state_dir", bytes: stored });
+        for m in &plan.manifests {
+            if let ManifestOp::Write { hash, .. } = m {
+                let bytes = blobs.get(hash).map_or(0, |b| b.len() as u64);
+                needs.push(Need { path: self.cfg.k3s.manifests_dir.clone(), what: "[k3s].manifests_dir", bytes });
+            }
+        }
+        if !plan.containers.is_empty() {
+            let rt = self.runtime(commit)?;
+            let err = |error| SyncError::Container { commit: commit.to_owned(), error };
+            let mut images = BTreeSet::new();
+            for op in &plan.containers {
+                let (ContainerOp::Create { name } | ContainerOp::Replace { name, .. }) = op else { continue };
+                let spec = &desired.containers[name];
+                let pulled = match spec.pull {
+                    crate::bundle::Pull::Always => true,
+                    crate::bundle::Pull::IfNotPresent => !rt.image_present(&spec.image).map_err(err)?,
+                    crate::bundle::Pull::Never => false,
+                };
+                if pulled {
+                    images.insert(spec.image.as_str());
+                }
+            }
+            needs.extend(image_need(rt.as_ref(), images));
+        }
+        space::check(&needs, self.cfg.apply.min_free)
+            .map_err(|short| SyncError::Space { commit: commit.to_owned(), error: short.to_string() })
+    }
+
+    /// Room in the container storage for pulling `image` (the prefetch of a
+    /// waiting revision's images).
+    fn room_for_pull(&self, rt: &dyn Runtime, image: &str) -> Result<(), crate::reconcile::space::Short> {
+        let need: Vec<_> = image_need(rt, [image]).into_iter().collect();
+        crate::reconcile::space::check(&need, self.cfg.apply.min_free)
+    }
+
     /// While a revision waits (rollout control): pull the images it will need
     /// and does not have, so a window is spent applying, not downloading. A
     /// failure is only logged: the apply pulls again, and says so if it fails.
@@ -432,6 +517,9 @@ impl Agent {
         for spec in containers.values().filter(|s| s.pull != crate::bundle::Pull::Never) {
             match rt.image_present(&spec.image) {
                 Ok(true) => {}
+                Ok(false) if let Err(short) = self.room_for_pull(rt.as_ref(), &spec.image) => {
+                    tracing::warn!(image = %spec.image, "not pulled ahead of the apply: {short}");
+                }
                 Ok(false) => match rt.pull(&spec.image) {
                     Ok(()) => tracing::info!(image = %spec.image, "image pulled ahead of the apply"),
                     Err(e) => tracing::warn!(image = %spec.image, error = %e, "cannot pull ahead of the apply"),
@@ -460,3 +548,25 @@ impl Agent {
 
 /// What of a failed hook's output an error (and its event) carries.
 pub const HOOK_OUTPUT: usize = 2048;
+
+/// How long the registry may take to say an image's size.
+const IMAGE_SIZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What pulling `images` writes to the container storage: their download
+/// as the registry's manifest says, times three (the layers unpacked as
+/// well); an image whose size cannot be asked counts nothing, and is still
+/// pulled.
+fn image_need<'a>(
+    rt: &dyn Runtime,
+    images: impl IntoIterator<Item = &'a str>,
+) -> Option<crate::reconcile::space::Need> {
+    let mut bytes = 0u64;
+    for image in images {
+        match crate::reconcile::registry::download_size(image, IMAGE_SIZE_TIMEOUT) {
+            Ok(b) => bytes = bytes.saturating_add(b.saturating_mul(3)),
+            Err(e) => tracing::debug!(image, error = %e, "the size of the image cannot be known before its pull"),
+        }
+    }
+    let path = rt.storage_root().or_else(|| containers::storage_guess().map(Into::into))?;
+    Some(crate::reconcile::space::Need { path, what: "the container storage", bytes })
+}

@@ -88,6 +88,10 @@ pub enum SyncError {
     Container { commit: String, error: RuntimeError },
     #[error("manifests of {}: {error}", short(.commit))]
     K3s { commit: String, error: k3s::K3sError },
+    /// A file system would drop below `[apply].min_free`: not applied now,
+    /// retried.
+    #[error("revision {} not applied now: {error}", short(.commit))]
+    Space { commit: String, error: String },
     /// A `[hooks].before_apply` failed: not applied now, retried.
     #[error("revision {} not applied now: {hook} hook {error}", short(.commit))]
     Hook { commit: String, hook: &'static str, error: String },
@@ -123,7 +127,7 @@ impl SyncError {
             SyncError::K3s { .. } => true,
             SyncError::Store(_) => true,
             SyncError::Trust(_) => true,
-            SyncError::Hook { .. } => true,
+            SyncError::Hook { .. } | SyncError::Space { .. } => true,
             _ => false,
         }
     }

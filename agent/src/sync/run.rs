@@ -654,6 +654,7 @@ impl Run<'_> {
             SyncError::Blocked { .. } => Refusal::Blocked,
             SyncError::Untrusted { .. } => Refusal::Untrusted,
             SyncError::Hook { .. } => Refusal::Hook,
+            SyncError::Space { .. } => Refusal::Space,
             _ => Refusal::Bundle,
         };
         let event = Event::Refused { commit: self.commit(), kind: e.kind(), refusal, error: e.to_string() };
@@ -700,7 +701,7 @@ impl Run<'_> {
                 started["from"] = f.clone().into();
             }
             a.event(Kind::SyncStarted, started);
-            let result = a.enforce(&p.commit, &p.desired, &blobs, a.cfg.apply.prune);
+            let result = a.apply_new(&p.commit, &p.desired, &blobs, a.cfg.apply.prune);
             drop(blobs);
             let (plan, _report) = result?;
             let seq = a.record(&p, Outcome::Applied, None)?;
@@ -722,7 +723,7 @@ impl Run<'_> {
                 Ok(Some(Event::Applied { current }))
             }
             // Refused before the first write: nothing to roll back.
-            Err(e @ SyncError::Blocked { .. }) => Ok(self.refused(e)),
+            Err(e @ (SyncError::Blocked { .. } | SyncError::Space { .. })) => Ok(self.refused(e)),
             Err(e) => {
                 // Recorded first: an apply that failed midway has no record.
                 let (p, msg) = (prepared.clone(), e.to_string());
