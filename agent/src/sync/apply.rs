@@ -435,17 +435,7 @@ impl Agent {
             ("TEND_DEVICE_ID", self.cfg.device_id.as_str()),
             ("TEND_FLEET", self.cfg.fleet.as_str()),
         ];
-        self.runner.run_hook(cmd, &env, p.desired.hooks.timeout).map(|_| ()).map_err(|mut e| {
-            if e.len() > HOOK_OUTPUT {
-                let mut end = HOOK_OUTPUT;
-                while !e.is_char_boundary(end) {
-                    end -= 1;
-                }
-                e.truncate(end);
-                e.push_str(" […]");
-            }
-            e
-        })
+        self.runner.run_hook(cmd, &env, p.desired.hooks.timeout).map(|_| ()).map_err(|e| cut(e, HOOK_OUTPUT))
     }
 
     /// Each file system `plan` writes keeps `[apply].min_free` after it: the
@@ -569,4 +559,29 @@ fn image_need<'a>(
     }
     let path = rt.storage_root().or_else(|| containers::storage_guess().map(Into::into))?;
     Some(crate::reconcile::space::Need { path, what: "the container storage", bytes })
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" […]");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_hooks_output_is_cut_on_a_character_boundary() {
+        assert_eq!(super::cut("short".into(), 2048), "short");
+        let long = "é".repeat(5000);
+        let c = super::cut(long, super::HOOK_OUTPUT);
+        assert!(c.len() <= super::HOOK_OUTPUT + " […]".len() && c.ends_with(" […]"), "{}", c.len());
+        assert!(c.starts_with("éé"));
+    }
 }
