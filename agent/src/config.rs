@@ -181,6 +181,18 @@ pub struct Apply {
     pub min_free: u64,
 }
 
+/// Logs on demand (SPEC §4 `logs`): the journal units and containers the
+/// fleet may read through `tend fleet logs`. Nothing by default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// Unit names (`myapp.service`: the journal) and container names
+    /// (anything else: the runtime's log), each checked by
+    /// [`crate::report::logs::valid_name`].
+    #[serde(default)]
+    pub units: Vec<String>,
+}
+
 /// Sites without network (SPEC §9): what `tend import` accepts.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -387,6 +399,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub control: Control,
     pub import: Import,
+    pub logs: Logs,
 }
 
 impl Config {
@@ -443,6 +456,7 @@ impl Config {
             "metrics",
             "control",
             "import",
+            "logs",
         ];
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
@@ -488,6 +502,7 @@ impl Config {
         let metrics = section::<Metrics>(&table, "metrics", &mut problems);
         let control = section::<Control>(&table, "control", &mut problems);
         let import = section::<Import>(&table, "import", &mut problems);
+        let logs = section::<Logs>(&table, "logs", &mut problems);
         if matches!(source, Some(None)) {
             problems.push("missing section [source] (at least `url` is required)".into());
         }
@@ -506,8 +521,10 @@ impl Config {
             Some(metrics),
             Some(control),
             Some(import),
+            Some(logs),
         ) = (
             device_id, fleet, state_dir, labels, source, apply, files, containers, k3s, mqtt, metrics, control, import,
+            logs,
         )
         else {
             return Err(fail(problems));
@@ -590,6 +607,21 @@ impl Config {
                 "[metrics].textfile: {t:?} must be an absolute path ending in .prom (node_exporter's textfile collector reads only *.prom)"
             ));
         }
+        let logs = logs.unwrap_or_default();
+        if logs.units.len() > crate::report::logs::MAX_UNITS {
+            problems.push(format!(
+                "[logs].units: {} entries, at most {} allowed",
+                logs.units.len(),
+                crate::report::logs::MAX_UNITS
+            ));
+        }
+        for u in logs.units.iter().filter(|u| !crate::report::logs::valid_name(u)) {
+            problems.push(format!(
+                "[logs].units: {:?} is not a unit or container name (1-{} characters of [A-Za-z0-9:_.@-], starting with a letter or digit)",
+                u.chars().take(80).collect::<String>(),
+                crate::report::logs::MAX_NAME
+            ));
+        }
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -608,6 +640,7 @@ impl Config {
             metrics: metrics.unwrap_or_default(),
             control: control.unwrap_or_default(),
             import: import.unwrap_or_default(),
+            logs,
         })
     }
 }

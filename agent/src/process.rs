@@ -40,6 +40,13 @@ pub enum RunError {
 /// Run `command` with `input` on its standard input (none: `/dev/null`), wait
 /// at most `timeout`.
 pub fn run(command: &[String], input: Option<Vec<u8>>, timeout: Duration) -> Result<Output, RunError> {
+    run_capped(command, input, timeout, OUTPUT_CAP)
+}
+
+/// [`run`], keeping `cap` bytes of standard output (standard error keeps
+/// 16 KiB): for a reader whose output is the point (`journalctl` for
+/// `tend fleet logs`).
+pub fn run_capped(command: &[String], input: Option<Vec<u8>>, timeout: Duration, cap: u64) -> Result<Output, RunError> {
     let (prog, args) = command.split_first().ok_or(RunError::Empty)?;
     let mut child = Command::new(prog)
         .args(args)
@@ -58,8 +65,8 @@ pub fn run(command: &[String], input: Option<Vec<u8>>, timeout: Duration) -> Res
     };
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
-    let t_out = std::thread::spawn(move || read_capped(&mut out));
-    let t_err = std::thread::spawn(move || read_capped(&mut err));
+    let t_out = std::thread::spawn(move || read_capped(&mut out, cap));
+    let t_err = std::thread::spawn(move || read_capped(&mut err, OUTPUT_CAP));
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -79,9 +86,9 @@ pub fn run(command: &[String], input: Option<Vec<u8>>, timeout: Duration) -> Res
     Ok(Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() })
 }
 
-fn read_capped(r: &mut impl Read) -> String {
+fn read_capped(r: &mut impl Read, cap: u64) -> String {
     let mut buf = Vec::new();
-    let _ = r.by_ref().take(OUTPUT_CAP).read_to_end(&mut buf);
+    let _ = r.by_ref().take(cap).read_to_end(&mut buf);
     // Drain the rest so the child never blocks writing.
     let _ = std::io::copy(r, &mut std::io::sink());
     String::from_utf8_lossy(&buf).into_owned()
@@ -116,6 +123,8 @@ mod tests {
         assert_eq!(e.to_string(), "timed out after 200ms");
         let o = run(&sh("head -c 100000 /dev/zero"), None, Duration::from_secs(5)).unwrap();
         assert_eq!(o.stdout.len(), 16 * 1024);
+        let o = run_capped(&sh("head -c 100000 /dev/zero"), None, Duration::from_secs(5), 40_000).unwrap();
+        assert_eq!(o.stdout.len(), 40_000);
         assert!(matches!(run(&["/nonexistent/x".into()], None, Duration::from_secs(1)), Err(RunError::Spawn(_))));
     }
 }

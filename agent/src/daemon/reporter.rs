@@ -19,6 +19,7 @@ use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use crate::report::logs;
 use crate::report::mqtt::{Command, CommandKind, Settings, parse_command};
 use crate::report::{Host, Topics};
 use crate::sync::Agent;
@@ -81,6 +82,11 @@ impl Reporter {
         let mut rollout_sub: Option<String> = None;
         let mut ignored = 0u64;
         let mut busy = 0u64;
+        // Logs requests: read on a thread of their own, one at a time, the
+        // answer handed back here to publish (this task owns the session).
+        let (logs_tx, mut logs_rx) = mpsc::channel::<(String, Vec<u8>)>(1);
+        let mut logs_bucket = logs::Bucket::new(std::time::Instant::now());
+        let mut logs_reading = false;
         loop {
             tokio::select! {
                 ev = eventloop.poll() => match ev {
@@ -169,6 +175,21 @@ impl Reporter {
                         let mut cmd = parse_command(&p.payload);
                         cmd.fleet_wide = p.topic == self.topics.all_cmd;
                         tracing::info!(topic = %p.topic, cmd = ?cmd.cmd.as_ref().map(CommandKind::name), "mqtt: command received");
+                        if let Ok(CommandKind::Logs(req)) = &cmd.cmd {
+                            let reading = logs_reading;
+                            match self.logs_request(&cmd, req, &mut logs_bucket, reading, &logs_tx) {
+                                LogsReply::Reading => logs_reading = true,
+                                LogsReply::Answer(topic, payload) if connected => {
+                                    publish(&client, &mut fifo, topic, QoS::AtLeastOnce, false, payload);
+                                }
+                                LogsReply::Answer(..) => {}
+                                LogsReply::Event(fields) => {
+                                    let agent = self.agent.clone();
+                                    let _ = tokio::task::spawn_blocking(move || agent.event(crate::report::Kind::Command, fields)).await;
+                                }
+                            }
+                            continue;
+                        }
                         // Never wait for the sync loop here: this task also
                         // drives the MQTT session (pings, acknowledgements),
                         // and a long sync with the queue full would stall it
@@ -226,6 +247,12 @@ impl Reporter {
                     let b = breaker.as_ref().expect("checked");
                     rollout_sub = watch_reports(&client, b, rollout_sub.take(), &mut subs);
                 }
+                Some((topic, payload)) = logs_rx.recv() => {
+                    logs_reading = false;
+                    if connected {
+                        publish(&client, &mut fifo, topic, QoS::AtLeastOnce, false, payload);
+                    }
+                }
                 _ = wake.notified(), if connected => {
                     self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
                 }
@@ -265,6 +292,67 @@ impl Reporter {
                     return;
                 }
             }
+        }
+    }
+
+    /// A `logs` command (SPEC §4): refused at once (in the answer; without a
+    /// usable id, in a `command` event), or its read started on a thread of
+    /// its own, which hands the answer to `done`.
+    fn logs_request(
+        &self,
+        cmd: &Command,
+        req: &Value,
+        bucket: &mut logs::Bucket,
+        reading: bool,
+        done: &mpsc::Sender<(String, Vec<u8>)>,
+    ) -> LogsReply {
+        let Some(id) = cmd.id.as_ref().and_then(Value::as_str).filter(|i| logs::valid_id(i)) else {
+            return LogsReply::Event(serde_json::json!({
+                "cmd": "logs",
+                "id": cmd.id,
+                "ok": false,
+                "error": format!(
+                    "logs: needs an \"id\" of 1-{} characters of [A-Za-z0-9._-] (the answer is published on {})",
+                    logs::MAX_ID,
+                    self.topics.logs("{id}")
+                ),
+            }));
+        };
+        let topic = self.topics.logs(id);
+        let refuse = |e: &str| {
+            tracing::debug!(id, error = %e, "logs request refused");
+            LogsReply::Answer(topic.clone(), logs::refusal(id, e))
+        };
+        if cmd.fleet_wide {
+            return refuse(&format!("logs are asked of one gateway, on {}", self.topics.cmd()));
+        }
+        let plan = match logs::check(req, &self.agent.cfg.logs.units, std::time::SystemTime::now()) {
+            Ok(p) => p,
+            Err(e) => return refuse(&e),
+        };
+        if reading {
+            return refuse("busy: this gateway is reading logs for another request; try again in a few seconds");
+        }
+        if let Err(wait) = bucket.take(std::time::Instant::now()) {
+            return refuse(&logs::over_limit(wait));
+        }
+        let socket = self.agent.cfg.containers.socket.clone().or_else(crate::reconcile::containers::default_socket);
+        let (done, id) = (done.clone(), id.to_owned());
+        let answer_topic = topic.clone();
+        let started = std::thread::Builder::new().name("tend-logs".into()).spawn(move || {
+            let result = logs::read(&plan, socket.as_deref());
+            match &result {
+                Ok(r) => {
+                    tracing::info!(unit = %plan.unit, lines = r.lines.len(), truncated = r.truncated, "logs: answered")
+                }
+                Err(e) => tracing::info!(unit = %plan.unit, error = %e, "logs: could not be read"),
+            }
+            let payload = logs::answer(&id, Some(&plan.unit), Some(plan.source), result);
+            let _ = done.blocking_send((answer_topic, payload));
+        });
+        match started {
+            Ok(_) => LogsReply::Reading,
+            Err(e) => refuse(&format!("cannot start the read: {e}")),
         }
     }
 
@@ -325,6 +413,16 @@ impl Reporter {
         payload["events_dropped"] = dropped.into();
         publish(client, fifo, self.topics.health(), QoS::AtMostOnce, true, payload.to_string().into_bytes());
     }
+}
+
+/// What the reporter does about a `logs` command.
+enum LogsReply {
+    /// The read runs; its answer comes back on the channel.
+    Reading,
+    /// Publish this (topic, payload) now: a refusal.
+    Answer(String, Vec<u8>),
+    /// No usable id, so no topic to answer on: a `command` event.
+    Event(Value),
 }
 
 /// Subscribe to the reports of the revision the breaker watches now, and
