@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tend_e2e::monitor::{Browser, FleetServe};
 use tend_e2e::{Daemon, Fleet, Gateway, Mosquitto, Podman, Run, Subscription, TEST_IMAGE, good_bundle, payloads};
 
 const T: &str = "tend/v1/test/gw-1";
@@ -17,12 +18,16 @@ const T: &str = "tend/v1/test/gw-1";
 /// entries newest first (as `--reverse` asks), one with a field that must
 /// never reach an answer.
 fn fake_journalctl(dir: &Path) -> (PathBuf, PathBuf) {
+    fake_journalctl_saying(dir, "second line")
+}
+
+fn fake_journalctl_saying(dir: &Path, newest: &str) -> (PathBuf, PathBuf) {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let calls = dir.join("journalctl-calls");
     let script = format!(
         "#!/bin/sh\necho \"$*\" >> {calls}\n\
-         echo '{{\"__REALTIME_TIMESTAMP\":\"1800000001000000\",\"MESSAGE\":\"second line\",\"_CMDLINE\":\"myapp --password hunter2\"}}'\n\
+         echo '{{\"__REALTIME_TIMESTAMP\":\"1800000001000000\",\"MESSAGE\":\"{newest}\",\"_CMDLINE\":\"myapp --password hunter2\"}}'\n\
          echo '{{\"__REALTIME_TIMESTAMP\":\"1800000000000000\",\"MESSAGE\":\"first line\\u001b[31m\"}}'\n",
         calls = calls.display()
     );
@@ -310,4 +315,82 @@ fn an_allowed_containers_log_through_podman() {
     let r = fleet_logs(&gw, &broker, &["--unit", "other"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("not allowed"), "{r:?}");
+}
+
+/// A POST to `fleet serve`: (status code, body).
+fn post(port: u16, path: &str, headers: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n{headers}\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn the_fleet_views_logs_button_shows_the_answer_as_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let (bin, calls_file) = fake_journalctl_saying(tmp.path(), "<img src=x onerror=document.title=42> b&lt;");
+    let gw = setup(tmp.path(), &broker, "[logs]\nunits = [\"myapp.service\"]\n");
+    let _daemon = start(&gw, Some(&bin));
+    let serve = FleetServe::start(tmp.path(), &broker.url(), &[]);
+    serve.wait("the gateway", Duration::from_secs(20), |v| v["counts"]["gateways"] == 1);
+
+    // The route: only with its header, only for a gateway the view knows,
+    // arguments checked before the gateway is asked.
+    let path = "/api/devices/gw-1/logs?unit=myapp.service&lines=5";
+    let (code, v) = post(serve.port, path, "");
+    assert_eq!(code, 403, "{v}");
+    let (code, v) = post(serve.port, "/api/devices/gw-9/logs", "x-tend: logs\r\n");
+    assert_eq!(code, 404, "{v}");
+    let (code, v) = post(serve.port, "/api/devices/gw-1/logs?lines=1000000000", "x-tend: logs\r\n");
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("out of range"), "{v}");
+    assert_eq!(post(serve.port, "/api/devices", "x-tend: logs\r\n").0, 405);
+    assert!(calls(&calls_file).is_empty());
+    let (code, v) = post(serve.port, path, "x-tend: logs\r\n");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!((v["ok"].as_bool(), v["lines"].as_array().map(Vec::len)), (Some(true), Some(2)), "{v}");
+    let (code, v) = post(serve.port, "/api/devices/gw-1/logs?unit=sshd.service", "x-tend: logs\r\n");
+    assert_eq!(code, 200, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not allowed"), "{v}");
+
+    // The page: a device's panel, its logs button, the lines as text.
+    std::thread::sleep(Duration::from_secs(11)); // a token for the page
+    let mut b = Browser::start();
+    b.navigate(&format!("http://127.0.0.1:{}/", serve.port));
+    b.wait("the row", Duration::from_secs(20), "document.querySelectorAll('#rows tr').length === 1");
+    b.eval("document.querySelector('#rows tr').click(); true");
+    b.wait("the logs button", Duration::from_secs(10), "!!document.getElementById('logs-button')");
+    b.eval("document.getElementById('logs-unit').value = 'myapp.service'; document.getElementById('logs-button').click(); true");
+    b.wait(
+        "the lines",
+        Duration::from_secs(25),
+        "document.getElementById('logs-out').textContent.includes('first line')",
+    );
+    let shown = b.eval("document.getElementById('logs-out').textContent");
+    assert_eq!(
+        shown,
+        "2027-01-15T08:00:00Z first line\u{1b}[31m\n2027-01-15T08:00:01Z <img src=x onerror=document.title=42> b&lt;"
+    );
+    assert_eq!(b.eval("document.querySelectorAll('#logs-out *').length"), 0, "log text became HTML");
+    assert_ne!(b.eval("document.title"), "42");
+    assert!(
+        b.eval("document.getElementById('logs-said').textContent")
+            .as_str()
+            .unwrap()
+            .contains("myapp.service (journal): 2 lines")
+    );
+    // A refusal is said in the panel.
+    b.eval("document.getElementById('logs-unit').value = 'sshd.service'; document.getElementById('logs-button').click(); true");
+    b.wait(
+        "the refusal",
+        Duration::from_secs(25),
+        "document.getElementById('logs-said').textContent.includes('not allowed')",
+    );
 }

@@ -671,6 +671,7 @@ fn serve(
             }),
             connected: std::sync::atomic::AtomicBool::new(false),
             device_metrics,
+            logs: Some(fleet::broker::LogsAsker::new(settings.clone(), conn.topic_prefix.clone())),
         });
         let addr = listener.local_addr().map_err(|e| Failure::Failed(e.into()))?;
         eprintln!("tend fleet serve: http://{addr}/ (the view), /api/devices, /metrics; broker {}", settings.url);

@@ -141,6 +141,28 @@ pub struct Live {
     pub connected: std::sync::atomic::AtomicBool,
     /// Which gateways get `/metrics` series of their own.
     pub device_metrics: super::metrics::DeviceMetrics,
+    /// How the view asks a gateway for its logs (`None`: it does not).
+    pub logs: Option<LogsAsker>,
+}
+
+#[cfg(feature = "fleet-serve")]
+/// What `fleet serve` needs to ask gateways for their logs ([`logs`]), and
+/// its own bound: one request at a time, and the gateways' rate
+/// ([`crate::report::logs::Bucket`]) for the whole view.
+#[derive(Debug)]
+pub struct LogsAsker {
+    pub settings: Settings,
+    pub prefix: String,
+    pub bucket: Mutex<crate::report::logs::Bucket>,
+    pub one: tokio::sync::Semaphore,
+}
+
+#[cfg(feature = "fleet-serve")]
+impl LogsAsker {
+    pub fn new(settings: Settings, prefix: String) -> LogsAsker {
+        let bucket = Mutex::new(crate::report::logs::Bucket::new(std::time::Instant::now()));
+        LogsAsker { settings, prefix, bucket, one: tokio::sync::Semaphore::new(1) }
+    }
 }
 
 #[cfg(feature = "fleet-serve")]
