@@ -795,6 +795,26 @@ mod tests {
         assert_eq!(c.mqtt.health_interval, Duration::from_secs(30));
         assert_eq!(c.control.socket, Some(PathBuf::from("/run/tend/control.sock")));
         assert_eq!(c.containers.socket.as_deref(), Some("unix:///run/podman/podman.sock"));
+        assert_eq!(c.logs.units, ["myapp.service"]);
+    }
+
+    #[test]
+    fn logs_units_are_names_and_bounded() {
+        let base = "device_id = \"gw-1\"\n[source]\nurl = \"x\"\n";
+        assert!(parse(base).unwrap().logs.units.is_empty(), "none by default");
+        let c =
+            parse(&format!("{base}[logs]\nunits = [\"tend.service\", \"getty@tty1.service\", \"modbus-bridge\"]\n"))
+                .unwrap();
+        assert_eq!(c.logs.units.len(), 3);
+        let err = parse(&format!("{base}[logs]\nunits = [\"ok.service\", \"-f\", \"../x\", \"a b\"]\n")).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.iter().filter(|p| p.starts_with("[logs].units: ")).count(), 3, "{text}");
+        assert!(text.contains("[logs].units: \"-f\" is not a unit or container name"), "{text}");
+        let many: Vec<String> = (0..65).map(|i| format!("\"u{i}.service\"")).collect();
+        let err = parse(&format!("{base}[logs]\nunits = [{}]\n", many.join(","))).unwrap_err();
+        assert!(err.to_string().contains("[logs].units: 65 entries, at most 64 allowed"), "{err}");
+        let err = parse(&format!("{base}[logs]\nunits = \"tend.service\"\nfollow = true\n")).unwrap_err();
+        assert!(err.to_string().contains("[logs]"), "{err}");
     }
 
     #[test]

@@ -266,6 +266,13 @@ fn a_gateway_without_logs_units_refuses_and_one_that_is_offline_is_said_to_be() 
     let r2 = gw.tend(&["fleet", "logs", "--mqtt", &broker.url(), "--fleet", "test", "--timeout", "2s", "gw-1"]);
     assert_eq!(r2.code, 1, "{r2:?}");
     assert!(r2.stderr.contains("test/gw-1 did not answer within 2s (offline?"), "{r2:?}");
+    // A bad entry in [logs].units: the daemon does not start (exit 2), naming the key.
+    let good = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, format!("{good}\n[logs]\nunits = [\"--file=/etc/shadow\"]\n")).unwrap();
+    let r = gw.tend(&["run"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("[logs].units: \"--file=/etc/shadow\" is not a unit or container name"), "{r:?}");
+    std::fs::write(&gw.config, good).unwrap();
     let _daemon = start(&gw, None);
     let r = fleet_logs(&gw, &broker, &["--unit", "tend.service"]);
     assert_eq!(r.code, 1, "{r:?}");
