@@ -82,11 +82,12 @@ impl Reporter {
         let mut rollout_sub: Option<String> = None;
         let mut ignored = 0u64;
         let mut busy = 0u64;
-        // Logs requests: read on a thread of their own, one at a time, the
-        // answer handed back here to publish (this task owns the session).
-        let (logs_tx, mut logs_rx) = mpsc::channel::<(String, Vec<u8>)>(1);
+        // Logs requests: read on a thread of their own, one at a time (the
+        // thread holds a clone of `logs_slot` while it reads), the answer
+        // left in the slot and `wake` notified: this task publishes it (it
+        // owns the session and the order of what is in flight).
+        let logs_slot: LogsSlot = Arc::default();
         let mut logs_bucket = logs::Bucket::new(std::time::Instant::now());
-        let mut logs_reading = false;
         loop {
             tokio::select! {
                 ev = eventloop.poll() => match ev {
@@ -176,9 +177,8 @@ impl Reporter {
                         cmd.fleet_wide = p.topic == self.topics.all_cmd;
                         tracing::info!(topic = %p.topic, cmd = ?cmd.cmd.as_ref().map(CommandKind::name), "mqtt: command received");
                         if let Ok(CommandKind::Logs(req)) = &cmd.cmd {
-                            let reading = logs_reading;
-                            match self.logs_request(&cmd, req, &mut logs_bucket, reading, &logs_tx) {
-                                LogsReply::Reading => logs_reading = true,
+                            match self.logs_request(&cmd, req, &mut logs_bucket, &logs_slot, &wake) {
+                                LogsReply::Reading => {}
                                 LogsReply::Answer(topic, payload) if connected => {
                                     publish(&client, &mut fifo, topic, QoS::AtLeastOnce, false, payload);
                                 }
@@ -247,13 +247,11 @@ impl Reporter {
                     let b = breaker.as_ref().expect("checked");
                     rollout_sub = watch_reports(&client, b, rollout_sub.take(), &mut subs);
                 }
-                Some((topic, payload)) = logs_rx.recv() => {
-                    logs_reading = false;
-                    if connected {
+                _ = wake.notified(), if connected => {
+                    let answer = logs_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some((topic, payload)) = answer {
                         publish(&client, &mut fifo, topic, QoS::AtLeastOnce, false, payload);
                     }
-                }
-                _ = wake.notified(), if connected => {
                     self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
                 }
                 changed = self.status.changed() => {
@@ -297,14 +295,14 @@ impl Reporter {
 
     /// A `logs` command (SPEC §4): refused at once (in the answer; without a
     /// usable id, in a `command` event), or its read started on a thread of
-    /// its own, which hands the answer to `done`.
+    /// its own, which leaves the answer in `slot` and notifies `wake`.
     fn logs_request(
         &self,
         cmd: &Command,
         req: &Value,
         bucket: &mut logs::Bucket,
-        reading: bool,
-        done: &mpsc::Sender<(String, Vec<u8>)>,
+        slot: &LogsSlot,
+        wake: &Arc<tokio::sync::Notify>,
     ) -> LogsReply {
         let Some(id) = cmd.id.as_ref().and_then(Value::as_str).filter(|i| logs::valid_id(i)) else {
             return LogsReply::Event(serde_json::json!({
@@ -319,10 +317,7 @@ impl Reporter {
             }));
         };
         let topic = self.topics.logs(id);
-        let refuse = |e: &str| {
-            tracing::debug!(id, error = %e, "logs request refused");
-            LogsReply::Answer(topic.clone(), logs::refusal(id, e))
-        };
+        let refuse = |e: &str| LogsReply::Answer(topic.clone(), logs::refusal(id, e));
         if cmd.fleet_wide {
             return refuse(&format!("logs are asked of one gateway, on {}", self.topics.cmd()));
         }
@@ -330,25 +325,23 @@ impl Reporter {
             Ok(p) => p,
             Err(e) => return refuse(&e),
         };
-        if reading {
+        if Arc::strong_count(slot) > 1 {
             return refuse("busy: this gateway is reading logs for another request; try again in a few seconds");
         }
         if let Err(wait) = bucket.take(std::time::Instant::now()) {
             return refuse(&logs::over_limit(wait));
         }
         let socket = self.agent.cfg.containers.socket.clone().or_else(crate::reconcile::containers::default_socket);
-        let (done, id) = (done.clone(), id.to_owned());
+        let (slot, wake, id) = (slot.clone(), wake.clone(), id.to_owned());
         let answer_topic = topic.clone();
         let started = std::thread::Builder::new().name("tend-logs".into()).spawn(move || {
             let result = logs::read(&plan, socket.as_deref());
-            match &result {
-                Ok(r) => {
-                    tracing::info!(unit = %plan.unit, lines = r.lines.len(), truncated = r.truncated, "logs: answered")
-                }
-                Err(e) => tracing::info!(unit = %plan.unit, error = %e, "logs: could not be read"),
-            }
+            let said = result.as_ref().map_or_else(Clone::clone, |r| format!("{} lines", r.lines.len()));
+            tracing::info!(unit = %plan.unit, "logs: {said}");
             let payload = logs::answer(&id, Some(&plan.unit), Some(plan.source), result);
-            let _ = done.blocking_send((answer_topic, payload));
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((answer_topic, payload));
+            drop(slot);
+            wake.notify_one();
         });
         match started {
             Ok(_) => LogsReply::Reading,
@@ -414,6 +407,9 @@ impl Reporter {
         publish(client, fifo, self.topics.health(), QoS::AtMostOnce, true, payload.to_string().into_bytes());
     }
 }
+
+/// Where a logs read leaves its answer (topic, payload) for the reporter.
+type LogsSlot = Arc<std::sync::Mutex<Option<(String, Vec<u8>)>>>;
 
 /// What the reporter does about a `logs` command.
 enum LogsReply {
