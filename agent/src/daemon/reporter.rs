@@ -8,7 +8,11 @@
 //!   is sent again from the oldest;
 //! - the sync loop never waits on the broker: this task only reads the outbox
 //!   and a status channel, and publishes without blocking;
-//! - a malformed command is answered with a `command` event, never a crash.
+//! - a malformed command is answered with a `command` event, never a crash;
+//! - a `logs` command (`report::logs`) is answered on its `…/logs/{id}`: a
+//!   refusal at once, a read on a thread of its own (one at a time, within
+//!   the rate limit) whose answer this task publishes; neither this task nor
+//!   the sync loop waits on it.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -413,7 +417,7 @@ type LogsSlot = Arc<std::sync::Mutex<Option<(String, Vec<u8>)>>>;
 
 /// What the reporter does about a `logs` command.
 enum LogsReply {
-    /// The read runs; its answer comes back on the channel.
+    /// The read runs; its answer comes back in the slot.
     Reading,
     /// Publish this (topic, payload) now: a refusal.
     Answer(String, Vec<u8>),
