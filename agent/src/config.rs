@@ -181,6 +181,18 @@ pub struct Apply {
     pub min_free: u64,
 }
 
+/// Logs on demand (SPEC §4 `logs`): the journal units and containers the
+/// fleet may read through `tend fleet logs`. Nothing by default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// Unit names (`myapp.service`: the journal) and container names
+    /// (anything else: the runtime's log), each checked by
+    /// [`crate::report::logs::valid_name`].
+    #[serde(default)]
+    pub units: Vec<String>,
+}
+
 /// Sites without network (SPEC §9): what `tend import` accepts.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -387,6 +399,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub control: Control,
     pub import: Import,
+    pub logs: Logs,
 }
 
 impl Config {
@@ -443,6 +456,7 @@ impl Config {
             "metrics",
             "control",
             "import",
+            "logs",
         ];
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
@@ -488,6 +502,7 @@ impl Config {
         let metrics = section::<Metrics>(&table, "metrics", &mut problems);
         let control = section::<Control>(&table, "control", &mut problems);
         let import = section::<Import>(&table, "import", &mut problems);
+        let logs = section::<Logs>(&table, "logs", &mut problems);
         if matches!(source, Some(None)) {
             problems.push("missing section [source] (at least `url` is required)".into());
         }
@@ -506,8 +521,10 @@ impl Config {
             Some(metrics),
             Some(control),
             Some(import),
+            Some(logs),
         ) = (
             device_id, fleet, state_dir, labels, source, apply, files, containers, k3s, mqtt, metrics, control, import,
+            logs,
         )
         else {
             return Err(fail(problems));
@@ -590,6 +607,21 @@ impl Config {
                 "[metrics].textfile: {t:?} must be an absolute path ending in .prom (node_exporter's textfile collector reads only *.prom)"
             ));
         }
+        let logs = logs.unwrap_or_default();
+        if logs.units.len() > crate::report::logs::MAX_UNITS {
+            problems.push(format!(
+                "[logs].units: {} entries, at most {} allowed",
+                logs.units.len(),
+                crate::report::logs::MAX_UNITS
+            ));
+        }
+        for u in logs.units.iter().filter(|u| !crate::report::logs::valid_name(u)) {
+            problems.push(format!(
+                "[logs].units: {:?} is not a unit or container name (1-{} characters of [A-Za-z0-9:_.@-], starting with a letter or digit)",
+                u.chars().take(80).collect::<String>(),
+                crate::report::logs::MAX_NAME
+            ));
+        }
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -608,6 +640,7 @@ impl Config {
             metrics: metrics.unwrap_or_default(),
             control: control.unwrap_or_default(),
             import: import.unwrap_or_default(),
+            logs,
         })
     }
 }
@@ -762,6 +795,26 @@ mod tests {
         assert_eq!(c.mqtt.health_interval, Duration::from_secs(30));
         assert_eq!(c.control.socket, Some(PathBuf::from("/run/tend/control.sock")));
         assert_eq!(c.containers.socket.as_deref(), Some("unix:///run/podman/podman.sock"));
+        assert_eq!(c.logs.units, ["myapp.service"]);
+    }
+
+    #[test]
+    fn logs_units_are_names_and_bounded() {
+        let base = "device_id = \"gw-1\"\n[source]\nurl = \"x\"\n";
+        assert!(parse(base).unwrap().logs.units.is_empty(), "none by default");
+        let c =
+            parse(&format!("{base}[logs]\nunits = [\"tend.service\", \"getty@tty1.service\", \"modbus-bridge\"]\n"))
+                .unwrap();
+        assert_eq!(c.logs.units.len(), 3);
+        let err = parse(&format!("{base}[logs]\nunits = [\"ok.service\", \"-f\", \"../x\", \"a b\"]\n")).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.iter().filter(|p| p.starts_with("[logs].units: ")).count(), 3, "{text}");
+        assert!(text.contains("[logs].units: \"-f\" is not a unit or container name"), "{text}");
+        let many: Vec<String> = (0..65).map(|i| format!("\"u{i}.service\"")).collect();
+        let err = parse(&format!("{base}[logs]\nunits = [{}]\n", many.join(","))).unwrap_err();
+        assert!(err.to_string().contains("[logs].units: 65 entries, at most 64 allowed"), "{err}");
+        let err = parse(&format!("{base}[logs]\nunits = \"tend.service\"\nfollow = true\n")).unwrap_err();
+        assert!(err.to_string().contains("[logs]"), "{err}");
     }
 
     #[test]

@@ -40,18 +40,36 @@ pub enum RunError {
 /// Run `command` with `input` on its standard input (none: `/dev/null`), wait
 /// at most `timeout`.
 pub fn run(command: &[String], input: Option<Vec<u8>>, timeout: Duration) -> Result<Output, RunError> {
-    run_with(command, &[], input, timeout)
+    output_of(command, &[], input, timeout, OUTPUT_CAP)
 }
 
-/// [`run`] with `env` added to the environment. The command runs in a
-/// process group of its own; the timeout covers its output too (something
-/// it started that holds its output open), and when it passes the whole
-/// group is killed, not only the command.
+/// [`run`], keeping `cap` bytes of standard output (standard error keeps
+/// 16 KiB): for a reader whose output is the point (`journalctl` for
+/// `tend fleet logs`).
+pub fn run_capped(command: &[String], input: Option<Vec<u8>>, timeout: Duration, cap: u64) -> Result<Output, RunError> {
+    output_of(command, &[], input, timeout, cap)
+}
+
+/// [`run`] with `env` added to the environment (lifecycle hooks).
 pub fn run_with(
     command: &[String],
     env: &[(&str, &str)],
     input: Option<Vec<u8>>,
     timeout: Duration,
+) -> Result<Output, RunError> {
+    output_of(command, env, input, timeout, OUTPUT_CAP)
+}
+
+/// Every run: the command in a process group of its own; the timeout
+/// covers its output too (something it started that holds its output
+/// open), and when it passes the whole group is killed, not only the
+/// command.
+fn output_of(
+    command: &[String],
+    env: &[(&str, &str)],
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+    cap: u64,
 ) -> Result<Output, RunError> {
     use std::os::unix::process::CommandExt;
     let (prog, args) = command.split_first().ok_or(RunError::Empty)?;
@@ -80,8 +98,8 @@ pub fn run_with(
     let mut err = child.stderr.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     let tx2 = tx.clone();
-    std::thread::spawn(move || tx.send((0, read_capped(&mut out))));
-    std::thread::spawn(move || tx2.send((1, read_capped(&mut err))));
+    std::thread::spawn(move || tx.send((0, read_capped(&mut out, cap))));
+    std::thread::spawn(move || tx2.send((1, read_capped(&mut err, OUTPUT_CAP))));
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -118,9 +136,9 @@ pub fn run_with(
     Ok(Output { status, stdout, stderr })
 }
 
-fn read_capped(r: &mut impl Read) -> String {
+fn read_capped(r: &mut impl Read, cap: u64) -> String {
     let mut buf = Vec::new();
-    let _ = r.by_ref().take(OUTPUT_CAP).read_to_end(&mut buf);
+    let _ = r.by_ref().take(cap).read_to_end(&mut buf);
     // Drain the rest so the child never blocks writing.
     let _ = std::io::copy(r, &mut std::io::sink());
     String::from_utf8_lossy(&buf).into_owned()
@@ -155,6 +173,8 @@ mod tests {
         assert_eq!(e.to_string(), "timed out after 200ms");
         let o = run(&sh("head -c 100000 /dev/zero"), None, Duration::from_secs(5)).unwrap();
         assert_eq!(o.stdout.len(), 16 * 1024);
+        let o = run_capped(&sh("head -c 100000 /dev/zero"), None, Duration::from_secs(5), 40_000).unwrap();
+        assert_eq!(o.stdout.len(), 40_000);
         assert!(matches!(run(&["/nonexistent/x".into()], None, Duration::from_secs(1)), Err(RunError::Spawn(_))));
     }
 

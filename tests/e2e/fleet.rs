@@ -405,7 +405,7 @@ fn a_hostile_broker_crashes_nothing_and_honest_gateways_still_show() {
         ("not json", "malformed command: expected ident at line 1 column 2"),
         ("not UTF-8", "malformed command: expected value at line 1 column 1"),
         ("cmd not a string", "malformed command: invalid type: integer `7`, expected a string"),
-        ("unknown command", "unknown command \"format-disk\" (sync, rollback, suspend, resume)"),
+        ("unknown command", "unknown command \"format-disk\" (sync, rollback, suspend, resume, logs)"),
         ("rollback to no revision", "\"\\u{1b}[2J; rm -rf /\" is not a commit id (at least 4 hex digits)"),
         ("unknown field", "malformed command: unknown field `extra`"),
         ("oversized", "command larger than 4096 bytes"),

@@ -5,8 +5,9 @@
 //! default level, a forgotten `ReadWritePaths=` drop-in named in the journal
 //! and `Status=`, the watchdog keeping a live daemon and restarting a stopped
 //! one, SIGKILL restarted, a bad config exiting 2 and not restarted, the live
-//! `systemd-analyze security` rating equal to the offline one and <= 2.5, and
-//! `dpkg --purge` leaving nothing.
+//! `systemd-analyze security` rating equal to the offline one and <= 2.5,
+//! `tend fleet logs` reading the unit's own journal through its sandbox
+//! (issue 26), and `dpkg --purge` leaving nothing.
 //!
 //! Needs the amd64 `.deb` (`packaging/deb.sh`, after `cross/build.sh`), so it
 //! is ignored by a plain `cargo test`: `tests/run` runs it in the background
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tend_e2e::{Fleet, GitDaemon, repo_root};
+use tend_e2e::{Fleet, GitDaemon, Mosquitto, repo_root};
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -149,6 +150,8 @@ fn the_installed_unit_under_a_real_systemd() {
     fleet.write("devices/gw-sd/files/etc/myapp/app.conf", "port = 502\n");
     let v1 = fleet.commit("v1");
     let git = GitDaemon::start(tmp.path());
+    // On the host's loopback, which the machine shares: for `tend fleet logs`.
+    let broker = Mosquitto::start();
 
     let m = Machine::boot(&rootfs, deb.parent().unwrap(), &[]);
     let name = deb.file_name().unwrap().to_string_lossy().into_owned();
@@ -157,8 +160,10 @@ fn the_installed_unit_under_a_real_systemd() {
         "/etc/tend/agent.toml",
         &format!(
             "device_id = \"gw-sd\"\nfleet = \"sd\"\n[source]\nurl = \"{}\"\ninterval = \"2s\"\njitter = \"0s\"\n\
-             [files]\nallow = [\"/etc/myapp\"]\n[apply]\nhealth_timeout = \"2s\"\n",
-            git.url("fleet")
+             [files]\nallow = [\"/etc/myapp\"]\n[apply]\nhealth_timeout = \"2s\"\n\
+             [mqtt]\nurl = \"{}\"\n[logs]\nunits = [\"tend.service\"]\n",
+            git.url("fleet"),
+            broker.url()
         ),
     );
     m.ok("mkdir -p /etc/myapp && test \"$(stat -c %a /var/lib/tend)\" = 700");
@@ -208,6 +213,32 @@ fn the_installed_unit_under_a_real_systemd() {
     for said in ["started: tend", &format!("applied {short}"), &format!("{short} is healthy")] {
         assert!(journal.contains(said), "the journal lacks {said:?}:\n{journal}");
     }
+    // Logs on demand (issue 26): from the operator's side, the gateway's own
+    // journal lines of tend.service, read by journalctl inside the unit's
+    // sandbox; a unit [logs].units does not list is refused.
+    let fleet_logs = |args: &[&str]| {
+        Command::new(tend_e2e::tend_bin())
+            .args(["fleet", "logs", "--mqtt", &broker.url(), "--fleet", "sd", "--timeout", "20s", "gw-sd"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = fleet_logs(&["--unit", "tend.service", "--since", "1h", "--lines", "100"]);
+    eprintln!("== tend fleet logs gw-sd --unit tend.service\n{}", text(&o));
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    for said in ["started: tend", &format!("applied {short}")] {
+        assert!(shown.contains(said), "tend fleet logs lacks the journal's {said:?}:\n{shown}");
+    }
+    let o = fleet_logs(&["--unit", "tend.service", "--lines", "3", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let answer: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    eprintln!("== the answer\n{answer}");
+    assert_eq!((answer["source"].as_str(), answer["lines"].as_array().map(Vec::len)), (Some("journal"), Some(3)));
+    let o = fleet_logs(&["--unit", "ssh.service"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not allowed (this gateway's [logs].units: tend.service)"), "{}", text(&o));
+
     let live = m.ok("systemd-analyze security tend --no-pager || true");
     let offline = m.ok("systemd-analyze security --offline=true /lib/systemd/system/tend.service --no-pager || true");
     let (live, offline) = (exposure(&live), exposure(&offline));

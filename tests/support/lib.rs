@@ -692,6 +692,12 @@ impl Gateway {
 
     /// [`Gateway::start_daemon`] with `TEND_LOG` set to `filter`.
     pub fn start_daemon_logging(&self, filter: &str) -> Daemon {
+        self.start_daemon_env(filter, &[])
+    }
+
+    /// [`Gateway::start_daemon_logging`] with `env` added to the daemon's
+    /// environment (a `PATH` with a stand-in command first).
+    pub fn start_daemon_env(&self, filter: &str, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let log = self.dir.join(format!("daemon-{}.log", fastrand::u32(..)));
         let err = std::fs::File::create(&log).unwrap();
         let socket = self.state.join("control.sock");
@@ -704,8 +710,15 @@ impl Gateway {
             std::fs::symlink_metadata(p).ok().map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
         };
         let stale = identity(&socket);
-        let child =
-            self.command().arg("run").env("TEND_LOG", filter).stdout(Stdio::null()).stderr(err).spawn().unwrap();
+        let child = self
+            .command()
+            .arg("run")
+            .env("TEND_LOG", filter)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
         let d = Daemon { child, log };
         let start = Instant::now();
         loop {

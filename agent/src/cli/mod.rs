@@ -279,6 +279,36 @@ pub enum FleetCommand {
         #[arg(long)]
         socket: Option<String>,
     },
+    /// A gateway's recent journal lines for a unit its [logs].units allows,
+    /// or a container's log (SPEC §4 `logs`): asked over the broker, answered
+    /// by the gateway on {prefix}/{fleet}/DEVICE/logs/ID (at most 64 KiB, the
+    /// newest lines). Exit 1 when the gateway refuses (the reason on stderr)
+    /// or does not answer. Operator builds only (the `fleet-serve` feature).
+    #[cfg(feature = "fleet-serve")]
+    Logs {
+        #[command(flatten)]
+        conn: MqttArgs,
+        #[arg(long, default_value = "default")]
+        fleet: String,
+        /// The gateway's device id.
+        device: String,
+        /// A unit (`myapp.service`: its journal) or a container (by name)
+        /// that the gateway's [logs].units lists; default: the first listed.
+        #[arg(long)]
+        unit: Option<String>,
+        /// How far back: a duration ("10m", "2h") or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// The newest N lines (1 to 5000; default 200).
+        #[arg(long)]
+        lines: Option<u64>,
+        /// How long to wait for the gateway's answer.
+        #[arg(long, default_value = "30s")]
+        timeout: humantime::Duration,
+        /// Print the gateway's answer as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Tell the fleet a new commit is on a branch (run by the fleet
     /// repository's CI after a push): a retained message on
     /// {prefix}/{fleet}/_source/{branch}. Gateways following that branch fetch
@@ -507,6 +537,22 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
             Ok(())
         }
         #[cfg(feature = "fleet-serve")]
+        FleetCommand::Logs { conn, fleet: f, device, unit, since, lines, timeout, json } => {
+            let request = fleet::broker::logs_request(f, device, unit.as_deref(), since.as_deref(), *lines)
+                .map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
+            let answer = rt
+                .block_on(fleet::broker::logs(
+                    &conn.settings(),
+                    &conn.topic_prefix,
+                    f,
+                    device,
+                    request,
+                    (*timeout).into(),
+                ))
+                .map_err(usage)?;
+            print_logs(&answer, *json).map_err(|e| Failure::Failed(anyhow::anyhow!("{f}/{device} refused: {e}")))
+        }
+        #[cfg(feature = "fleet-serve")]
         FleetCommand::Announce { conn, fleet: f, branch, revision } => {
             let revision = revision.trim().to_ascii_lowercase();
             if !crate::report::announce::is_commit_id(&revision) {
@@ -526,6 +572,35 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The answer of `tend fleet logs`: each line as `TIME TEXT` (no control
+/// character reaches the terminal), or the answer itself with `json`; a
+/// refusal is the error, said on stderr.
+#[cfg(feature = "fleet-serve")]
+fn print_logs(answer: &serde_json::Value, json: bool) -> Result<(), String> {
+    use std::io::Write;
+    if json {
+        print_json(answer);
+    }
+    if answer["ok"] != true {
+        let why = answer["error"].as_str().unwrap_or("no reason given");
+        return Err(fleet::model::clean(why, 1000));
+    }
+    let lines = answer["lines"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !json {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for l in lines {
+            let ts = fleet::model::clean(l["ts"].as_str().unwrap_or(""), 40);
+            let text = fleet::model::clean(l["text"].as_str().unwrap_or(""), crate::report::logs::LINE_MAX);
+            let _ = writeln!(out, "{ts} {text}");
+        }
+        let _ = out.flush();
+    }
+    if answer["truncated"] == true {
+        eprintln!("(only the newest {} lines fit the gateway's 64 KiB answer)", lines.len());
+    }
+    Ok(())
 }
 
 /// `tend fleet status`.
@@ -596,6 +671,7 @@ fn serve(
             }),
             connected: std::sync::atomic::AtomicBool::new(false),
             device_metrics,
+            logs: Some(fleet::broker::LogsAsker::new(settings.clone(), conn.topic_prefix.clone())),
         });
         let addr = listener.local_addr().map_err(|e| Failure::Failed(e.into()))?;
         eprintln!("tend fleet serve: http://{addr}/ (the view), /api/devices, /metrics; broker {}", settings.url);

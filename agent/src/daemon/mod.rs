@@ -462,6 +462,8 @@ async fn fleet_command(agent: &Arc<Agent>, cmd: mqtt::Command, suspended: &mut b
     let name = cmd.cmd.as_ref().map(CommandKind::name).unwrap_or("invalid");
     let (result, resumed): (Result<Option<String>, String>, bool) = match cmd.cmd {
         Err(e) => (Err(e), false),
+        // Answered by the reporter; never queued here.
+        Ok(CommandKind::Logs(_)) => (Err("logs requests are answered on …/logs/{id}".into()), false),
         Ok(CommandKind::Sync { now }) => (fleet_sync(agent, now).await, false),
         Ok(CommandKind::Rollback { revision }) => {
             (sync::rollback(agent, revision).await.map(|s| s.commit).map_err(|e| e.to_string()), false)

@@ -8,7 +8,11 @@
 //!   is sent again from the oldest;
 //! - the sync loop never waits on the broker: this task only reads the outbox
 //!   and a status channel, and publishes without blocking;
-//! - a malformed command is answered with a `command` event, never a crash.
+//! - a malformed command is answered with a `command` event, never a crash;
+//! - a `logs` command (`report::logs`) is answered on its `…/logs/{id}`: a
+//!   refusal at once, a read on a thread of its own (one at a time, within
+//!   the rate limit) whose answer this task publishes; neither this task nor
+//!   the sync loop waits on it.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -19,6 +23,7 @@ use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use crate::report::logs;
 use crate::report::mqtt::{Command, CommandKind, Settings, parse_command};
 use crate::report::{Host, Topics};
 use crate::sync::Agent;
@@ -81,6 +86,12 @@ impl Reporter {
         let mut rollout_sub: Option<String> = None;
         let mut ignored = 0u64;
         let mut busy = 0u64;
+        // Logs requests: read on a thread of their own, one at a time (the
+        // thread holds a clone of `logs_slot` while it reads), the answer
+        // left in the slot and `wake` notified: this task publishes it (it
+        // owns the session and the order of what is in flight).
+        let logs_slot: LogsSlot = Arc::default();
+        let mut logs_bucket = logs::Bucket::new(std::time::Instant::now());
         loop {
             tokio::select! {
                 ev = eventloop.poll() => match ev {
@@ -169,6 +180,20 @@ impl Reporter {
                         let mut cmd = parse_command(&p.payload);
                         cmd.fleet_wide = p.topic == self.topics.all_cmd;
                         tracing::info!(topic = %p.topic, cmd = ?cmd.cmd.as_ref().map(CommandKind::name), "mqtt: command received");
+                        if let Ok(CommandKind::Logs(req)) = &cmd.cmd {
+                            match self.logs_request(&cmd, req, &mut logs_bucket, &logs_slot, &wake) {
+                                LogsReply::Reading => {}
+                                LogsReply::Answer(topic, payload) if connected => {
+                                    publish(&client, &mut fifo, topic, QoS::AtLeastOnce, false, payload);
+                                }
+                                LogsReply::Answer(..) => {}
+                                LogsReply::Event(fields) => {
+                                    let agent = self.agent.clone();
+                                    let _ = tokio::task::spawn_blocking(move || agent.event(crate::report::Kind::Command, fields)).await;
+                                }
+                            }
+                            continue;
+                        }
                         // Never wait for the sync loop here: this task also
                         // drives the MQTT session (pings, acknowledgements),
                         // and a long sync with the queue full would stall it
@@ -227,6 +252,10 @@ impl Reporter {
                     rollout_sub = watch_reports(&client, b, rollout_sub.take(), &mut subs);
                 }
                 _ = wake.notified(), if connected => {
+                    let answer = logs_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some((topic, payload)) = answer {
+                        publish(&client, &mut fifo, topic, QoS::AtLeastOnce, false, payload);
+                    }
                     self.pump(&client, &mut fifo, &mut last_sent, &mut in_flight).await;
                 }
                 changed = self.status.changed() => {
@@ -265,6 +294,62 @@ impl Reporter {
                     return;
                 }
             }
+        }
+    }
+
+    /// A `logs` command (SPEC §4): refused at once (in the answer; without a
+    /// usable id, in a `command` event), or its read started on a thread of
+    /// its own, which leaves the answer in `slot` and notifies `wake`.
+    fn logs_request(
+        &self,
+        cmd: &Command,
+        req: &Value,
+        bucket: &mut logs::Bucket,
+        slot: &LogsSlot,
+        wake: &Arc<tokio::sync::Notify>,
+    ) -> LogsReply {
+        let Some(id) = cmd.id.as_ref().and_then(Value::as_str).filter(|i| logs::valid_id(i)) else {
+            return LogsReply::Event(serde_json::json!({
+                "cmd": "logs",
+                "id": cmd.id,
+                "ok": false,
+                "error": format!(
+                    "logs: needs an \"id\" of 1-{} characters of [A-Za-z0-9._-] (the answer is published on {})",
+                    logs::MAX_ID,
+                    self.topics.logs("{id}")
+                ),
+            }));
+        };
+        let topic = self.topics.logs(id);
+        let refuse = |e: &str| LogsReply::Answer(topic.clone(), logs::refusal(id, e));
+        if cmd.fleet_wide {
+            return refuse(&format!("logs are asked of one gateway, on {}", self.topics.cmd()));
+        }
+        let plan = match logs::check(req, &self.agent.cfg.logs.units, std::time::SystemTime::now()) {
+            Ok(p) => p,
+            Err(e) => return refuse(&e),
+        };
+        if Arc::strong_count(slot) > 1 {
+            return refuse("busy: this gateway is reading logs for another request; try again in a few seconds");
+        }
+        if let Err(wait) = bucket.take(std::time::Instant::now()) {
+            return refuse(&logs::over_limit(wait));
+        }
+        let socket = self.agent.cfg.containers.socket.clone().or_else(crate::reconcile::containers::default_socket);
+        let (slot, wake, id) = (slot.clone(), wake.clone(), id.to_owned());
+        let answer_topic = topic.clone();
+        let started = std::thread::Builder::new().name("tend-logs".into()).spawn(move || {
+            let result = logs::read(&plan, socket.as_deref());
+            let said = result.as_ref().map_or_else(Clone::clone, |r| format!("{} lines", r.lines.len()));
+            tracing::info!(unit = %plan.unit, "logs: {said}");
+            let payload = logs::answer(&id, Some(&plan.unit), Some(plan.source), result);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((answer_topic, payload));
+            drop(slot);
+            wake.notify_one();
+        });
+        match started {
+            Ok(_) => LogsReply::Reading,
+            Err(e) => refuse(&format!("cannot start the read: {e}")),
         }
     }
 
@@ -325,6 +410,19 @@ impl Reporter {
         payload["events_dropped"] = dropped.into();
         publish(client, fifo, self.topics.health(), QoS::AtMostOnce, true, payload.to_string().into_bytes());
     }
+}
+
+/// Where a logs read leaves its answer (topic, payload) for the reporter.
+type LogsSlot = Arc<std::sync::Mutex<Option<(String, Vec<u8>)>>>;
+
+/// What the reporter does about a `logs` command.
+enum LogsReply {
+    /// The read runs; its answer comes back in the slot.
+    Reading,
+    /// Publish this (topic, payload) now: a refusal.
+    Answer(String, Vec<u8>),
+    /// No usable id, so no topic to answer on: a `command` event.
+    Event(Value),
 }
 
 /// Subscribe to the reports of the revision the breaker watches now, and

@@ -141,6 +141,28 @@ pub struct Live {
     pub connected: std::sync::atomic::AtomicBool,
     /// Which gateways get `/metrics` series of their own.
     pub device_metrics: super::metrics::DeviceMetrics,
+    /// How the view asks a gateway for its logs (`None`: it does not).
+    pub logs: Option<LogsAsker>,
+}
+
+#[cfg(feature = "fleet-serve")]
+/// What `fleet serve` needs to ask gateways for their logs ([`logs`]), and
+/// its own bound: one request at a time, and the gateways' rate
+/// ([`crate::report::logs::Bucket`]) for the whole view.
+#[derive(Debug)]
+pub struct LogsAsker {
+    pub settings: Settings,
+    pub prefix: String,
+    pub bucket: Mutex<crate::report::logs::Bucket>,
+    pub one: tokio::sync::Semaphore,
+}
+
+#[cfg(feature = "fleet-serve")]
+impl LogsAsker {
+    pub fn new(settings: Settings, prefix: String) -> LogsAsker {
+        let bucket = Mutex::new(crate::report::logs::Bucket::new(std::time::Instant::now()));
+        LogsAsker { settings, prefix, bucket, one: tokio::sync::Semaphore::new(1) }
+    }
 }
 
 #[cfg(feature = "fleet-serve")]
@@ -241,6 +263,121 @@ pub async fn sync(
     }
     publish_once(settings, "cmd", topic, false, payload.to_string()).await?;
     Ok(id)
+}
+
+/// A `logs` command for `device` (without its id), its arguments checked as
+/// the gateway would check them, so that a typo is bad usage here (exit 2)
+/// rather than a round trip; whether `since` is in the future is the
+/// gateway's to say (its clock).
+#[cfg(feature = "fleet-serve")]
+pub fn logs_request(
+    fleet: &str,
+    device: &str,
+    unit: Option<&str>,
+    since: Option<&str>,
+    lines: Option<u64>,
+) -> Result<serde_json::Value, String> {
+    use crate::report::logs;
+    let level =
+        |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !level(device) || device.starts_with('.') {
+        return Err(format!("DEVICE {device:?}: not a device id (1-128 characters of [A-Za-z0-9_.-])"));
+    }
+    if !level(fleet) || fleet.starts_with('.') {
+        return Err(format!("--fleet {fleet:?}: not a fleet name (1-128 characters of [A-Za-z0-9_.-])"));
+    }
+    let mut req = json!({ "cmd": "logs" });
+    if let Some(u) = unit {
+        if !logs::valid_name(u) {
+            return Err(format!(
+                "--unit {u:?}: not a unit or container name (1-{} characters of [A-Za-z0-9:_.@-], starting with a letter or digit)",
+                logs::MAX_NAME
+            ));
+        }
+        req["unit"] = u.into();
+    }
+    if let Some(s) = since {
+        if humantime::parse_duration(s.trim()).is_err() && s.trim().parse::<jiff::Timestamp>().is_err() {
+            return Err(format!("--since {s:?}: neither a duration back (\"10m\", \"2h\") nor an RFC 3339 time"));
+        }
+        req["since"] = s.into();
+    }
+    if let Some(n) = lines {
+        let (min, max) = logs::LINES;
+        if !(min..=max).contains(&n) {
+            return Err(format!("--lines {n}: out of range (allowed: {min} to {max})"));
+        }
+        req["lines"] = n.into();
+    }
+    Ok(req)
+}
+
+/// Ask `device` for its logs (`request`, from [`logs_request`]): subscribe to
+/// the answer's topic first, then publish the command (QoS 1), and wait at
+/// most `wait` for the answer (refused or not: the caller reads `ok`).
+#[cfg(feature = "fleet-serve")]
+pub async fn logs(
+    settings: &Settings,
+    prefix: &str,
+    fleet: &str,
+    device: &str,
+    mut request: serde_json::Value,
+    wait: Duration,
+) -> Result<serde_json::Value, String> {
+    let prefix = prefix.trim_end_matches('/');
+    let id = format!("fleet-{:016x}", fastrand::u64(..));
+    let answer_topic = format!("{prefix}/{fleet}/{device}/logs/{id}");
+    let cmd_topic = format!("{prefix}/{fleet}/{device}/cmd");
+    request["id"] = id.clone().into();
+    let options = settings.options(&client_id("logs"), None)?;
+    let (client, mut eventloop) = AsyncClient::new(options, 8);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut published = false;
+    let answer = loop {
+        let ev = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) if published => {
+                return Err(format!(
+                    "{fleet}/{device} did not answer within {} (offline? `tend fleet status` says; a gateway older than the logs command does not answer)",
+                    humantime::format_duration(wait)
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "{}: no answer from the broker within {}",
+                    settings.url,
+                    humantime::format_duration(wait)
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("{}: {e}", settings.url)),
+            Ok(Ok(ev)) => ev,
+        };
+        match ev {
+            Event::Incoming(Incoming::ConnAck(_)) => {
+                client.subscribe(answer_topic.clone(), QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
+            }
+            Event::Incoming(Incoming::SubAck(ack)) => {
+                if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                    return Err(format!(
+                        "{}: the broker refused the subscription to {answer_topic} (its ACL?)",
+                        settings.url
+                    ));
+                }
+                client
+                    .publish(cmd_topic.clone(), QoS::AtLeastOnce, false, request.to_string())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                published = true;
+            }
+            Event::Incoming(Incoming::Publish(p)) if p.topic == answer_topic => break p.payload,
+            _ => {}
+        }
+    };
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while !matches!(eventloop.poll().await, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {}
+    })
+    .await;
+    serde_json::from_slice(&answer).map_err(|e| format!("{fleet}/{device}: its answer is not JSON: {e}"))
 }
 
 /// Announce `revision` on `branch` (SPEC §4): retained, so a gateway that

@@ -1,6 +1,10 @@
 //! `tend fleet serve`: the fleet view, its JSON API and Prometheus metrics,
-//! served from memory on a local address. Read-only: GET and HEAD only, no
-//! state changes, every asset embedded (it works on an air-gapped network).
+//! served from memory on a local address. Read-only (GET and HEAD), every
+//! asset embedded (it works on an air-gapped network); one POST, which
+//! changes nothing either: `/api/devices/{id}/logs` asks a gateway for its
+//! logs (SPEC §4), one at a time and rate-limited, only with the header
+//! `X-Tend: logs` (which a page of another site cannot send without a
+//! preflight this server never grants).
 //! A small HTTP/1.1 server of its own (one request per connection) rather
 //! than a framework: see docs/decisions/0004-fleet-serve.md.
 
@@ -101,13 +105,21 @@ async fn connection(mut stream: TcpStream, live: &Live) -> std::io::Result<()> {
     let request = lines.next().unwrap_or("");
     let mut parts = request.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let if_none_match = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("if-none-match"))
-        .map(|(_, v)| v.trim().to_owned());
+    let headers: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+    let header = |name: &str| {
+        headers.iter().find(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned())
+    };
+    let if_none_match = header("if-none-match");
     let head_only = method == "HEAD";
-    let response = if method != "GET" && !head_only {
-        Response::error("405 Method Not Allowed", "read-only: GET and HEAD only")
+    let logs_of = target.split('?').next().and_then(|p| p.strip_prefix("/api/devices/")?.strip_suffix("/logs"));
+    let response = if let ("POST", Some(id)) = (method, logs_of) {
+        if header("x-tend").as_deref() != Some("logs") {
+            Response::error("403 Forbidden", "a logs request needs the header X-Tend: logs")
+        } else {
+            ask_logs(live, &percent_decode(id), target.split_once('?').map_or("", |(_, q)| q)).await
+        }
+    } else if method != "GET" && !head_only {
+        Response::error("405 Method Not Allowed", "read-only: GET and HEAD only (and POST /api/devices/{id}/logs)")
     } else {
         route(target, if_none_match.as_deref(), live)
     };
@@ -302,22 +314,79 @@ fn devices_json(f: &Fleet, connected: bool, q: &Query, now: SystemTime) -> Value
 /// `/api/devices/{device_id}` (`?fleet=F` when the id is in more than one
 /// fleet): the device with its recent events and last health.
 fn device(live: &Live, id: &str, query: &str) -> Response {
-    let fleet = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == "fleet")
-        .map(|(_, v)| percent_decode(v));
     let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
-    let found: Vec<&Device> =
-        f.devices.values().filter(|d| d.device_id == id && fleet.as_deref().is_none_or(|fl| d.fleet == fl)).collect();
-    match found[..] {
-        [] => Response::error("404 Not Found", "no such gateway"),
-        [d] => {
+    match one_device(&f, id, param(query, "fleet").as_deref()) {
+        Ok(d) => {
             let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
             v["events"] = serde_json::to_value(d.events.iter().rev().collect::<Vec<_>>()).unwrap_or(Value::Null);
             Response::json("200 OK", &v)
         }
-        _ => Response::error("409 Conflict", "this id is in more than one fleet: add ?fleet=NAME"),
+        Err(r) => r,
+    }
+}
+
+/// The gateway `id` (of `fleet`, when given), or the answer saying why not.
+fn one_device<'a>(f: &'a Fleet, id: &str, fleet: Option<&str>) -> Result<&'a Device, Response> {
+    let found: Vec<&Device> =
+        f.devices.values().filter(|d| d.device_id == id && fleet.is_none_or(|fl| d.fleet == fl)).collect();
+    match found[..] {
+        [] => Err(Response::error("404 Not Found", "no such gateway")),
+        [d] => Ok(d),
+        _ => Err(Response::error("409 Conflict", "this id is in more than one fleet: add ?fleet=NAME")),
+    }
+}
+
+/// The query parameter `key`, decoded (`+` a space); `None` when absent or empty.
+fn param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(&v.replace('+', " ")))
+        .filter(|v| !v.is_empty())
+}
+
+/// How long the view waits for a gateway's logs (within the 30 s a
+/// connection is served).
+const LOGS_WAIT: Duration = Duration::from_secs(20);
+
+/// `POST /api/devices/{device_id}/logs?unit=U&since=D&lines=N` (`&fleet=F`
+/// when the id is in more than one fleet): the gateway's answer, refused or
+/// not (`ok`), or why there is none. Only gateways the view knows are asked.
+async fn ask_logs(live: &Live, id: &str, query: &str) -> Response {
+    let Some(asker) = &live.logs else {
+        return Response::error("503 Service Unavailable", "this view does not ask gateways for logs");
+    };
+    let param = |k: &str| param(query, k);
+    let fleet = {
+        let f = live.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        match one_device(&f, id, param("fleet").as_deref()) {
+            Ok(d) => d.fleet.clone(),
+            Err(r) => return r,
+        }
+    };
+    let lines = match param("lines").map(|l| l.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Response::error("400 Bad Request", "lines: not a whole number"),
+    };
+    let request =
+        match super::broker::logs_request(&fleet, id, param("unit").as_deref(), param("since").as_deref(), lines) {
+            Ok(r) => r,
+            Err(e) => return Response::error("400 Bad Request", &e),
+        };
+    let Ok(_one) = asker.one.try_acquire() else {
+        return Response::error("429 Too Many Requests", "busy: the view is asking a gateway for logs already");
+    };
+    if let Err(wait) = asker.bucket.lock().unwrap_or_else(|e| e.into_inner()).take(std::time::Instant::now()) {
+        return Response::error(
+            "429 Too Many Requests",
+            &crate::report::logs::over_limit(wait).replace("this gateway", "the view"),
+        );
+    }
+    match super::broker::logs(&asker.settings, &asker.prefix, &fleet, id, request, LOGS_WAIT).await {
+        Ok(answer) => Response::json("200 OK", &answer),
+        Err(e) => Response::error("504 Gateway Timeout", &e),
     }
 }
 

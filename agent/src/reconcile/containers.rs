@@ -731,6 +731,160 @@ pub fn ensure_images(
 /// How long a container health probe waits for one answer.
 pub const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A container's log (`tend fleet logs`, SPEC §4): `GET
+/// /containers/NAME/logs?stdout=1&stderr=1&timestamps=1&tail=N[&since=T]` on
+/// the runtime's socket, each line handed to `on_line` (a long one cut at
+/// [`crate::report::logs::LINE_MAX`] bytes). Read over HTTP/1.0 by hand, not
+/// through bollard, whose decoder holds a whole frame (up to 4 GiB) in memory:
+/// here at most `max_read` bytes are read, within `timeout`. Ok(false) when
+/// the read stopped at one of them (the log goes on).
+pub fn read_logs(
+    socket: &str,
+    name: &str,
+    tail: u64,
+    since: Option<i64>,
+    timeout: Duration,
+    max_read: usize,
+    on_line: &mut dyn FnMut(&[u8]),
+) -> Result<bool, String> {
+    use std::io::{Read, Write};
+    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    let unavailable = |e: std::io::Error| format!("container runtime at {socket}: {e}");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(unavailable)?;
+    stream.set_read_timeout(Some(timeout)).map_err(unavailable)?;
+    stream.set_write_timeout(Some(timeout)).map_err(unavailable)?;
+    // `name` is checked by the caller (`[A-Za-z0-9:_.@-]`): safe in a path.
+    let since = since.map(|s| format!("&since={s}")).unwrap_or_default();
+    write!(
+        stream,
+        "GET /containers/{name}/logs?stdout=1&stderr=1&timestamps=1&tail={tail}{since} HTTP/1.0\r\nHost: tend\r\n\r\n"
+    )
+    .map_err(unavailable)?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let body_start = loop {
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if head.len() > 16 * 1024 || std::time::Instant::now() > deadline {
+            return Err(format!("container runtime at {socket}: no answer to the log request"));
+        }
+        let n = stream.read(&mut buf).map_err(unavailable)?;
+        if n == 0 {
+            return Err(format!("container runtime at {socket}: closed the connection"));
+        }
+        head.extend_from_slice(&buf[..n]);
+    };
+    let text = String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase();
+    let status = text.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        // The runtime's reason (`no such container`), from a capped body.
+        let mut body = head[body_start..].to_vec();
+        let _ = stream.take(4096).read_to_end(&mut body);
+        let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        return Err(format!("container {name}: {}", msg.chars().take(200).collect::<String>()));
+    }
+    if text.contains("transfer-encoding: chunked") {
+        return Err(format!("container runtime at {socket}: a chunked answer to an HTTP/1.0 request"));
+    }
+    let mut demux = Demux::new(crate::report::logs::LINE_MAX);
+    let mut read = head.len() - body_start;
+    demux.feed(&head[body_start..], on_line)?;
+    loop {
+        if read >= max_read || std::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        let want = buf.len().min(max_read - read);
+        let n = match stream.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        if n == 0 {
+            demux.finish(on_line);
+            return Ok(true);
+        }
+        read += n;
+        demux.feed(&buf[..n], on_line)?;
+    }
+}
+
+/// The runtime's log stream, demultiplexed: frames of an 8-byte header
+/// (stream 0-2, three zeros, a big-endian length) then the bytes, or, for a
+/// container with a TTY, the raw bytes; split into lines of at most
+/// `line_max` bytes (the rest of a longer line is dropped).
+#[derive(Debug)]
+pub struct Demux {
+    /// `None` until the first byte says which: framed or raw.
+    framed: Option<bool>,
+    header: Vec<u8>,
+    /// Bytes left in the current frame.
+    left: usize,
+    line: Vec<u8>,
+    line_max: usize,
+}
+
+impl Demux {
+    pub fn new(line_max: usize) -> Demux {
+        Demux { framed: None, header: Vec::new(), left: 0, line: Vec::new(), line_max }
+    }
+
+    pub fn feed(&mut self, mut data: &[u8], on_line: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+        while !data.is_empty() {
+            let framed = *self.framed.get_or_insert(data[0] <= 2);
+            if !framed {
+                self.text(data, on_line);
+                return Ok(());
+            }
+            if self.left == 0 {
+                let take = (8 - self.header.len()).min(data.len());
+                self.header.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if self.header.len() < 8 {
+                    return Ok(());
+                }
+                let h = std::mem::take(&mut self.header);
+                if h[0] > 2 || h[1..4] != [0, 0, 0] {
+                    return Err("the container runtime's log stream is not framed as expected".into());
+                }
+                self.left = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize;
+                continue;
+            }
+            let take = self.left.min(data.len());
+            self.text(&data[..take], on_line);
+            self.left -= take;
+            data = &data[take..];
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, data: &[u8], on_line: &mut dyn FnMut(&[u8])) {
+        for part in data.split_inclusive(|b| *b == b'\n') {
+            let room = self.line_max.saturating_sub(self.line.len());
+            let body = part.strip_suffix(b"\n").unwrap_or(part);
+            self.line.extend_from_slice(&body[..body.len().min(room)]);
+            if part.ends_with(b"\n") {
+                on_line(&self.line);
+                self.line.clear();
+            }
+        }
+    }
+
+    /// The last line, if the stream did not end with a newline.
+    pub fn finish(&mut self, on_line: &mut dyn FnMut(&[u8])) {
+        if !self.line.is_empty() {
+            on_line(&self.line);
+            self.line.clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,6 +903,47 @@ mod tests {
             started_at: None,
             depends_on: Vec::new(),
         }
+    }
+
+    fn demux_all(chunks: &[&[u8]], line_max: usize) -> Result<Vec<String>, String> {
+        let mut d = Demux::new(line_max);
+        let mut out = Vec::new();
+        for c in chunks {
+            d.feed(c, &mut |l| out.push(String::from_utf8_lossy(l).into_owned()))?;
+        }
+        d.finish(&mut |l| out.push(String::from_utf8_lossy(l).into_owned()));
+        Ok(out)
+    }
+
+    fn frame(stream: u8, data: &[u8]) -> Vec<u8> {
+        let mut f = vec![stream, 0, 0, 0];
+        f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        f.extend_from_slice(data);
+        f
+    }
+
+    #[test]
+    fn log_streams_are_demultiplexed_and_bounded() {
+        let mut all = frame(1, b"one\ntw");
+        all.extend(frame(2, b"o\nthree"));
+        // Cut anywhere, even inside a header, the same lines come out.
+        for cut in 0..all.len() {
+            let (a, b) = all.split_at(cut);
+            assert_eq!(demux_all(&[a, b], 100).unwrap(), ["one", "two", "three"], "cut at {cut}");
+        }
+        // A TTY container's raw stream.
+        assert_eq!(demux_all(&[b"raw line\nnext"], 100).unwrap(), ["raw line", "next"]);
+        // A line longer than the cap is cut, the next one is whole.
+        let long = frame(1, format!("{}\nok\n", "x".repeat(50)).as_bytes());
+        assert_eq!(demux_all(&[&long], 10).unwrap(), ["xxxxxxxxxx", "ok"]);
+        // A frame announcing 4 GiB: read as far as it goes, nothing held.
+        let mut huge = vec![1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
+        huge.extend_from_slice(b"partial");
+        assert_eq!(demux_all(&[&huge], 100).unwrap(), ["partial"]);
+        // A header that is not one.
+        let mut bad = frame(1, b"a\n");
+        bad.extend_from_slice(&[1, 9, 9, 9, 0, 0, 0, 1, b'x']);
+        assert!(demux_all(&[&bad], 100).is_err());
     }
 
     #[test]

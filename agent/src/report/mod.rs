@@ -8,6 +8,7 @@
 
 pub mod announce;
 pub mod breaker;
+pub mod logs;
 pub mod mqtt;
 pub mod textfile;
 
@@ -136,6 +137,11 @@ impl Topics {
     }
     pub fn cmd(&self) -> String {
         format!("{}/cmd", self.root)
+    }
+    /// Where the answer to logs request `id` goes (`id` checked by
+    /// [`logs::valid_id`]).
+    pub fn logs(&self, id: &str) -> String {
+        format!("{}/logs/{id}", self.root)
     }
 }
 

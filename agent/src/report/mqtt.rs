@@ -145,6 +145,9 @@ pub enum CommandKind {
     },
     Suspend,
     Resume,
+    /// `tend fleet logs` (SPEC §4): the whole request, checked and answered
+    /// by the reporter (`report::logs`), never by the sync loop.
+    Logs(Value),
 }
 
 impl CommandKind {
@@ -154,6 +157,7 @@ impl CommandKind {
             CommandKind::Rollback { .. } => "rollback",
             CommandKind::Suspend => "suspend",
             CommandKind::Resume => "resume",
+            CommandKind::Logs(_) => "logs",
         }
     }
 }
@@ -178,10 +182,12 @@ pub fn parse_command(payload: &[u8]) -> Command {
     }
     // Recover the id even from a command that is otherwise wrong, so the error
     // event can echo it.
-    let id = serde_json::from_slice::<Value>(payload)
-        .ok()
-        .and_then(|v| v.get("id").cloned())
-        .filter(|v| v.is_string() || v.is_number());
+    let value = serde_json::from_slice::<Value>(payload).ok();
+    let id = value.as_ref().and_then(|v| v.get("id").cloned()).filter(|v| v.is_string() || v.is_number());
+    // Its fields are checked where it is answered, in the answer.
+    if let Some(v) = value.filter(|v| v.get("cmd").and_then(Value::as_str) == Some("logs")) {
+        return Command { id, cmd: Ok(CommandKind::Logs(v)), fleet_wide: false };
+    }
     let raw: Raw = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => return Command { id, cmd: Err(format!("malformed command: {e}")), fleet_wide: false },
@@ -197,7 +203,7 @@ pub fn parse_command(payload: &[u8]) -> Command {
         ("resume", None) => Ok(CommandKind::Resume),
         (c @ ("sync" | "suspend" | "resume"), Some(_)) => Err(format!("command {c:?} takes no revision")),
         (other, _) => Err(format!(
-            "unknown command {:?} (sync, rollback, suspend, resume)",
+            "unknown command {:?} (sync, rollback, suspend, resume, logs)",
             other.chars().take(40).collect::<String>()
         )),
     };
@@ -233,6 +239,10 @@ mod tests {
         }
         assert_eq!(parse_command(br#"{"cmd":"sync","extra":1,"id":"x"}"#).id, Some(json!("x")));
         assert!(parse_command(&vec![b' '; MAX_COMMAND + 1]).cmd.unwrap_err().contains("larger"));
+        // A logs command is handed on whole, whatever its fields: the answer says what is wrong.
+        let c = parse_command(br#"{"cmd":"logs","unit":"a.service","lines":1e9,"extra":1,"id":"l-1"}"#);
+        assert!(matches!(&c.cmd, Ok(CommandKind::Logs(v)) if v["lines"] == json!(1e9) && v["extra"] == 1), "{c:?}");
+        assert_eq!(c.id, Some(json!("l-1")));
     }
 
     #[test]
