@@ -55,6 +55,8 @@ pub struct LiveContainer {
 /// A container runtime, in our own types.
 pub trait Runtime: Send + Sync {
     fn ping(&self) -> Result<(), RuntimeError>;
+    /// Its name and version (`podman 4.3.1`), for the status's inventory.
+    fn version(&self) -> Result<Option<String>, RuntimeError>;
     /// Every container tend manages (one labelled list call).
     fn list_managed(&self) -> Result<Vec<LiveContainer>, RuntimeError>;
     /// Containers with exactly this name, whoever made them.
@@ -268,6 +270,12 @@ impl Runtime for DockerRuntime {
     fn ping(&self) -> Result<(), RuntimeError> {
         let docker = self.docker()?;
         self.rt.block_on(docker.ping()).map(|_| ()).map_err(|e| self.unavailable(e))
+    }
+
+    fn version(&self) -> Result<Option<String>, RuntimeError> {
+        let v = self.rt.block_on(self.docker()?.version()).map_err(|e| self.unavailable(e))?;
+        let names = v.components.iter().flatten().map(|c| c.name.as_str());
+        Ok(crate::inventory::runtime_label(names, v.version.as_deref().unwrap_or("")))
     }
 
     fn list_managed(&self) -> Result<Vec<LiveContainer>, RuntimeError> {

@@ -335,6 +335,10 @@ pub struct Status {
     /// and since when, the failing gateways.
     #[serde(default)]
     pub waiting_detail: Option<String>,
+    /// What this gateway is: OS, kernel, board, runtime (SPEC §4); all
+    /// null in a status stored before tend reported it.
+    #[serde(default)]
+    pub inventory: crate::inventory::HostInventory,
 }
 
 /// The local store, in our own types.

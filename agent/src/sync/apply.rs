@@ -43,6 +43,7 @@ impl Agent {
             breaker: None,
             check_probe: None,
             problems: Vec::new(),
+            host: std::sync::Mutex::new(crate::inventory::HostInventory::local()),
             store,
             cfg,
         }
@@ -181,6 +182,27 @@ impl Agent {
         Ok(self.runtime.get_or_init(|| rt).clone())
     }
 
+    /// Ask K3s and the container runtime their versions for the status's
+    /// inventory (at the daemon's start). A runtime tend has not connected
+    /// to yet is asked on a connection of its own, dropped after: a gateway
+    /// without containers keeps none open.
+    pub fn ask_versions(&self) {
+        let k3s = crate::inventory::k3s();
+        let runtime = match self.runtime.get() {
+            Some(rt) => rt.version(),
+            None => match self.cfg.containers.socket.clone().or_else(containers::default_socket) {
+                Some(socket) => DockerRuntime::new(&socket).version(),
+                None => Ok(None),
+            },
+        };
+        let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        host.k3s = k3s;
+        match runtime {
+            Ok(v) => host.runtime = v,
+            Err(e) => tracing::debug!(error = %e, "the container runtime did not say its version"),
+        }
+    }
+
     /// Plan the containers: pure diff after one labelled list call; an
     /// unlabelled container holding a declared name is a conflict.
     pub(super) fn plan_containers(
@@ -196,6 +218,12 @@ impl Agent {
         let err = |error| SyncError::Container { commit: commit.to_owned(), error };
         let rt = self.runtime(commit)?;
         let live = rt.list_managed().map_err(err)?;
+        // The runtime's version, once it answers (the status's inventory).
+        let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        if host.runtime.is_none() {
+            host.runtime = rt.version().ok().flatten();
+        }
+        drop(host);
         for name in desired.containers.keys() {
             if !live.iter().any(|c| &c.name == name)
                 && let Some(other) = rt.find_by_name(name).map_err(err)?
