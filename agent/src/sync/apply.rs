@@ -218,12 +218,12 @@ impl Agent {
         let err = |error| SyncError::Container { commit: commit.to_owned(), error };
         let rt = self.runtime(commit)?;
         let live = rt.list_managed().map_err(err)?;
-        // The runtime's version, once it answers (the status's inventory).
-        let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
-        if host.runtime.is_none() {
-            host.runtime = rt.version().ok().flatten();
+        // The runtime's version, once it answers (the status's inventory;
+        // asked without holding the lock the status is read under).
+        if self.host.lock().unwrap_or_else(|e| e.into_inner()).runtime.is_none() {
+            let v = rt.version().ok().flatten();
+            self.host.lock().unwrap_or_else(|e| e.into_inner()).runtime = v;
         }
-        drop(host);
         for name in desired.containers.keys() {
             if !live.iter().any(|c| &c.name == name)
                 && let Some(other) = rt.find_by_name(name).map_err(err)?
