@@ -125,6 +125,28 @@ pub fn default_socket() -> Option<String> {
         .map(|p| format!("unix://{p}"))
 }
 
+/// The runtime at `socket` as a name and a version (`podman 4.3.1`), from
+/// the Engine API's `GET /version`, read as plain JSON on a connection of
+/// its own: bollard's typed answer would bring its decoder into the gateway
+/// binary for two fields (as `GET /info`'s did, decision 0004).
+pub fn engine_version(socket: &str) -> Result<Option<String>, RuntimeError> {
+    use std::io::{Read, Write};
+    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    let fail =
+        |e: &dyn std::fmt::Display| RuntimeError::Unavailable { socket: socket.to_owned(), reason: e.to_string() };
+    let io = |e: std::io::Error| fail(&e);
+    let mut conn = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    conn.set_write_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    conn.write_all(b"GET /version HTTP/1.0\r\nHost: tend\r\nConnection: close\r\n\r\n").map_err(io)?;
+    let mut answer = Vec::new();
+    conn.take(64 * 1024).read_to_end(&mut answer).map_err(io)?;
+    let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(&[][..], |at| &answer[at + 4..]);
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| fail(&e))?;
+    let names = v["Components"].as_array().into_iter().flatten().filter_map(|c| c["Name"].as_str());
+    Ok(crate::inventory::runtime_label(names, v["Version"].as_str().unwrap_or("")))
+}
+
 /// The Docker Engine API over a unix socket, with its own small runtime so it
 /// can be called from the blocking steps of a sync.
 pub struct DockerRuntime {
@@ -273,9 +295,7 @@ impl Runtime for DockerRuntime {
     }
 
     fn version(&self) -> Result<Option<String>, RuntimeError> {
-        let v = self.rt.block_on(self.docker()?.version()).map_err(|e| self.unavailable(e))?;
-        let names = v.components.iter().flatten().map(|c| c.name.as_str());
-        Ok(crate::inventory::runtime_label(names, v.version.as_deref().unwrap_or("")))
+        engine_version(&self.socket)
     }
 
     fn list_managed(&self) -> Result<Vec<LiveContainer>, RuntimeError> {

@@ -182,18 +182,14 @@ impl Agent {
         Ok(self.runtime.get_or_init(|| rt).clone())
     }
 
-    /// Ask K3s and the container runtime their versions for the status's
-    /// inventory (at the daemon's start). A runtime tend has not connected
-    /// to yet is asked on a connection of its own, dropped after: a gateway
-    /// without containers keeps none open.
+    /// Ask K3s and the container runtime (`[containers].socket` or the
+    /// usual sockets, whether tend runs containers there or not) their
+    /// versions for the status's inventory, at the daemon's start.
     pub fn ask_versions(&self) {
         let k3s = crate::inventory::k3s();
-        let runtime = match self.runtime.get() {
-            Some(rt) => rt.version(),
-            None => match self.cfg.containers.socket.clone().or_else(containers::default_socket) {
-                Some(socket) => DockerRuntime::new(&socket).version(),
-                None => Ok(None),
-            },
+        let runtime = match self.cfg.containers.socket.clone().or_else(containers::default_socket) {
+            Some(socket) => containers::engine_version(&socket),
+            None => Ok(None),
         };
         let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
         host.k3s = k3s;
