@@ -207,12 +207,8 @@ async fn main_loop(agent: Arc<Agent>, death: Option<String>) -> Result<(), Daemo
 
     let mut shutdown = shutdown_signal()?;
 
-    // The inventory's versions, without holding up the start for long (a
-    // slow answer still lands in a later status).
-    let ask = sync::blocking(&agent, Agent::ask_versions);
-    if tokio::time::timeout(Duration::from_secs(5), ask).await.is_err() {
-        tracing::debug!("K3s or the container runtime is slow to say its version");
-    }
+    // The inventory's versions (each asked with a timeout of a few seconds).
+    sync::blocking(&agent, Agent::ask_versions).await;
     // Reporting: the reporter task reads status from a watch channel and the
     // outbox from the store; fleet commands come back on a channel.
     let mut suspended = read_suspended(&agent).await;

@@ -187,16 +187,11 @@ impl Agent {
     /// versions for the status's inventory, at the daemon's start.
     pub fn ask_versions(&self) {
         let k3s = crate::inventory::k3s();
-        let runtime = match self.cfg.containers.socket.clone().or_else(containers::default_socket) {
-            Some(socket) => containers::engine_version(&socket),
-            None => Ok(None),
-        };
+        let socket = self.cfg.containers.socket.clone().or_else(containers::default_socket);
+        // A runtime that does not answer is not there, as far as the status goes.
+        let runtime = socket.and_then(|s| containers::engine_version(&s).ok().flatten());
         let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
-        host.k3s = k3s;
-        match runtime {
-            Ok(v) => host.runtime = v,
-            Err(e) => tracing::debug!(error = %e, "the container runtime did not say its version"),
-        }
+        (host.k3s, host.runtime) = (k3s, runtime);
     }
 
     /// Plan the containers: pure diff after one labelled list call; an
