@@ -1,6 +1,7 @@
 //! What this gateway is (SPEC §4 `inventory`): the OS, kernel, architecture
-//! and board, read once at start, and the container runtime and K3s versions,
-//! asked of them when tend talks to them anyway.
+//! and board, read once at start; the container runtime's and K3s's
+//! versions, asked at the daemon's start and when tend first reaches the
+//! runtime for containers.
 //!
 //! What must always hold: reading it never fails the agent and never blocks
 //! it for long (a missing or unreadable file is `null`, a command runs with a
@@ -60,18 +61,16 @@ impl HostInventory {
             .map(|(k, v)| (k, v.as_deref()))
     }
 
-    /// This inventory over `stored` (a status written before): what was
-    /// read at start always; the runtime and K3s once asked (until then,
-    /// what the last run said).
-    pub fn fill(&self, stored: &mut HostInventory) {
-        let HostInventory { os, kernel, arch, model, runtime, k3s } = self.clone();
-        (stored.os, stored.kernel, stored.arch, stored.model) = (os, kernel, arch, model);
-        if runtime.is_some() {
-            stored.runtime = runtime;
+    /// This inventory over `stored` (the status's `inventory`, maybe as an
+    /// older run wrote it): what was read at start always; the runtime and
+    /// K3s once asked (until then, what the last run said).
+    pub fn fill(&self, stored: &mut serde_json::Value) {
+        let mut out = serde_json::Map::new();
+        for (k, v) in self.fields() {
+            let kept = || stored.get(k).filter(|_| matches!(k, "runtime" | "k3s")).cloned();
+            out.insert(k.to_owned(), v.map_or_else(|| kept().unwrap_or_default(), Into::into));
         }
-        if k3s.is_some() {
-            stored.k3s = k3s;
-        }
+        *stored = out.into();
     }
 }
 
@@ -221,24 +220,22 @@ mod tests {
     fn a_status_stored_before_the_inventory_still_loads() {
         let old = br#"{"v":1,"data":{"device_id":"gw","fleet":"f","agent_version":"0.1.0","phase":"synced","revision":null,"target_revision":null,"last_good_revision":null,"source":"ok","last_sync":null,"error":null,"resources":{"total":0,"ready":0,"failed":0}}}"#;
         let s: crate::store::Status = crate::store::decode("status", old).unwrap();
-        assert_eq!(s.inventory, HostInventory::default());
-        let v = serde_json::to_value(&s).unwrap();
-        assert_eq!(
-            v["inventory"],
-            serde_json::json!({"os":null,"kernel":null,"arch":null,"model":null,"runtime":null,"k3s":null})
-        );
+        assert_eq!(s.inventory, serde_json::Value::Null);
     }
 
     #[test]
     fn fill_keeps_what_was_asked_last() {
-        let mut stored =
-            HostInventory { runtime: Some("podman 4.3.1".into()), k3s: Some("v1".into()), ..Default::default() };
+        let mut stored = serde_json::json!({ "os": "Old", "model": "board", "runtime": "podman 4.3.1", "k3s": "v1" });
         let now = HostInventory { os: Some("Debian".into()), arch: Some("aarch64".into()), ..Default::default() };
         now.fill(&mut stored);
-        assert_eq!(stored.os.as_deref(), Some("Debian"));
-        assert_eq!(stored.runtime.as_deref(), Some("podman 4.3.1"));
+        let want = serde_json::json!({ "os": "Debian", "kernel": null, "arch": "aarch64", "model": null, "runtime": "podman 4.3.1", "k3s": "v1" });
+        assert_eq!(stored, want);
         let asked = HostInventory { runtime: Some("podman 5.0.0".into()), ..now };
         asked.fill(&mut stored);
-        assert_eq!((stored.runtime.as_deref(), stored.k3s.as_deref()), (Some("podman 5.0.0"), Some("v1")));
+        assert_eq!((&stored["runtime"], &stored["k3s"]), (&"podman 5.0.0".into(), &"v1".into()));
+        // A status stored before the inventory: null.
+        let mut old = serde_json::Value::Null;
+        asked.fill(&mut old);
+        assert_eq!(old, serde_json::to_value(&asked).unwrap());
     }
 }

@@ -107,14 +107,12 @@ pub(super) fn print_status(v: &serde_json::Value, json: bool) {
         let detail = s.waiting_detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
         let _ = writeln!(out, "waiting for {why}{detail}{due}");
     }
-    let inv = &s.inventory;
-    let host: Vec<&str> = [&inv.os, &inv.kernel, &inv.arch].into_iter().flatten().map(String::as_str).collect();
-    for (what, text) in [
-        ("host", Some(host.join(", "))),
-        ("board", inv.model.clone()),
-        ("runtime", inv.runtime.clone()),
-        ("k3s", inv.k3s.clone()),
-    ] {
+    let inv = |k: &str| s.inventory[k].as_str();
+    let host: Vec<&str> = ["os", "kernel", "arch"].into_iter().filter_map(inv).collect();
+    let host = host.join(", ");
+    for (what, text) in
+        [("host", Some(host.as_str())), ("board", inv("model")), ("runtime", inv("runtime")), ("k3s", inv("k3s"))]
+    {
         if let Some(t) = text.filter(|t| !t.is_empty()) {
             let _ = writeln!(out, "{what:<11} {t}");
         }

@@ -175,7 +175,7 @@ mod tests {
             due_at: None,
             waiting_for: None,
             waiting_detail: None,
-            inventory: Default::default(),
+            inventory: serde_json::Value::Null,
         }
     }
 

@@ -140,7 +140,7 @@ impl Agent {
             due_at: None,
             waiting_for: None,
             waiting_detail: None,
-            inventory: Default::default(),
+            inventory: serde_json::Value::Null,
         }
     }
 
