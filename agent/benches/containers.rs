@@ -31,6 +31,10 @@ impl Runtime for Counting {
         self.other.fetch_add(1, Ordering::SeqCst);
         self.inner.ping()
     }
+    fn version(&self) -> Result<Option<String>, RuntimeError> {
+        self.other.fetch_add(1, Ordering::SeqCst);
+        self.inner.version()
+    }
     fn list_managed(&self) -> Result<Vec<LiveContainer>, RuntimeError> {
         self.list.fetch_add(1, Ordering::SeqCst);
         self.inner.list_managed()

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod hash;
 pub mod health;
+pub mod inventory;
 pub mod notify;
 pub mod offline;
 pub mod preflight;

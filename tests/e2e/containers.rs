@@ -172,12 +172,19 @@ fn the_runtime_stopped_is_a_transient_error_and_nothing_is_half_applied() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("container runtime at") && r.stderr.contains("podman.sock"), "{}", r.stderr);
     assert_eq!(gw.snapshot(), before, "files changed although the containers could not be");
+    let runtime = || gw.tend(&["status", "--json"]).json()["inventory"]["runtime"].clone();
+    assert_eq!(runtime(), serde_json::Value::Null, "no runtime answered yet");
     // Transient: not quarantined; once the service is back the next sync converges.
     podman.start_service();
     let r = gw.sync_ok();
     assert_eq!(r["commit"], c2);
     assert!(running(&podman, "web"));
     assert_eq!(gw.read("/etc/myapp/app.conf"), "v2\n");
+    // The status's inventory has the runtime tend talked to (issue 26).
+    let out = podman.podman().args(["version", "--format", "{{.Server.Version}}"]).output().unwrap();
+    let version = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(!version.is_empty());
+    assert_eq!(runtime(), format!("podman {version}"));
 }
 
 #[test]

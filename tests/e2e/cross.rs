@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tend_e2e::{Fleet, Gateway, Run, good_bundle};
+use tend_e2e::{Fleet, Gateway, Run, good_bundle, run};
 
 /// The workspace's target directory (the one `tend_bin()` lives in).
 fn target_dir() -> PathBuf {
@@ -103,6 +103,14 @@ fn check_binary_under_qemu(triple: &str, machine: u16) {
     let r = gw.tend(&["status", "--json"]);
     assert_eq!(r.code, 0, "status after the {triple} sync: {}{}", r.stdout, r.stderr);
     assert_eq!(r.json()["revision"], commit.as_str());
+    // its status's inventory names the machine it runs on (qemu-user answers
+    // uname as the emulated CPU, with this machine's kernel)
+    let r: Run = under_qemu(triple).env("TEND_CONFIG", &gw.config).args(["status", "--json"]).output().unwrap().into();
+    assert_eq!(r.code, 0, "{triple} status: {}{}", r.stdout, r.stderr);
+    let inv = &r.json()["inventory"];
+    let arch = inv["arch"].as_str().unwrap_or_default();
+    assert!(arch.starts_with(if machine == EM_AARCH64 { "aarch64" } else { "armv" }), "{triple} inventory: {inv}");
+    assert_eq!(inv["kernel"].as_str(), Some(run(Command::new("uname").arg("-r")).trim()), "{triple} inventory: {inv}");
 }
 
 #[test]

@@ -274,6 +274,21 @@ fn hostile_corpus() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     ]
 }
 
+/// `promtool check metrics`: Prometheus's own parser reads the page.
+fn promtool_check_metrics(metrics: &[u8]) {
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), metrics).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let complaints = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!complaints.contains("error") && !complaints.contains("parse"), "promtool check metrics: {complaints}");
+}
+
 fn no_control_characters(what: &str, text: &str) {
     for (i, line) in text.lines().enumerate() {
         assert!(
@@ -343,17 +358,7 @@ fn a_hostile_broker_crashes_nothing_and_honest_gateways_still_show() {
     assert_eq!(device(&v, "gw-1")["revision"], c1.as_str());
     let (code, _, metrics) = serve.get("/metrics");
     assert_eq!(code, 200);
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(check.stdin.as_mut().unwrap(), &metrics).unwrap();
-    let out = check.wait_with_output().unwrap();
-    let complaints = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!complaints.contains("error") && !complaints.contains("parse"), "promtool check metrics: {complaints}");
+    promtool_check_metrics(&metrics);
     let text = String::from_utf8(metrics).unwrap();
     assert!(!text.lines().any(|l| l.starts_with("# evil")), "a label value broke a line");
     let mut b = Browser::start();
@@ -440,4 +445,143 @@ fn a_hostile_broker_crashes_nothing_and_honest_gateways_still_show() {
     let r = gws[0].tend(&["fleet", "sync", "--mqtt", &broker.url(), "--fleet", "test", "--device", "gw-1"]);
     assert_eq!(r.code, 0, "{r:?}");
     gws[0].wait_status("the second commit", Duration::from_secs(30), |s| s["revision"] == c2.as_str());
+}
+
+/// `PRETTY_NAME` as this test reads os-release itself (not with tend's code).
+fn os_pretty_name() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").or_else(|_| std::fs::read_to_string("/usr/lib/os-release"));
+    let line = text.ok()?.lines().find(|l| l.starts_with("PRETTY_NAME="))?.to_owned();
+    Some(line["PRETTY_NAME=".len()..].trim_matches(|c| c == '"' || c == '\'').to_owned())
+}
+
+/// Issue 26, inventory (SPEC §4): a real daemon reports what this machine is
+/// and which runtime it talks to (a real Podman service); `tend status`, the
+/// retained status, `fleet status --by` and the fleet view say the same; 300
+/// hostile gateways with long unique inventory strings do not make /metrics
+/// grow past the fixed number of values per key.
+#[test]
+fn the_inventory_is_this_machines_and_the_fleet_counts_it_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let podman = tend_e2e::Podman::start();
+    let fleet = Fleet::new(tmp.path(), "fleet");
+    bundle(&fleet, "1", &["gw-1"]);
+    let extra = format!("[containers]\nsocket = \"{}\"\n", podman.url());
+    let gw = gateway(tmp.path(), &fleet, &broker, "gw-1", &extra);
+    let _daemon = gw.start_daemon();
+    gw.wait_status("synced", Duration::from_secs(30), |s| s["phase"] == "synced");
+
+    // What this machine is, read here independently.
+    let sh = |cmd: &[&str]| run(Command::new(cmd[0]).args(&cmd[1..])).trim().to_owned();
+    let podman_version = run(podman.podman().args(["version", "--format", "{{.Server.Version}}"])).trim().to_owned();
+    let model = ["/proc/device-tree/model", "/sys/firmware/devicetree/base/model"]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .map(|b| String::from_utf8_lossy(&b).trim_end_matches('\0').to_owned());
+    let k3s = Command::new("k3s").arg("--version").output().ok().filter(|o| o.status.success());
+    let expected = serde_json::json!({
+        "os": os_pretty_name(),
+        "kernel": sh(&["uname", "-r"]),
+        "arch": sh(&["uname", "-m"]),
+        "model": model,
+        "runtime": format!("podman {podman_version}"),
+        "k3s": k3s.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).unwrap_or("").to_owned()),
+    });
+    assert!(expected["os"].is_string() && !podman_version.is_empty(), "{expected}");
+
+    // tend status: the JSON and the text.
+    let r = gw.tend(&["status", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["inventory"], expected);
+    let text = gw.tend(&["status"]).stdout;
+    let host =
+        format!("host        {}, {}, {}", expected["os"].as_str().unwrap(), sh(&["uname", "-r"]), sh(&["uname", "-m"]));
+    assert!(text.contains(&host), "{text}");
+    assert!(text.contains(&format!("runtime     podman {podman_version}\n")), "{text}");
+
+    // The retained status on the broker.
+    let start = std::time::Instant::now();
+    loop {
+        let s =
+            broker.read_one("tend/v1/test/gw-1/status", &[], 5).and_then(|s| serde_json::from_str::<Value>(&s).ok());
+        if s.as_ref().is_some_and(|s| s["inventory"] == expected) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "retained status: {s:?}, expected {expected}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Hostile gateways: each a long arch and model of its own, with quotes,
+    // newlines and escapes; and some that send the wrong types.
+    let mut messages: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let s = serde_json::json!({
+                "phase": "synced",
+                "inventory": {
+                    "arch": format!("arch\"}} 1\n\u{1b}[2J{i}-{}", "A".repeat(20_000)),
+                    "model": format!("{i}{}", "é".repeat(1000)),
+                    "os": "Debian GNU/Linux 12 (bookworm)",
+                }
+            });
+            (format!("tend/v1/test/h-{i}/status"), s.to_string().into_bytes())
+        })
+        .collect();
+    messages.push(("tend/v1/test/t-1/status".into(), br#"{"phase":"synced","inventory":{"arch":7}}"#.to_vec()));
+    messages.push(("tend/v1/test/t-2/status".into(), br#"{"phase":"synced","inventory":"aarch64"}"#.to_vec()));
+    // Two more honest gateways of this machine's kind: a fleet has many of
+    // one arch, and they come first, before the ones sent once each.
+    let arch = expected["arch"].as_str().unwrap();
+    for dev in ["honest-2", "honest-3"] {
+        let s = serde_json::json!({ "phase": "synced", "inventory": { "arch": arch, "os": expected["os"] } });
+        messages.push((format!("tend/v1/test/{dev}/status"), s.to_string().into_bytes()));
+    }
+    publish_retained(broker.port, &messages);
+
+    // fleet status --by arch: this machine's arch counted 3 times, the 300 hostile
+    // ones within the listed values and "other", no control character.
+    let r = gw.tend(&["fleet", "status", "--mqtt", &broker.url(), "--by", "arch"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    no_control_characters("fleet status --by", &r.stdout);
+    assert!(r.stdout.starts_with("305 gateways by arch\n"), "{}", r.stdout);
+    assert!(r.stdout.lines().any(|l| l == format!("{:>8}  {arch}", 3)), "{}", r.stdout);
+    assert!(r.stdout.lines().any(|l| l == "       2  none"), "{}", r.stdout);
+    assert!(r.stdout.contains("  (other values)\n") && r.stdout.lines().count() <= 102, "{}", r.stdout);
+    assert!(r.stdout.lines().all(|l| l.chars().count() <= 80), "{}", r.stdout);
+    let r = gw.tend(&["fleet", "status", "--mqtt", &broker.url(), "--by", "arch", "--json"]);
+    let v = r.json();
+    let listed: u64 = v["values"].as_array().unwrap().iter().map(|x| x[1].as_u64().unwrap()).sum();
+    assert_eq!((v["gateways"].as_u64(), listed + v["other"].as_u64().unwrap()), (Some(305), 305), "{v}");
+    assert!(v["values"].as_array().unwrap().contains(&serde_json::json!([arch, 3])), "{v}");
+    let r = gw.tend(&["fleet", "status", "--mqtt", &broker.url(), "--json"]);
+    let gw1 = device(&r.json(), "gw-1").clone();
+    assert_eq!(gw1["inventory"], expected);
+    assert!(device(&r.json(), "t-1")["problems"][0].as_str().unwrap().contains("inventory.arch"), "{}", r.stdout);
+
+    // The fleet view: filtered by arch and os; /metrics bounded and escaped.
+    let serve = FleetServe::start(tmp.path(), &broker.url(), &[]);
+    serve.wait("every gateway", Duration::from_secs(20), |v| v["counts"]["gateways"] == 305);
+    let v = serve.json(&format!("/api/devices?arch={arch}"));
+    let ids: Vec<&str> = v["devices"].as_array().unwrap().iter().filter_map(|d| d["device_id"].as_str()).collect();
+    assert_eq!(ids.len(), 3, "{v}");
+    assert!(ids.contains(&"gw-1") && ids.contains(&"honest-3"), "{v}");
+    assert_eq!(serve.json("/api/devices/gw-1")["inventory"], expected);
+    let os: String = expected["os"].as_str().unwrap().replace(' ', "%20");
+    assert_eq!(serve.json(&format!("/api/devices?os={os}&arch={arch}"))["matched"], 3);
+    let (code, _, body) = serve.get("/metrics");
+    assert_eq!(code, 200);
+    promtool_check_metrics(&body);
+    let metrics = String::from_utf8(body).unwrap();
+    let series: Vec<&str> = metrics.lines().filter(|l| l.starts_with("tend_fleet_gateways_by_inventory{")).collect();
+    let of = |k: &str| {
+        series.iter().filter(|l| l.starts_with(&format!("tend_fleet_gateways_by_inventory{{key=\"{k}\""))).count()
+    };
+    assert_eq!((of("arch"), of("model")), (21, 21), "{series:#?}");
+    assert!(series.contains(&format!("tend_fleet_gateways_by_inventory{{key=\"arch\",value=\"{arch}\"}} 3").as_str()));
+    assert!(series.contains(&"tend_fleet_gateways_by_inventory{key=\"runtime\",value=\"none\"} 304"), "{series:#?}");
+    assert!(series.iter().any(|l| l.starts_with("tend_fleet_gateways_by_inventory{key=\"arch\",value=\"other\"} ")));
+    for l in &series {
+        // A label value: at most 100 characters from the broker, escaped.
+        assert!(l.chars().count() < 100 * 2 + 80, "{l}");
+        assert!(!l.contains('\n') && !l.contains('\u{1b}'), "{l}");
+    }
 }

@@ -226,6 +226,65 @@ fn wait_fleet(sub: &Subscription, what: &str, timeout: Duration, revision: &str,
     })
 }
 
+/// The device id a VM's tend says it has (on its console: `started: tend …
+/// for img/<id>`).
+fn own_id_of(vm: &Vm) -> String {
+    let console = vm.console();
+    let at = console.find("started: tend ").unwrap_or_else(|| panic!("no start line:\n{}", tail(&console)));
+    let rest = &console[at..];
+    let id = rest.split(" for img/").nth(1).and_then(|r| r.split(',').next()).expect(rest);
+    id.to_owned()
+}
+
+/// The `model` at the root of the device tree QEMU's virt machine (as
+/// [`Vm::boot`] runs it) hands the kernel: the board /proc/device-tree/model
+/// names in the guest. `None` when it names none.
+fn virt_model() -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let dtb = dir.path().join("virt.dtb");
+    run(Command::new("qemu-system-aarch64").arg("-M").arg(format!("virt,dumpdtb={}", dtb.display())).args([
+        "-cpu",
+        "cortex-a57",
+        "-m",
+        "768",
+        "-smp",
+        "1",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-net",
+        "none",
+    ]));
+    let d = std::fs::read(&dtb).unwrap();
+    // The flattened device tree: a header, a structure block of tokens
+    // (1 begin node, 2 end node, 3 property, 4 nop, 9 end), a strings block.
+    let word = |at: usize| u32::from_be_bytes(d[at..at + 4].try_into().unwrap()) as usize;
+    let cstr = |at: usize| &d[at..at + d[at..].iter().position(|&b| b == 0).unwrap()];
+    assert_eq!(word(0), 0xd00d_feed, "not a device tree");
+    let (mut at, strings, mut depth) = (word(8), word(12), 0);
+    loop {
+        let token = word(at);
+        at += 4;
+        match token {
+            1 => {
+                at = (at + cstr(at).len() + 1 + 3) & !3;
+                depth += 1;
+            }
+            2 => depth -= 1,
+            3 => {
+                let (len, name) = (word(at), word(at + 4));
+                let value = &d[at + 8..at + 8 + len];
+                if depth == 1 && cstr(strings + name) == b"model" {
+                    return Some(String::from_utf8_lossy(value).trim_end_matches('\0').to_owned());
+                }
+                at = (at + 8 + len + 3) & !3;
+            }
+            4 => {}
+            _ => return None,
+        }
+    }
+}
+
 /// `TEND_IMAGE`, or the image built here into `dir`.
 fn gateway_image(dir: &Path) -> PathBuf {
     match std::env::var_os("TEND_IMAGE") {
@@ -380,21 +439,37 @@ fn two_gateways_from_one_image_boot_sync_report_and_re_enforce_offline() {
     if std::env::var_os("TEND_IMAGE").is_none() {
         std::fs::remove_file(&image).unwrap(); // built here; its kernel and initrd stay
     }
+    // What the image's OS says it is (read from its disk, not by tend).
+    let os_release = cat_root(&a.disk, "/usr/lib/os-release");
+    let pretty =
+        os_release.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim_matches('"').to_owned());
     let t = Instant::now();
     a.boot(true);
     b.boot(true);
     let ids = wait_fleet(&status, "both gateways applied v1", Duration::from_secs(600), &v1, &[&a, &b]);
     eprintln!("two gateways booted and applied v1 in {:.0} s: {ids:?}", t.elapsed().as_secs_f64());
+    // Issue 26, acceptance 5: the inventory of an arm64 gateway. The board
+    // is what QEMU's virt machine names in the device tree it hands the
+    // kernel (dumped here from the same QEMU), or none if it names none.
+    let model = virt_model();
+    let kernel = {
+        let console = a.console();
+        let at = console.find("Linux version ").map(|i| &console[i + "Linux version ".len()..]);
+        at.and_then(|r| r.split_whitespace().next()).map(str::to_owned)
+    };
+    for (id, s) in statuses(&status) {
+        let inv = &s["inventory"];
+        assert_eq!(inv["arch"], "aarch64", "{id}: {s}");
+        assert_eq!(inv["model"], serde_json::json!(model), "{id}: {s}");
+        assert_eq!(inv["os"], serde_json::json!(pretty), "{id}: {s}");
+        assert!(inv["kernel"].is_string() && inv["runtime"].is_null() && inv["k3s"].is_null(), "{id}: {s}");
+        if id == own_id_of(&a) {
+            assert_eq!(inv["kernel"], serde_json::json!(kernel), "{id}: {s}");
+        }
+    }
     // One image, two gateways, two ids: each VM's tend says its own (on its
     // console: `started: tend … for img/<id>`), and they differ.
-    let own_id = |vm: &Vm| -> String {
-        let console = vm.console();
-        let at = console.find("started: tend ").unwrap_or_else(|| panic!("no start line:\n{}", tail(&console)));
-        let rest = &console[at..];
-        let id = rest.split(" for img/").nth(1).and_then(|r| r.split(',').next()).expect(rest);
-        id.to_owned()
-    };
-    let (a_id, b_id) = (own_id(&a), own_id(&b));
+    let (a_id, b_id) = (own_id_of(&a), own_id_of(&b));
     assert_ne!(a_id, b_id, "one image, two gateways, one id");
     let mut own = vec![a_id.clone(), b_id];
     own.sort();

@@ -181,6 +181,10 @@ pub enum FleetCommand {
         /// List every gateway, not only those that need attention.
         #[arg(long)]
         all: bool,
+        /// Count the gateways by what they are instead (their status's
+        /// inventory): the most common values first.
+        #[arg(long, value_parser = ["arch", "os", "runtime", "model", "kernel", "k3s"], conflicts_with = "all")]
+        by: Option<String>,
         /// Print the counts and every gateway as one JSON document.
         #[arg(long)]
         json: bool,
@@ -470,8 +474,9 @@ fn cmd_fleet(command: &FleetCommand) -> Result<(), Failure> {
         }
     };
     match command {
-        FleetCommand::Status { conn, fleet, stale, all, json } => {
-            status(&rt, conn, fleet.as_deref(), (*stale).into(), *all, *json, usage)
+        FleetCommand::Status { conn, fleet, stale, all, by, json } => {
+            let shown = Shown { all: *all, by: by.as_deref(), json: *json };
+            status(&rt, conn, fleet.as_deref(), (*stale).into(), shown, usage)
         }
         FleetCommand::Serve { conn, fleet, listen, stale, max_memory, device_metrics } => {
             serve(&rt, conn, fleet.clone(), listen, (*stale).into(), *max_memory, device_metrics)
@@ -610,13 +615,22 @@ fn status(
     conn: &MqttArgs,
     fleet: Option<&str>,
     stale: std::time::Duration,
-    all: bool,
-    json: bool,
+    shown: Shown<'_>,
     usage: impl Fn(String) -> Failure,
 ) -> Result<(), Failure> {
+    let Shown { all, by, json } = shown;
     let state =
         rt.block_on(fleet::broker::snapshot(&conn.settings(), &conn.topic_prefix, fleet, stale)).map_err(usage)?;
-    if json {
+    if let Some(key) = by {
+        let t = fleet::model::Tally::of(state.devices.values(), key, fleet::view::BY_ROWS);
+        if json {
+            print_json(
+                &serde_json::json!({ "by": key, "gateways": state.devices.len(), "values": t.values, "other": t.other }),
+            );
+        } else {
+            print!("{}", fleet::view::by(state.devices.values(), key));
+        }
+    } else if json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
             counts: fleet::model::Counts,
@@ -635,11 +649,20 @@ fn status(
     _: &MqttArgs,
     _: Option<&str>,
     _: std::time::Duration,
-    _: bool,
-    _: bool,
+    _: Shown<'_>,
     _: impl Fn(String) -> Failure,
 ) -> Result<(), Failure> {
     Err(Failure::Usage(anyhow::anyhow!(GATEWAY_BUILD)))
+}
+
+/// What `tend fleet status` prints: the gateways needing attention or
+/// `all`, or the counts `by` an inventory key; as text or JSON.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "fleet-serve"), allow(dead_code))]
+struct Shown<'a> {
+    all: bool,
+    by: Option<&'a str>,
+    json: bool,
 }
 
 /// Why the gateway build has no `fleet status` or `fleet serve`.

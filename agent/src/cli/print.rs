@@ -107,6 +107,16 @@ pub(super) fn print_status(v: &serde_json::Value, json: bool) {
         let detail = s.waiting_detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
         let _ = writeln!(out, "waiting for {why}{detail}{due}");
     }
+    let inv = |k: &str| s.inventory[k].as_str();
+    let host: Vec<&str> = ["os", "kernel", "arch"].into_iter().filter_map(inv).collect();
+    let host = host.join(", ");
+    for (what, text) in
+        [("host", Some(host.as_str())), ("board", inv("model")), ("runtime", inv("runtime")), ("k3s", inv("k3s"))]
+    {
+        if let Some(t) = text.filter(|t| !t.is_empty()) {
+            let _ = writeln!(out, "{what:<11} {t}");
+        }
+    }
     for p in v["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str()) {
         let _ = writeln!(out, "problem     {p}");
     }

@@ -207,6 +207,8 @@ async fn main_loop(agent: Arc<Agent>, death: Option<String>) -> Result<(), Daemo
 
     let mut shutdown = shutdown_signal()?;
 
+    // The inventory's versions (each asked with a timeout of a few seconds).
+    sync::blocking(&agent, Agent::ask_versions).await;
     // Reporting: the reporter task reads status from a watch channel and the
     // outbox from the store; fleet commands come back on a channel.
     let mut suspended = read_suspended(&agent).await;

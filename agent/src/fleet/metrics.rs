@@ -95,6 +95,20 @@ pub fn render(fleet: &Fleet, connected: bool, per_device: DeviceMetrics) -> Stri
     if c.other_revisions > 0 {
         let _ = writeln!(out, "tend_fleet_gateways_by_revision{{revision=\"other\"}} {}", c.other_revisions);
     }
+    family(
+        &mut out,
+        "tend_fleet_gateways_by_inventory",
+        "gauge",
+        "Gateways by what they are (key arch, os, runtime, model): the 20 most common values of each, the rest as value=\"other\".",
+    );
+    for (k, t) in &c.by_inventory {
+        for (v, n) in &t.values {
+            let _ = writeln!(out, "tend_fleet_gateways_by_inventory{{key=\"{k}\",value=\"{}\"}} {n}", label(v));
+        }
+        if t.other > 0 {
+            let _ = writeln!(out, "tend_fleet_gateways_by_inventory{{key=\"{k}\",value=\"other\"}} {}", t.other);
+        }
+    }
     family(&mut out, "tend_fleet_messages_total", "counter", "Broker messages taken in, by topic kind.");
     for (k, n) in &fleet.received {
         let _ = writeln!(out, "tend_fleet_messages_total{{kind=\"{k}\"}} {n}");
@@ -163,6 +177,7 @@ pub fn render(fleet: &Fleet, connected: bool, per_device: DeviceMetrics) -> Stri
 
 #[cfg(test)]
 mod tests {
+    use super::super::model::TOP_INVENTORY;
     use super::*;
     use std::time::Duration;
 
@@ -183,6 +198,44 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn inventory_gauges_are_bounded_whatever_the_gateways_send() {
+        let mut f = Fleet::new("tend/v1", Duration::from_secs(60));
+        let now = SystemTime::now();
+        // 10,000 gateways, each with an arch of its own (long, with quotes
+        // and newlines), and 30 honest aarch64 ones.
+        for i in 0..10_000 {
+            let arch = format!("x\\\"}} 1\n{i}{}", "é".repeat(500));
+            let status = serde_json::json!({ "phase": "synced", "inventory": { "arch": arch, "os": "Debian GNU/Linux 12 (bookworm)" } });
+            f.ingest(&format!("tend/v1/acme/h-{i}/status"), status.to_string().as_bytes(), now);
+        }
+        for i in 0..30 {
+            let status =
+                r#"{"phase":"synced","inventory":{"arch":"aarch64","model":"linux,dummy-virt","runtime":null}}"#;
+            f.ingest(&format!("tend/v1/acme/gw-{i}/status"), status.as_bytes(), now);
+        }
+        let text = render(&f, true, DeviceMetrics::None);
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("tend_fleet_gateways_by_inventory{")).collect();
+        let of = |k: &str| series.iter().filter(|l| l.contains(&format!("key=\"{k}\""))).count();
+        assert_eq!(of("arch"), TOP_INVENTORY + 1, "{series:?}");
+        assert!(series.contains(&r#"tend_fleet_gateways_by_inventory{key="arch",value="aarch64"} 30"#), "{series:?}");
+        let other =
+            format!(r#"tend_fleet_gateways_by_inventory{{key="arch",value="other"}} {}"#, 10_000 - (TOP_INVENTORY - 1));
+        assert!(series.contains(&other.as_str()), "{series:?}");
+        assert!(series.contains(&r#"tend_fleet_gateways_by_inventory{key="model",value="none"} 10000"#), "{series:?}");
+        assert!(
+            series.contains(
+                &r#"tend_fleet_gateways_by_inventory{key="os",value="Debian GNU/Linux 12 (bookworm)"} 10000"#
+            )
+        );
+        assert_eq!(of("runtime"), 1);
+        for l in &series {
+            assert!(l.chars().count() < 200 + 80, "{l}");
+            assert!(l.rsplit(' ').next().unwrap().parse::<u64>().is_ok(), "{l}");
+        }
+        assert!(text.lines().count() < 200, "{}", text.lines().count());
     }
 
     #[test]

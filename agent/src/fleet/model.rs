@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::inventory::HostInventory;
+
 /// Larger messages are not parsed (a status is well under 2 KiB).
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Characters kept of any string from the broker.
@@ -23,6 +25,12 @@ pub const EVENTS_KEPT: usize = 100;
 pub const MAX_DEVICES: usize = 200_000;
 /// Revisions listed by count before the rest are summed as "other".
 pub const TOP_REVISIONS: usize = 20;
+/// Values of each inventory key listed by count before the rest are summed
+/// as "other": a fleet of gateways each sending a string of its own makes
+/// 21 series per key, not one per gateway.
+pub const TOP_INVENTORY: usize = 20;
+/// The inventory keys gateways are counted by (SPEC §4).
+pub const INVENTORY_KEYS: [&str; 4] = ["arch", "os", "runtime", "model"];
 /// What the fleet view keeps in memory (gateways and their recent events),
 /// by default: anyone who may publish on the broker can send large distinct
 /// events or invent gateways, and the view must not grow past this. Oldest
@@ -54,6 +62,8 @@ pub struct Device {
     pub due_at: Option<String>,
     pub waiting_for: Option<String>,
     pub resources: Option<Resources>,
+    /// What the gateway is (each string cleaned and clipped).
+    pub inventory: HostInventory,
     /// When this server first saw the gateway on its `revision` (Unix
     /// seconds; for a retained status, when the server started).
     pub revision_seen_at: Option<u64>,
@@ -148,6 +158,7 @@ impl Device {
             due_at: None,
             waiting_for: None,
             resources: None,
+            inventory: HostInventory::default(),
             revision_seen_at: None,
             stale: true,
             attention: true,
@@ -160,6 +171,12 @@ impl Device {
             last_sync_at: None,
             events: VecDeque::new(),
         }
+    }
+
+    /// The value of an inventory key (`arch`, `os`, `runtime`, `model`,
+    /// `kernel`, `k3s`); `None` for another key.
+    pub fn inventory_value(&self, key: &str) -> Option<Option<&str>> {
+        self.inventory.fields().into_iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// The phase as a metric label: a known phase, `unknown` or `other`.
@@ -181,6 +198,7 @@ impl Device {
     fn weight(&self) -> usize {
         let opt = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
         std::mem::size_of::<Device>()
+            + self.inventory.fields().iter().map(|(_, v)| v.map_or(0, str::len)).sum::<usize>()
             + std::mem::size_of::<(String, String)>()
             + 2 * (self.fleet.capacity() + self.device_id.capacity())
             + self.phase.capacity()
@@ -518,6 +536,29 @@ fn read_status(d: &mut Device, payload: &[u8], now: SystemTime) -> Ingest {
     if d.last_sync.is_some() && d.last_sync_at.is_none() {
         bad.push("last_sync".into());
     }
+    d.inventory = match m.get("inventory") {
+        None | Some(Value::Null) => HostInventory::default(),
+        Some(Value::Object(i)) => {
+            let mut t = |k: &str| {
+                let mut b = Vec::new();
+                let v = text(i, k, crate::inventory::MAX, &mut b);
+                bad.extend(b.into_iter().map(|k| format!("inventory.{k}")));
+                v
+            };
+            HostInventory {
+                os: t("os"),
+                kernel: t("kernel"),
+                arch: t("arch"),
+                model: t("model"),
+                runtime: t("runtime"),
+                k3s: t("k3s"),
+            }
+        }
+        Some(_) => {
+            bad.push("inventory".into());
+            HostInventory::default()
+        }
+    };
     d.resources = match m.get("resources") {
         None | Some(Value::Null) => None,
         Some(Value::Object(r)) => {
@@ -605,6 +646,10 @@ pub struct Counts {
     pub by_revision: Vec<(String, u64)>,
     /// Gateways on the revisions not listed.
     pub other_revisions: u64,
+    /// Gateways by each of [`INVENTORY_KEYS`]: the most common values
+    /// ([`TOP_INVENTORY`], `none` for gateways that did not say), the rest
+    /// summed as `other`.
+    pub by_inventory: BTreeMap<&'static str, Tally>,
     /// Gateways known by their availability but with no status message, and
     /// by their status but with no availability. A tend gateway publishes
     /// both, retained, at every connection: either count above zero means
@@ -625,8 +670,9 @@ impl Counts {
         for p in PHASES.iter().chain(&["unknown", "other"]) {
             c.by_phase.insert((*p).to_owned(), 0);
         }
+        let devices: Vec<&Device> = devices.collect();
         let mut revs: BTreeMap<&str, u64> = BTreeMap::new();
-        for d in devices {
+        for &d in &devices {
             c.gateways += 1;
             match d.availability {
                 "online" => c.online += 1,
@@ -643,12 +689,39 @@ impl Counts {
             *c.by_phase.entry(d.phase_label().to_owned()).or_default() += 1;
             *revs.entry(d.revision.as_deref().unwrap_or("none")).or_default() += 1;
         }
-        let mut revs: Vec<(String, u64)> = revs.into_iter().map(|(r, n)| (r.to_owned(), n)).collect();
-        revs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        c.other_revisions = revs.iter().skip(TOP_REVISIONS).map(|r| r.1).sum();
-        revs.truncate(TOP_REVISIONS);
-        c.by_revision = revs;
+        let revs = Tally::top(revs, TOP_REVISIONS);
+        (c.by_revision, c.other_revisions) = (revs.values, revs.other);
+        c.by_inventory =
+            INVENTORY_KEYS.into_iter().map(|k| (k, Tally::of(devices.iter().copied(), k, TOP_INVENTORY))).collect();
         c
+    }
+}
+
+/// Gateways by value: the most common first (by value within a count), at
+/// most a given number, and how many have the values left out.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Tally {
+    pub values: Vec<(String, u64)>,
+    pub other: u64,
+}
+
+impl Tally {
+    pub fn top(counts: BTreeMap<&str, u64>, n: usize) -> Tally {
+        let mut values: Vec<(String, u64)> = counts.into_iter().map(|(v, n)| (v.to_owned(), n)).collect();
+        values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let other = values.iter().skip(n).map(|r| r.1).sum();
+        values.truncate(n);
+        Tally { values, other }
+    }
+
+    /// Gateways by the inventory key `key` (one of [`INVENTORY_KEYS`] or
+    /// `kernel`, `k3s`), the `n` most common values.
+    pub fn of<'a>(devices: impl Iterator<Item = &'a Device>, key: &str, n: usize) -> Tally {
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        for d in devices {
+            *counts.entry(d.inventory_value(key).flatten().unwrap_or("none")).or_default() += 1;
+        }
+        Tally::top(counts, n)
     }
 }
 
@@ -753,6 +826,21 @@ mod tests {
         // Unknown phases count as other.
         f.ingest("tend/v1/acme/h/status", &status("dancing", "r"), now);
         assert_eq!(f.counts().by_phase["other"], 1);
+    }
+
+    #[test]
+    fn inventory_strings_are_clipped_and_wrong_types_marked() {
+        let mut f = fleet();
+        let now = SystemTime::now();
+        let long = serde_json::json!({ "inventory": { "os": "é".repeat(5000), "arch": 7, "model": "a\u{1b}[2Jb", "k3s": null } });
+        f.ingest("tend/v1/acme/a/status", long.to_string().as_bytes(), now);
+        f.ingest("tend/v1/acme/b/status", br#"{"inventory":["aarch64"]}"#, now);
+        let get = |d: &str| &f.devices[&("acme".to_owned(), d.to_owned())];
+        let a = &get("a").inventory;
+        assert_eq!(a.os.as_ref().map(|s| s.chars().count()), Some(crate::inventory::MAX + 1), "clipped, with its …");
+        assert_eq!((a.arch.as_deref(), a.model.as_deref()), (None, Some("a\u{FFFD}[2Jb")));
+        assert_eq!(get("a").problems, vec!["status: unreadable field(s): inventory.arch"]);
+        assert_eq!(get("b").problems, vec!["status: unreadable field(s): inventory"]);
     }
 
     #[test]

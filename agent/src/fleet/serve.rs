@@ -187,6 +187,9 @@ fn route(target: &str, if_none_match: Option<&str>, live: &Live) -> Response {
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 5000;
 
+/// The inventory keys `/api/devices` filters by.
+const INVENTORY_FILTERS: [&str; 6] = ["arch", "os", "runtime", "model", "kernel", "k3s"];
+
 /// What `/api/devices` is asked: a filter, an order and a page. The fleet
 /// is filtered and sorted here, so a page of a fleet of 100,000 never
 /// downloads 100,000 rows.
@@ -200,6 +203,9 @@ struct Query {
     online: Option<bool>,
     stale: bool,
     attention: bool,
+    /// Inventory values that must match exactly (`arch=aarch64`; `none`:
+    /// the gateway did not say).
+    inventory: Vec<(String, String)>,
     sort: String,
     desc: bool,
     offset: usize,
@@ -228,6 +234,9 @@ impl Query {
                 "desc" => q.desc = v == "1",
                 "offset" => q.offset = number(&v)?,
                 "limit" => q.limit = number(&v)?.min(MAX_LIMIT),
+                _ if INVENTORY_FILTERS.contains(&k) && q.inventory.len() < INVENTORY_FILTERS.len() => {
+                    q.inventory.push((k.to_owned(), v.chars().take(crate::inventory::MAX + 1).collect()))
+                }
                 _ => {}
             }
         }
@@ -239,6 +248,7 @@ impl Query {
             || (self.stale && !d.stale)
             || self.online.is_some_and(|on| on != (d.availability == "online"))
             || (!self.phases.is_empty() && !self.phases.contains(&d.phase))
+            || self.inventory.iter().any(|(k, v)| d.inventory_value(k).flatten().unwrap_or("none") != v)
         {
             return false;
         }
@@ -258,9 +268,9 @@ impl Query {
             d.agent_version.as_deref(),
         ];
         let hay = fields
-            .iter()
+            .into_iter()
+            .chain(d.inventory.fields().map(|(_, v)| v))
             .flatten()
-            .copied()
             .chain(d.problems.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join(" ")
@@ -399,6 +409,30 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_filter_by_inventory() {
+        let mut f = Fleet::new("tend/v1", Duration::from_secs(60));
+        let now = SystemTime::now();
+        let arm = r#"{"phase":"synced","inventory":{"arch":"aarch64","os":"Debian GNU/Linux 12 (bookworm)","model":"linux,dummy-virt"}}"#;
+        let x86 =
+            r#"{"phase":"synced","inventory":{"arch":"x86_64","os":"Ubuntu 24.04 LTS","runtime":"docker 24.0.7"}}"#;
+        f.ingest("tend/v1/acme/arm/status", arm.as_bytes(), now);
+        f.ingest("tend/v1/acme/pc/status", x86.as_bytes(), now);
+        f.ingest("tend/v1/acme/old/status", br#"{"phase":"synced"}"#, now);
+        let ids = |query: &str| -> Vec<String> {
+            let q = Query::parse(query).unwrap();
+            let v = devices_json(&f, true, &q, now);
+            v["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap().to_owned()).collect()
+        };
+        assert_eq!(ids("arch=aarch64"), ["arm"]);
+        assert_eq!(ids("os=Ubuntu%2024.04%20LTS"), ["pc"]);
+        assert_eq!(ids("os=Ubuntu+24.04+LTS&runtime=docker+24.0.7"), ["pc"]);
+        assert_eq!(ids("os=Ubuntu+24.04+LTS&arch=aarch64"), Vec::<String>::new());
+        assert_eq!(ids("model=none&sort=device"), ["old", "pc"]);
+        assert_eq!(ids("arch=aarch"), Vec::<String>::new(), "exact, not a substring");
+        assert_eq!(ids("q=bookworm"), ["arm"], "the search box finds inventory words");
+    }
 
     #[test]
     fn percent_decoding_never_panics() {

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use super::model::{Counts, Device, clean, short_rev};
+use super::model::{Counts, Device, Tally, clean, short_rev};
 
 /// Rows listed without `--all`.
 pub const ATTENTION_ROWS: usize = 50;
@@ -116,6 +116,24 @@ pub fn summary(c: &Counts) -> String {
     out
 }
 
+/// Values listed by `--by` before the rest are summed.
+pub const BY_ROWS: usize = 100;
+
+/// `tend fleet status --by KEY`: gateways per value of an inventory key, the
+/// most common first.
+pub fn by<'a>(devices: impl Iterator<Item = &'a Device>, key: &str) -> String {
+    let t = Tally::of(devices, key, BY_ROWS);
+    let total: u64 = t.values.iter().map(|v| v.1).sum::<u64>() + t.other;
+    let mut out = format!("{total} gateway{} by {key}\n", if total == 1 { "" } else { "s" });
+    for (v, n) in &t.values {
+        let _ = writeln!(out, "{n:>8}  {}", clip(v, 68));
+    }
+    if t.other > 0 {
+        let _ = writeln!(out, "{:>8}  (other values)", t.other);
+    }
+    out
+}
+
 /// A table that fits 80 columns; gateways needing a look are marked `!`.
 pub fn table(rows: &[&Device], now: SystemTime) -> String {
     let mut out = format!(
@@ -205,6 +223,29 @@ mod tests {
         }
         let all = report(f.devices.values(), true, SystemTime::now());
         assert_eq!(all.lines().count(), 3 + 2 + 1000);
+    }
+
+    #[test]
+    fn by_arch_counts_the_most_common_first() {
+        let mut f = fleet_of(3, 0);
+        let now = SystemTime::now();
+        for (i, arch) in ["aarch64", "aarch64", "x86_64"].iter().enumerate() {
+            let s = format!(r#"{{"phase":"synced","inventory":{{"arch":"{arch}"}}}}"#);
+            f.ingest(&format!("tend/v1/acme/gw-{i:05}/status"), s.as_bytes(), now);
+        }
+        f.ingest("tend/v1/acme/weird/status", br#"{"inventory":{"arch":"\u001b[2Jarm"}}"#, now);
+        assert_eq!(
+            by(f.devices.values(), "arch"),
+            "4 gateways by arch\n       2  aarch64\n       1  x86_64\n       1  \u{FFFD}[2Jarm\n"
+        );
+        assert_eq!(by(f.devices.values(), "model"), "4 gateways by model\n       4  none\n");
+        for i in 0..150 {
+            let s = format!(r#"{{"inventory":{{"os":"os {i:03}"}}}}"#);
+            f.ingest(&format!("tend/v1/acme/many-{i}/status"), s.as_bytes(), now);
+        }
+        let t = by(f.devices.values(), "os");
+        assert_eq!(t.lines().count(), 1 + BY_ROWS + 1, "{t}");
+        assert!(t.ends_with(&format!("{:>8}  (other values)\n", 150 - (BY_ROWS - 1))), "{t}");
     }
 
     #[test]

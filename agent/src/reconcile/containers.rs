@@ -74,6 +74,8 @@ pub struct LiveContainer {
 /// A container runtime, in our own types.
 pub trait Runtime: Send + Sync {
     fn ping(&self) -> Result<(), RuntimeError>;
+    /// Its name and version (`podman 4.3.1`), for the status's inventory.
+    fn version(&self) -> Result<Option<String>, RuntimeError>;
     /// Every container tend manages (one labelled list call).
     fn list_managed(&self) -> Result<Vec<LiveContainer>, RuntimeError>;
     /// Containers with exactly this name, whoever made them.
@@ -228,6 +230,28 @@ pub fn default_socket() -> Option<String> {
         .map(|p| format!("unix://{p}"))
 }
 
+/// The runtime at `socket` as a name and a version (`podman 4.3.1`), from
+/// the Engine API's `GET /version`, read as plain JSON on a connection of
+/// its own: bollard's typed answer would bring its decoder into the gateway
+/// binary for two fields (as `GET /info`'s did, decision 0004).
+pub fn engine_version(socket: &str) -> Result<Option<String>, RuntimeError> {
+    use std::io::{Read, Write};
+    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    let fail =
+        |e: &dyn std::fmt::Display| RuntimeError::Unavailable { socket: socket.to_owned(), reason: e.to_string() };
+    let io = |e: std::io::Error| fail(&e);
+    let mut conn = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    conn.set_write_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    conn.write_all(b"GET /version HTTP/1.0\r\nHost: tend\r\nConnection: close\r\n\r\n").map_err(io)?;
+    let mut answer = Vec::new();
+    conn.take(64 * 1024).read_to_end(&mut answer).map_err(io)?;
+    let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(&[][..], |at| &answer[at + 4..]);
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| fail(&e))?;
+    let names = v["Components"].as_array().into_iter().flatten().filter_map(|c| c["Name"].as_str());
+    Ok(crate::inventory::runtime_label(names, v["Version"].as_str().unwrap_or("")))
+}
+
 /// The Docker Engine API over a unix socket, with its own small runtime so it
 /// can be called from the blocking steps of a sync.
 pub struct DockerRuntime {
@@ -375,6 +399,10 @@ impl Runtime for DockerRuntime {
     fn ping(&self) -> Result<(), RuntimeError> {
         let docker = self.docker()?;
         self.rt.block_on(docker.ping()).map(|_| ()).map_err(|e| self.unavailable(e))
+    }
+
+    fn version(&self) -> Result<Option<String>, RuntimeError> {
+        engine_version(&self.socket)
     }
 
     fn list_managed(&self) -> Result<Vec<LiveContainer>, RuntimeError> {

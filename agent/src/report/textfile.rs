@@ -175,6 +175,7 @@ mod tests {
             due_at: None,
             waiting_for: None,
             waiting_detail: None,
+            inventory: serde_json::Value::Null,
         }
     }
 

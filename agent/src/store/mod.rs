@@ -335,6 +335,13 @@ pub struct Status {
     /// and since when, the failing gateways.
     #[serde(default)]
     pub waiting_detail: Option<String>,
+    /// What this gateway is: OS, kernel, board, runtime (SPEC §4); null in
+    /// a status stored before tend reported it. A JSON value, not a typed
+    /// struct: serde's code for one more struct in the status, instantiated
+    /// for every way the status is read and written, cost the aarch64
+    /// binary more than the rest of the inventory (see `inventory::fill`).
+    #[serde(default)]
+    pub inventory: serde_json::Value,
 }
 
 /// The local store, in our own types.

@@ -43,6 +43,7 @@ impl Agent {
             breaker: None,
             check_probe: None,
             problems: Vec::new(),
+            host: std::sync::Mutex::new(crate::inventory::HostInventory::local()),
             store,
             cfg,
         }
@@ -181,6 +182,18 @@ impl Agent {
         Ok(self.runtime.get_or_init(|| rt).clone())
     }
 
+    /// Ask K3s and the container runtime (`[containers].socket` or the
+    /// usual sockets, whether tend runs containers there or not) their
+    /// versions for the status's inventory, at the daemon's start.
+    pub fn ask_versions(&self) {
+        let k3s = crate::inventory::k3s();
+        let socket = self.cfg.containers.socket.clone().or_else(containers::default_socket);
+        // A runtime that does not answer is not there, as far as the status goes.
+        let runtime = socket.and_then(|s| containers::engine_version(&s).ok().flatten());
+        let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        (host.k3s, host.runtime) = (k3s, runtime);
+    }
+
     /// Plan the containers: pure diff after one labelled list call; an
     /// unlabelled container holding a declared name is a conflict.
     pub(super) fn plan_containers(
@@ -206,6 +219,12 @@ impl Agent {
             .collect();
         for c in live.iter_mut().filter(|c| c.running && related.contains(c.name.as_str())) {
             c.started_at = rt.inspect(&c.name).map_err(err)?.and_then(|i| i.started_at);
+        }
+        // The runtime's version, once it answers (the status's inventory;
+        // asked without holding the lock the status is read under).
+        if self.host.lock().unwrap_or_else(|e| e.into_inner()).runtime.is_none() {
+            let v = rt.version().ok().flatten();
+            self.host.lock().unwrap_or_else(|e| e.into_inner()).runtime = v;
         }
         for name in desired.containers.keys() {
             if !live.iter().any(|c| &c.name == name)

@@ -324,6 +324,9 @@ pub struct Agent {
     /// What the daemon found wrong with its surroundings at start (a
     /// read-only `[files].allow` root), shown in the status until it restarts.
     pub problems: Vec<String>,
+    /// What this gateway is, for the status (`inventory`): read at open;
+    /// the runtime and K3s versions filled in when asked.
+    pub host: std::sync::Mutex<crate::inventory::HostInventory>,
 }
 
 /// Makes the probe of one `[[check]]`.

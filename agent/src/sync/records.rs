@@ -104,6 +104,7 @@ impl Agent {
     /// The status as stored, or the initial one.
     pub fn status(&self) -> Result<Status, StoreError> {
         let mut s = self.store.status()?.unwrap_or_else(|| self.initial_status());
+        self.host.lock().unwrap_or_else(|e| e.into_inner()).fill(&mut s.inventory);
         if let Some(t) = self.pending_last_sync.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             s.last_sync = Some(t);
         }
@@ -139,6 +140,7 @@ impl Agent {
             due_at: None,
             waiting_for: None,
             waiting_detail: None,
+            inventory: serde_json::Value::Null,
         }
     }
 

@@ -74,6 +74,10 @@ fn waves_and_windows_under_a_fake_clock() {
     assert_eq!((s.action.as_str(), s.waiting_for.as_deref()), ("waiting", Some("wave")));
     assert_eq!(s.due_at.as_deref(), Some("2026-11-27T11:30:00Z"));
     assert_eq!(c.status().phase, "waiting");
+    // The status says what this machine is (SPEC §4 inventory).
+    let local = crate::inventory::HostInventory::local();
+    assert!(local.arch.is_some() && local.kernel.is_some(), "{local:?}");
+    assert_eq!(c.status().inventory, serde_json::to_value(&local).unwrap());
     c.clock.advance(Duration::from_secs(89 * 60));
     assert_eq!(c.sync(false).unwrap().action, "waiting", "a minute before it is due");
     assert_eq!(c.port(), "port = 1\n");
