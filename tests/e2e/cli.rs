@@ -117,7 +117,17 @@ fn usage_errors_exit_2_and_help_is_complete() {
     assert!(sync_help.stdout.contains("--dry-run"));
     let v = tend(&["--version"]);
     assert_eq!(v.code, 0);
-    assert!(v.stdout.starts_with("tend "), "{}", v.stdout);
+    let commit = tend_e2e::run(std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]));
+    assert_eq!(
+        v.stdout.trim(),
+        format!(
+            "tend {} (commit {}, operator build: with the fleet view and the operator's fleet tools)",
+            env!("CARGO_PKG_VERSION"),
+            commit.trim()
+        ),
+        "{}",
+        v.stdout
+    );
 }
 
 #[test]

@@ -63,7 +63,14 @@ fn check_binary_under_qemu(triple: &str, machine: u16) {
     // --version
     let r: Run = under_qemu(triple).arg("--version").output().unwrap().into();
     assert_eq!(r.code, 0, "{triple} --version: {}{}", r.stdout, r.stderr);
-    assert_eq!(r.stdout.trim(), format!("tend {}", env!("CARGO_PKG_VERSION")), "{triple} --version");
+    // The version, the commit it was built from, and that it is the gateway
+    // build (without the operator's fleet tools).
+    let commit = tend_e2e::run(std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]));
+    assert_eq!(
+        r.stdout.trim(),
+        format!("tend {} (commit {}, gateway build)", env!("CARGO_PKG_VERSION"), commit.trim()),
+        "{triple} --version"
+    );
 
     // the gateway build has no fleet server, and says where to get it
     for cmd in ["serve", "status"] {

@@ -22,10 +22,22 @@ use crate::sync::{self, Agent, SyncError, SyncOptions, files_by_bundle};
 mod print;
 use print::{print_history, print_json, print_status, print_summary};
 
+/// `tend --version`: the version, the commit and which build this is (the
+/// gateway build leaves the operator's fleet tools out).
+#[cfg(feature = "fleet-serve")]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TEND_COMMIT"),
+    ", operator build: with the fleet view and the operator's fleet tools)"
+);
+#[cfg(not(feature = "fleet-serve"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TEND_COMMIT"), ", gateway build)");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tend",
-    version,
+    version = VERSION,
     about = "Pull-based GitOps agent for IoT gateways",
     long_about = "tend pulls this gateway's desired state (its bundle) from a Git branch, \
 reconciles files under [files].root to it, and keeps every applied revision in a local \
