@@ -218,6 +218,50 @@ fn the_alert_rules_pass_promtool_check_and_unit_tests() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
+/// The Grafana dashboard (packaging/grafana/tend-fleet.json): every query in
+/// it is evaluated by promtool against test series, verbatim, with its
+/// expected result; the panels point at the dashboard's Prometheus input.
+#[test]
+fn the_grafana_dashboards_queries_pass_their_promtool_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/grafana");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tend-fleet.json")).unwrap()).unwrap();
+    let tests = std::fs::read_to_string(dir.join("tend-fleet.test.yml")).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    let mut ids = std::collections::BTreeSet::new();
+    let mut queries = 0;
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "panel id {} twice", p["id"]);
+        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(
+                tests.contains(&format!("- expr: '{}'\n", expr.replace('\'', "''"))),
+                "panel {:?}: its query {expr:?} has no promql_expr_test in tend-fleet.test.yml",
+                p["title"]
+            );
+            queries += 1;
+        }
+    }
+    // Rollout progress per wave, the fleet by phase and revision, attention,
+    // sync and rollback rates, agent memory: each has a panel.
+    for needed in [
+        "tend_fleet_gateways_by_wave",
+        "tend_fleet_gateways_by_phase",
+        "tend_fleet_gateways_by_revision",
+        "tend_fleet_gateway_info",
+        "tend_syncs_total",
+        "tend_rollbacks_total",
+        "tend_agent_resident_memory_bytes",
+    ] {
+        assert!(panels.iter().any(|p| p["targets"].to_string().contains(needed)), "no panel queries {needed}");
+    }
+    assert!(queries >= 15, "{queries} queries");
+    let out = run(Command::new("promtool").args(["test", "rules", "tend-fleet.test.yml"]).current_dir(&dir));
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
 /// Messages a broken or compromised gateway (or anyone with write access to
 /// the broker) could leave: (device, topic kind, payload).
 fn hostile_corpus() -> Vec<(&'static str, &'static str, Vec<u8>)> {

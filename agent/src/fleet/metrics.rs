@@ -109,6 +109,17 @@ pub fn render(fleet: &Fleet, connected: bool, per_device: DeviceMetrics) -> Stri
             let _ = writeln!(out, "tend_fleet_gateways_by_inventory{{key=\"{k}\",value=\"other\"}} {}", t.other);
         }
     }
+    family(
+        &mut out,
+        "tend_fleet_gateways_by_wave",
+        "gauge",
+        "Gateways by rollout wave (wave=\"none\": outside any) and phase: the 20 largest waves, the rest as wave=\"other\".",
+    );
+    for (w, phases) in &c.by_wave {
+        for (p, n) in phases {
+            let _ = writeln!(out, "tend_fleet_gateways_by_wave{{wave=\"{}\",phase=\"{p}\"}} {n}", label(w));
+        }
+    }
     family(&mut out, "tend_fleet_messages_total", "counter", "Broker messages taken in, by topic kind.");
     for (k, n) in &fleet.received {
         let _ = writeln!(out, "tend_fleet_messages_total{{kind=\"{k}\"}} {n}");
@@ -198,6 +209,50 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn waves_are_counted_by_phase_and_bounded() {
+        let mut f = Fleet::new("tend/v1", Duration::from_secs(60));
+        let now = SystemTime::now();
+        let mut put = |id: &str, status: serde_json::Value| {
+            f.ingest(&format!("tend/v1/acme/{id}/status"), status.to_string().as_bytes(), now);
+        };
+        put("c1", serde_json::json!({ "phase": "synced", "wave": "canary" }));
+        put("c2", serde_json::json!({ "phase": "synced", "wave": "canary" }));
+        put("c3", serde_json::json!({ "phase": "rolled_back", "wave": "canary" }));
+        for i in 0..3 {
+            put(&format!("w{i}"), serde_json::json!({ "phase": "waiting", "wave": "rest" }));
+            put(&format!("n{i}"), serde_json::json!({ "phase": "synced" }));
+        }
+        // 30 waves that 2 gateways each name (larger waves come first).
+        for i in 0..60 {
+            put(&format!("h{i}"), serde_json::json!({ "phase": "held", "wave": format!("w\"{}", i / 2) }));
+        }
+        let text = render(&f, true, DeviceMetrics::None);
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("tend_fleet_gateways_by_wave{")).collect();
+        for want in [
+            r#"tend_fleet_gateways_by_wave{wave="canary",phase="synced"} 2"#,
+            r#"tend_fleet_gateways_by_wave{wave="canary",phase="rolled_back"} 1"#,
+            r#"tend_fleet_gateways_by_wave{wave="rest",phase="waiting"} 3"#,
+            r#"tend_fleet_gateways_by_wave{wave="none",phase="synced"} 3"#,
+        ] {
+            assert!(series.contains(&want), "{want} not in {series:?}");
+        }
+        // The 20 largest waves (the 2-gateway ones, by name), the rest summed.
+        let waves: std::collections::BTreeSet<&str> =
+            series.iter().map(|l| l.split("wave=\"").nth(1).unwrap().split("\",phase").next().unwrap()).collect();
+        assert_eq!(waves.len(), 21, "{waves:?}");
+        let held: u64 = series
+            .iter()
+            .filter(|l| l.contains("phase=\"held\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(held, 60, "{series:?}");
+        assert!(
+            series.iter().any(|l| l.starts_with(r#"tend_fleet_gateways_by_wave{wave="other",phase="#)),
+            "{series:?}"
+        );
     }
 
     #[test]

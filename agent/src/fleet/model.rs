@@ -29,6 +29,9 @@ pub const TOP_REVISIONS: usize = 20;
 /// as "other": a fleet of gateways each sending a string of its own makes
 /// 21 series per key, not one per gateway.
 pub const TOP_INVENTORY: usize = 20;
+/// Waves with series of their own in `/metrics` (a hostile gateway may name
+/// any wave).
+pub const TOP_WAVES: usize = 20;
 /// The inventory keys gateways are counted by (SPEC §4).
 pub const INVENTORY_KEYS: [&str; 4] = ["arch", "os", "runtime", "model"];
 /// What the fleet view keeps in memory (gateways and their recent events),
@@ -650,6 +653,10 @@ pub struct Counts {
     /// ([`TOP_INVENTORY`], `none` for gateways that did not say), the rest
     /// summed as `other`.
     pub by_inventory: BTreeMap<&'static str, Tally>,
+    /// Gateways by rollout wave (SPEC §7; `none` outside any), and within
+    /// each by phase: the [`TOP_WAVES`] largest waves, the rest as `other`.
+    #[serde(skip)]
+    pub by_wave: Vec<(String, BTreeMap<&'static str, u64>)>,
     /// Gateways known by their availability but with no status message, and
     /// by their status but with no availability. A tend gateway publishes
     /// both, retained, at every connection: either count above zero means
@@ -672,6 +679,7 @@ impl Counts {
         }
         let devices: Vec<&Device> = devices.collect();
         let mut revs: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut waves: BTreeMap<&str, BTreeMap<&'static str, u64>> = BTreeMap::new();
         for &d in &devices {
             c.gateways += 1;
             match d.availability {
@@ -688,6 +696,24 @@ impl Counts {
             c.missing_availability += u64::from(d.seen_status && !d.seen_availability && !d.via_import());
             *c.by_phase.entry(d.phase_label().to_owned()).or_default() += 1;
             *revs.entry(d.revision.as_deref().unwrap_or("none")).or_default() += 1;
+            let phase = PHASES.iter().chain(&["unknown"]).find(|p| **p == d.phase_label()).copied().unwrap_or("other");
+            *waves.entry(d.wave.as_deref().unwrap_or("none")).or_default().entry(phase).or_default() += 1;
+        }
+        // The largest waves by name; the rest, phase by phase, as `other`.
+        let sizes: BTreeMap<&str, u64> = waves.iter().map(|(w, p)| (*w, p.values().sum())).collect();
+        let top = Tally::top(sizes, TOP_WAVES);
+        let mut other: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for (w, phases) in waves {
+            if top.values.iter().any(|(t, _)| t == w) {
+                c.by_wave.push((w.to_owned(), phases));
+            } else {
+                for (p, n) in phases {
+                    *other.entry(p).or_default() += n;
+                }
+            }
+        }
+        if !other.is_empty() {
+            c.by_wave.push(("other".to_owned(), other));
         }
         let revs = Tally::top(revs, TOP_REVISIONS);
         (c.by_revision, c.other_revisions) = (revs.values, revs.other);
