@@ -250,7 +250,10 @@ fn amd64_deb_installs_runs_and_purges_clean() {
     );
     tend_e2e::run(Command::new("dpkg").arg("-i").arg(&deb));
     let r: Run = Command::new("/usr/bin/tend").arg("--version").output().unwrap().into();
-    assert_eq!(r.stdout.trim(), format!("tend {}", env!("CARGO_PKG_VERSION")));
+    // The amd64 package is the operators' build, of this commit.
+    let commit = tend_e2e::run(Command::new("git").args(["rev-parse", "--short=12", "HEAD"]));
+    let want = format!("tend {} (commit {}, operator build", env!("CARGO_PKG_VERSION"), commit.trim());
+    assert!(r.stdout.starts_with(&want), "{} (expected {want}…)", r.stdout);
     assert!(Path::new("/etc/tend/agent.toml").exists());
     let unit = ["/usr/lib/systemd/system/tend.service", "/lib/systemd/system/tend.service"];
     assert!(unit.iter().any(|u| Path::new(u).exists()), "unit not installed");
@@ -307,7 +310,10 @@ fn install_script_is_idempotent_and_uninstalls() {
     let out = install();
     assert!(out.contains("installed") && out.contains("edit /etc/tend/agent.toml"), "{out}");
     let r: Run = Command::new(p("usr/local/bin/tend")).arg("--version").output().unwrap().into();
-    assert_eq!(r.stdout.trim(), format!("tend {}", env!("CARGO_PKG_VERSION")));
+    // The binary given, installed: its version and the commit it was built from.
+    assert!(r.stdout.starts_with(&format!("tend {} (commit ", env!("CARGO_PKG_VERSION"))), "{}", r.stdout);
+    let given: Run = Command::new(tend_e2e::tend_bin()).arg("--version").output().unwrap().into();
+    assert_eq!(r.stdout, given.stdout);
     let unit = std::fs::read_to_string(p("etc/systemd/system/tend.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/tend run"), "{unit}");
     assert_eq!(std::fs::metadata(p("var/lib/tend")).unwrap().permissions().mode() & 0o777, 0o700);

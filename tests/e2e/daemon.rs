@@ -118,7 +118,13 @@ fn a_restart_without_network_enforces_last_known_good_before_fetching() {
         g.path("/etc/myapp/app.conf").exists()
             && std::fs::read_to_string(g.path("/etc/myapp/other.conf")).unwrap() == "other\n"
     });
-    assert!(daemon.log_text().contains("enforced from the store: "), "{}", daemon.log_text());
+    // The files are back before the enforcement returns (its record, its
+    // flush) and says so: wait for the line, still while the fetch is held.
+    let said = std::time::Instant::now();
+    while !daemon.log_text().contains("enforced from the store: ") {
+        assert!(said.elapsed() < Duration::from_secs(60), "{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     eprintln!("enforced while {} fetch(es) were held", held.lock().unwrap().len());
     // Let go: the fetch fails at once and the daemon stops.
     for c in held.lock().unwrap().iter() {
