@@ -86,11 +86,17 @@ fn a_restart_without_network_enforces_last_known_good_before_fetching() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("git://{}/fleet", listener.local_addr().unwrap());
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
+    // Once the test lets go, a new connection (a retry) is closed at once.
+    let let_go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
-        let held = held.clone();
+        let (held, let_go) = (held.clone(), let_go.clone());
         std::thread::spawn(move || {
             for c in listener.incoming().flatten() {
-                held.lock().unwrap().push(c);
+                if let_go.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                } else {
+                    held.lock().unwrap().push(c);
+                }
             }
         });
     }
@@ -126,7 +132,9 @@ fn a_restart_without_network_enforces_last_known_good_before_fetching() {
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("enforced while {} fetch(es) were held", held.lock().unwrap().len());
-    // Let go: the fetch fails at once and the daemon stops.
+    // Let go: the fetch fails at once (and so does any retry), and the
+    // daemon stops.
+    let_go.store(true, std::sync::atomic::Ordering::SeqCst);
     for c in held.lock().unwrap().iter() {
         let _ = c.shutdown(std::net::Shutdown::Both);
     }
