@@ -304,12 +304,8 @@ fn load_images(
 /// Refuse when writing `need` bytes under `path` would leave less than
 /// `keep` free there.
 fn free_space(path: &Path, what: &str, need: u64, keep: u64) -> Result<(), String> {
-    let st = match nix::sys::statvfs::statvfs(path) {
-        Ok(st) => st,
-        Err(e) => return Err(format!("cannot read the free space of {} ({what}): {e}", path.display())),
-    };
-    #[allow(clippy::useless_conversion)] // u32 or u64 by target
-    let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+    let free = crate::reconcile::space::free_bytes(path)
+        .map_err(|e| format!("cannot read the free space of {} ({what}): {e}", path.display()))?;
     if free < need.saturating_add(keep) {
         use crate::bounds::show_size;
         return Err(format!(

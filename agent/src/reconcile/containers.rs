@@ -231,25 +231,32 @@ pub fn default_socket() -> Option<String> {
 }
 
 /// The runtime at `socket` as a name and a version (`podman 4.3.1`), from
-/// the Engine API's `GET /version`, read as plain JSON on a connection of
-/// its own: bollard's typed answer would bring its decoder into the gateway
-/// binary for two fields (as `GET /info`'s did, decision 0004).
+/// the Engine API's `GET /version`: bollard's typed answer would bring its
+/// decoder into the gateway binary for two fields (as `GET /info`'s did,
+/// decision 0004).
 pub fn engine_version(socket: &str) -> Result<Option<String>, RuntimeError> {
+    let v = engine_json(socket, "/version", 64 * 1024, Duration::from_secs(5))?;
+    let names = v["Components"].as_array().into_iter().flatten().filter_map(|c| c["Name"].as_str());
+    Ok(crate::inventory::runtime_label(names, v["Version"].as_str().unwrap_or("")))
+}
+
+/// `GET path` of the Engine API at `socket`, read as a plain JSON value on
+/// a connection of its own (HTTP/1.0: no chunking), at most `max` bytes,
+/// each read and write within `timeout`.
+fn engine_json(socket: &str, path: &str, max: u64, timeout: Duration) -> Result<serde_json::Value, RuntimeError> {
     use std::io::{Read, Write};
-    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    let unix = socket.strip_prefix("unix://").unwrap_or(socket);
     let fail =
         |e: &dyn std::fmt::Display| RuntimeError::Unavailable { socket: socket.to_owned(), reason: e.to_string() };
     let io = |e: std::io::Error| fail(&e);
-    let mut conn = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
-    conn.set_write_timeout(Some(Duration::from_secs(5))).map_err(io)?;
-    conn.write_all(b"GET /version HTTP/1.0\r\nHost: tend\r\nConnection: close\r\n\r\n").map_err(io)?;
+    let mut conn = std::os::unix::net::UnixStream::connect(unix).map_err(io)?;
+    conn.set_read_timeout(Some(timeout)).map_err(io)?;
+    conn.set_write_timeout(Some(timeout)).map_err(io)?;
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: tend\r\nConnection: close\r\n\r\n").as_bytes()).map_err(io)?;
     let mut answer = Vec::new();
-    conn.take(64 * 1024).read_to_end(&mut answer).map_err(io)?;
+    conn.take(max).read_to_end(&mut answer).map_err(io)?;
     let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(&[][..], |at| &answer[at + 4..]);
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| fail(&e))?;
-    let names = v["Components"].as_array().into_iter().flatten().filter_map(|c| c["Name"].as_str());
-    Ok(crate::inventory::runtime_label(names, v["Version"].as_str().unwrap_or("")))
+    serde_json::from_slice(body).map_err(|e| fail(&e))
 }
 
 /// The Docker Engine API over a unix socket, with its own small runtime so it
@@ -426,20 +433,7 @@ impl Runtime for DockerRuntime {
     /// graphroot), read as a plain JSON value: bollard's typed answer is a
     /// 30 KB decoder of a few hundred fields, on a binary with a size budget.
     fn storage_root(&self) -> Option<std::path::PathBuf> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let path = self.socket.strip_prefix("unix://")?;
-        let answer = self.rt.block_on(async {
-            let read = async {
-                let mut s = tokio::net::UnixStream::connect(path).await.ok()?;
-                s.write_all(b"GET /info HTTP/1.0\r\nHost: tend\r\n\r\n").await.ok()?;
-                let mut body = Vec::new();
-                s.take(1 << 20).read_to_end(&mut body).await.ok()?;
-                Some(body)
-            };
-            tokio::time::timeout(INSPECT_TIMEOUT, read).await.ok().flatten()
-        })?;
-        let start = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-        let info: serde_json::Value = serde_json::from_slice(&answer[start..]).ok()?;
+        let info = engine_json(&self.socket, "/info", 1 << 20, INSPECT_TIMEOUT).ok()?;
         info.get("DockerRootDir").and_then(|v| v.as_str()).filter(|p| p.starts_with('/')).map(Into::into)
     }
 
@@ -731,29 +725,32 @@ fn wait_ready(
     }
 }
 
-/// Ensure every image a plan needs is present, per each spec's pull policy.
-pub fn ensure_images(
+/// The images a plan must pull, each once, per each spec's pull policy; an
+/// image that is not here under `pull = "never"` is an error.
+pub fn images_to_pull<'a>(
     rt: &dyn Runtime,
-    desired: &BTreeMap<String, ContainerSpec>,
+    desired: &'a BTreeMap<String, ContainerSpec>,
     ops: &[ContainerOp],
-) -> Result<(), RuntimeError> {
+) -> Result<BTreeSet<&'a str>, RuntimeError> {
+    let mut pulls = BTreeSet::new();
     for op in ops {
         let (ContainerOp::Create { name } | ContainerOp::Replace { name, .. }) = op else { continue };
         let spec = &desired[name];
         let present = rt.image_present(&spec.image)?;
         match spec.pull {
-            Pull::Always => rt.pull(&spec.image)?,
-            Pull::IfNotPresent if !present => rt.pull(&spec.image)?,
+            Pull::Always => {}
+            Pull::IfNotPresent if !present => {}
             Pull::Never if !present => {
                 return Err(RuntimeError::Failed {
                     name: name.clone(),
                     reason: format!("image {} is not present and pull = \"never\"", spec.image),
                 });
             }
-            _ => {}
+            _ => continue,
         }
+        pulls.insert(spec.image.as_str());
     }
-    Ok(())
+    Ok(pulls)
 }
 
 /// How long a container health probe waits for one answer.

@@ -46,6 +46,13 @@ impl std::fmt::Display for Short {
     }
 }
 
+/// Bytes free to an unprivileged writer on the file system of `path`.
+pub fn free_bytes(path: &Path) -> nix::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)?;
+    #[allow(clippy::useless_conversion)] // u32 or u64 by target
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+}
+
 /// The nearest existing directory at or above `path`: what a write there
 /// will land on.
 fn existing(path: &Path) -> Option<&Path> {
@@ -80,9 +87,7 @@ pub fn check(needs: &[Need], keep: u64) -> Result<(), Short> {
         entry.2 = entry.2.saturating_add(n.bytes);
     }
     for (dev, (dir, what, need)) in by_fs {
-        let Ok(st) = nix::sys::statvfs::statvfs(&dir) else { continue };
-        #[allow(clippy::useless_conversion)] // u32 or u64 by target
-        let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+        let Ok(free) = free_bytes(&dir) else { continue };
         if free < need.saturating_add(keep) {
             return Err(Short { mount: mount_of(&dir, dev), what, free, need, keep });
         }
@@ -97,9 +102,7 @@ mod tests {
     #[test]
     fn needs_on_one_file_system_add_up_and_the_message_names_it() {
         let dir = tempfile::tempdir().unwrap();
-        let st = nix::sys::statvfs::statvfs(dir.path()).unwrap();
-        #[allow(clippy::useless_conversion)]
-        let free = u64::from(st.blocks_available()) * u64::from(st.fragment_size());
+        let free = free_bytes(dir.path()).unwrap();
         let need = |bytes, what| Need { path: dir.path().join("not/yet/made"), what, bytes };
         assert!(check(&[need(1, "[files].root")], 0).is_ok());
         // Each fits alone; together they do not.

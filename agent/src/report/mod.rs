@@ -171,11 +171,7 @@ impl Host {
         };
         self.last_cpu = cpu;
         let (mem_total, mem_available) = read_meminfo();
-        // The casts matter on 32-bit ARM, where these are 32-bit integers.
-        #[allow(clippy::unnecessary_cast)]
-        let disk_free = nix::sys::statvfs::statvfs(state_dir)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
-            .unwrap_or(0);
+        let disk_free = crate::reconcile::space::free_bytes(state_dir).unwrap_or(0);
         let uptime = std::fs::read_to_string("/proc/uptime")
             .ok()
             .and_then(|t| t.split_whitespace().next().and_then(|x| x.parse::<f64>().ok()))

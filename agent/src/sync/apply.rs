@@ -329,14 +329,22 @@ impl Agent {
                 plan.blocked.iter().map(|b| format!("{}: {}", b.path.to_absolute_string(), b.reason)).collect();
             return Err(SyncError::Blocked { commit: commit.to_owned(), blocked });
         }
+        let pulls = if plan.containers.is_empty() {
+            BTreeSet::new()
+        } else {
+            containers::images_to_pull(self.runtime(commit)?.as_ref(), &desired.containers, &plan.containers)
+                .map_err(|error| SyncError::Container { commit: commit.to_owned(), error })?
+        };
         if preflight {
-            self.check_space(commit, desired, &plan, blobs)?;
+            self.check_space(commit, desired, &plan, blobs, &pulls)?;
         }
         if !plan.containers.is_empty() {
+            let err = |error| SyncError::Container { commit: commit.to_owned(), error };
             let rt = self.runtime(commit)?;
-            rt.ping().map_err(|error| SyncError::Container { commit: commit.to_owned(), error })?;
-            containers::ensure_images(rt.as_ref(), &desired.containers, &plan.containers)
-                .map_err(|error| SyncError::Container { commit: commit.to_owned(), error })?;
+            rt.ping().map_err(err)?;
+            for image in pulls {
+                rt.pull(image).map_err(err)?;
+            }
         }
         for (h, data) in blobs {
             self.store.put_blob(h, data)?;
@@ -459,15 +467,16 @@ impl Agent {
 
     /// Each file system `plan` writes keeps `[apply].min_free` after it: the
     /// files, the contents the store takes, the manifests and the images to
-    /// pull (their download as the registry's manifest says, times three:
-    /// the layers unpacked as well; an image whose size cannot be asked
-    /// counts nothing, and is still pulled).
+    /// pull, `pulls` (their download as the registry's manifest says, times
+    /// three: the layers unpacked as well; an image whose size cannot be
+    /// asked counts nothing, and is still pulled).
     fn check_space(
         &self,
         commit: &str,
         desired: &Desired,
         plan: &Plan,
         blobs: &HashMap<ContentHash, Vec<u8>>,
+        pulls: &BTreeSet<&str>,
     ) -> Result<(), SyncError> {
         use crate::reconcile::space::{self, Need};
         let mut needs = Vec::new();
@@ -487,22 +496,7 @@ impl Agent {
             }
         }
         if !plan.containers.is_empty() {
-            let rt = self.runtime(commit)?;
-            let err = |error| SyncError::Container { commit: commit.to_owned(), error };
-            let mut images = BTreeSet::new();
-            for op in &plan.containers {
-                let (ContainerOp::Create { name } | ContainerOp::Replace { name, .. }) = op else { continue };
-                let spec = &desired.containers[name];
-                let pulled = match spec.pull {
-                    crate::bundle::Pull::Always => true,
-                    crate::bundle::Pull::IfNotPresent => !rt.image_present(&spec.image).map_err(err)?,
-                    crate::bundle::Pull::Never => false,
-                };
-                if pulled {
-                    images.insert(spec.image.as_str());
-                }
-            }
-            needs.extend(image_need(rt.as_ref(), images));
+            needs.extend(image_need(self.runtime(commit)?.as_ref(), pulls.iter().copied()));
         }
         space::check(&needs, self.cfg.apply.min_free)
             .map_err(|short| SyncError::Space { commit: commit.to_owned(), error: short.to_string() })
