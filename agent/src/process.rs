@@ -178,12 +178,6 @@ mod tests {
         assert!(matches!(run(&["/nonexistent/x".into()], None, Duration::from_secs(1)), Err(RunError::Spawn(_))));
     }
 
-    fn alive(pid: i32) -> bool {
-        // A zombie (killed, not yet reaped by init) counts as gone.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
-    }
-
     #[test]
     fn a_timeout_kills_the_whole_process_group_and_env_is_passed() {
         let dir = tempfile::tempdir().unwrap();
@@ -197,7 +191,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         let text = std::fs::read_to_string(&pids).unwrap();
         for pid in text.lines().map(|l| l.trim().parse::<i32>().unwrap()) {
-            assert!(!alive(pid), "{pid} survived the timeout");
+            assert!(!tend_e2e::pid_alive(pid), "{pid} survived the timeout");
         }
         // The command exits at once, but what it left behind holds its
         // output open: the timeout covers that too, and kills it.
@@ -206,7 +200,7 @@ mod tests {
         assert_eq!(e, RunError::TimedOut(Duration::from_millis(500)));
         std::thread::sleep(Duration::from_millis(200));
         let pid: i32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
-        assert!(!alive(pid), "{pid} survived the timeout");
+        assert!(!tend_e2e::pid_alive(pid), "{pid} survived the timeout");
         let o = run_with(&sh("echo $TEND_X"), &[("TEND_X", "rev é")], None, Duration::from_secs(5)).unwrap();
         assert_eq!(o.stdout, "rev é\n");
     }

@@ -294,36 +294,10 @@ fn lifecycle_hooks_hold_an_apply_fail_a_revision_and_are_killed_at_their_timeout
         })
     });
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    let alive = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
-    };
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!alive(pid), "the hook's child {pid} outlived its timeout");
+    assert!(!tend_e2e::pid_alive(pid), "the hook's child {pid} outlived its timeout");
     assert_eq!(gw.read("/etc/myapp/app.conf"), "v2\n");
     drop(daemon);
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {} (the suite runs as root)", dir.display());
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// SPEC §3, 9: before writing, each file system tend writes keeps
@@ -336,8 +310,8 @@ fn a_revision_that_would_fill_a_file_system_waits_until_there_is_room() {
     let fleet = Fleet::new(tmp.path(), "fleet");
     let gw = Gateway::new(tmp.path(), &fleet.url(), "[apply]\nmin_free = \"2MiB\"");
     // A 16 MiB files root and a 32 MiB state_dir, each on its own tmpfs.
-    let _root = Tmpfs::mount(&gw.root, "16m");
-    let _state = Tmpfs::mount(&gw.state, "32m");
+    let _root = tend_e2e::Tmpfs::mount(&gw.root, "16m");
+    let _state = tend_e2e::Tmpfs::mount(&gw.state, "32m");
     fleet.write("devices/gw-1/files/etc/myapp/app.conf", "v1\n");
     fleet.commit("v1");
     gw.sync_ok();
@@ -361,7 +335,12 @@ fn a_revision_that_would_fill_a_file_system_waits_until_there_is_room() {
     );
     // Nothing of v2 written, not even app.conf, and no temporary file.
     assert_eq!(gw.read("/etc/myapp/app.conf"), "v1\n");
-    let left: Vec<String> = walk(&gw.root.join("etc")).into_iter().chain(walk(&gw.root.join("opt"))).collect();
+    let left: Vec<String> = gw
+        .snapshot()
+        .into_iter()
+        .filter(|(p, (mode, _))| (p.starts_with("etc/") || p.starts_with("opt/")) && mode & 0o170000 == 0o100000)
+        .map(|(p, _)| p)
+        .collect();
     assert_eq!(left, ["etc/myapp/app.conf"], "{left:?}");
     let s = gw.tend(&["status", "--json"]).json();
     assert!(s["error"].as_str().unwrap().contains("not enough free space"), "{s}");
@@ -377,7 +356,7 @@ fn a_revision_that_would_fill_a_file_system_waits_until_there_is_room() {
 
     // The state_dir short: the store is where the new contents go first.
     let fill = gw.state.join("filler");
-    let st = nix_free(&gw.state);
+    let st = tend::reconcile::space::free_bytes(&gw.state).unwrap();
     std::fs::write(&fill, vec![1u8; (st - (4 << 20)) as usize]).unwrap();
     fleet.write("devices/gw-1/files/opt/myapp/model.bin", noise((3 << 20) + 1));
     let v3 = fleet.commit("v3, a new 3 MiB");
@@ -386,28 +365,4 @@ fn a_revision_that_would_fill_a_file_system_waits_until_there_is_room() {
     assert!(r.stderr.contains(&format!("on the file system at {} (state_dir)", gw.state.display())), "{}", r.stderr);
     std::fs::remove_file(&fill).unwrap();
     assert_eq!(gw.sync_ok()["commit"], v3.as_str());
-}
-
-/// Files under `dir`, relative to its parent, sorted.
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let base = dir.parent().unwrap().to_owned();
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path().strip_prefix(&base).unwrap().to_string_lossy().into_owned());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Free bytes on the file system of `path`, as `df` says.
-fn nix_free(path: &std::path::Path) -> u64 {
-    let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().lines().nth(1).unwrap().trim().parse().unwrap()
 }

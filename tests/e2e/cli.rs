@@ -117,13 +117,13 @@ fn usage_errors_exit_2_and_help_is_complete() {
     assert!(sync_help.stdout.contains("--dry-run"));
     let v = tend(&["--version"]);
     assert_eq!(v.code, 0);
-    let commit = tend_e2e::run(std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]));
+    let commit = tend_e2e::head_commit();
     assert_eq!(
         v.stdout.trim(),
         format!(
             "tend {} (commit {}, operator build: with the fleet view and the operator's fleet tools)",
             env!("CARGO_PKG_VERSION"),
-            commit.trim()
+            commit
         ),
         "{}",
         v.stdout

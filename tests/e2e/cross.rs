@@ -65,10 +65,10 @@ fn check_binary_under_qemu(triple: &str, machine: u16) {
     assert_eq!(r.code, 0, "{triple} --version: {}{}", r.stdout, r.stderr);
     // The version, the commit it was built from, and that it is the gateway
     // build (without the operator's fleet tools).
-    let commit = tend_e2e::run(std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]));
+    let commit = tend_e2e::head_commit();
     assert_eq!(
         r.stdout.trim(),
-        format!("tend {} (commit {}, gateway build)", env!("CARGO_PKG_VERSION"), commit.trim()),
+        format!("tend {} (commit {}, gateway build)", env!("CARGO_PKG_VERSION"), commit),
         "{triple} --version"
     );
 
@@ -251,8 +251,8 @@ fn amd64_deb_installs_runs_and_purges_clean() {
     tend_e2e::run(Command::new("dpkg").arg("-i").arg(&deb));
     let r: Run = Command::new("/usr/bin/tend").arg("--version").output().unwrap().into();
     // The amd64 package is the operators' build, of this commit.
-    let commit = tend_e2e::run(Command::new("git").args(["rev-parse", "--short=12", "HEAD"]));
-    let want = format!("tend {} (commit {}, operator build", env!("CARGO_PKG_VERSION"), commit.trim());
+    let commit = tend_e2e::head_commit();
+    let want = format!("tend {} (commit {}, operator build", env!("CARGO_PKG_VERSION"), commit);
     assert!(r.stdout.starts_with(&want), "{} (expected {want}…)", r.stdout);
     assert!(Path::new("/etc/tend/agent.toml").exists());
     let unit = ["/usr/lib/systemd/system/tend.service", "/lib/systemd/system/tend.service"];

@@ -49,6 +49,40 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// Whether process `pid` runs (a zombie, killed and not yet reaped, does not).
+pub fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// The checkout's commit, as `tend --version` names it (12 hex digits).
+pub fn head_commit() -> String {
+    run(Command::new("git").args(["rev-parse", "--short=12", "HEAD"])).trim().to_owned()
+}
+
+/// A tmpfs of `size` (`"16m"`) mounted on a directory for one test (the
+/// suite runs as root), unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount a tmpfs on {} (the suite runs as root)", dir.display());
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 pub(crate) fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
@@ -1134,6 +1168,9 @@ pub struct Podman {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// Its storage's tmpfs ([`Podman::start_with`]), unmounted after the
+    /// service stopped.
+    storage: Option<Tmpfs>,
 }
 
 pub const TEST_IMAGE: &str = "localhost/tend-test:1";
@@ -1188,22 +1225,14 @@ impl Podman {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         podman_settings(d);
-        if let Some(size) = storage_size {
-            std::fs::create_dir_all(d.join("storage")).unwrap();
-            let st = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(d.join("storage"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "mount a tmpfs for Podman's storage (the suite runs as root)");
-        }
+        let storage = storage_size.map(|size| Tmpfs::mount(&d.join("storage"), size));
         if let Some(r) = registry {
             let mut conf = std::fs::read_to_string(d.join("registries.conf")).unwrap();
             conf.push_str(&format!("\n[[registry]]\nlocation = \"{r}\"\ninsecure = true\n"));
             std::fs::write(d.join("registries.conf"), conf).unwrap();
         }
         let socket = d.join("podman.sock");
-        let mut p = Podman { child: None, dir, socket };
+        let mut p = Podman { child: None, dir, socket, storage };
         // The test image: busybox-static and a few applets.
         let rootfs = p.dir.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
@@ -1269,8 +1298,7 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman().args(["rm", "-a", "-f", "-t", "0"]).output();
         self.stop_service();
-        // A tmpfs storage (start_with), if any.
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path().join("storage")).stderr(Stdio::null()).status();
+        drop(self.storage.take());
     }
 }
 
